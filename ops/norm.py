@@ -1,0 +1,27 @@
+"""RMSNorm and fused residual-add + RMSNorm (torch reference).
+
+Statistics are computed in float32 whatever the input dtype, and the weight is
+applied after casting back, in the order Hugging Face's LlamaRMSNorm uses, so the
+CPU path reproduces it bit for bit at float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Return `weight * x / sqrt(mean(x**2, -1) + eps)` over the last dimension."""
+    xf = x.to(torch.float32)
+    variance = xf.pow(2).mean(-1, keepdim=True)
+    normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
+    return weight * normed
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return `(rms_norm(x + residual), x + residual)`: the normed input of the
+    next sublayer and the new residual stream."""
+    summed = x + residual
+    return rms_norm(summed, weight, eps), summed
