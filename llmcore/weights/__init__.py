@@ -1,0 +1,1 @@
+"""Weight loading: GGUF files and Hugging Face safetensors folders."""
