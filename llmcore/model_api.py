@@ -1,0 +1,72 @@
+"""The contract between llmcore and a model architecture plugin.
+
+A plugin class turns a `ModelConfig` into a model, takes its weights under Hugging
+Face names, and runs one forward pass over a flat batch of new tokens from many
+sequences (no padding) that reads and writes the paged KV cache described by a
+`ForwardBatch`. llmcore never looks inside the model; the model never schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from llmcore.config import ModelConfig
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+"""One layer's cache: keys and values, each `[num_blocks, block_size, num_kv_heads, head_dim]`."""
+
+
+@dataclass(slots=True)
+class ForwardBatch:
+    """The new tokens of one step and where their sequences live in the KV cache.
+
+    Sequence `i` contributes rows `query_start_loc[i]:query_start_loc[i+1]` of
+    `input_ids`; after the step it has `seq_lens[i]` tokens cached, in the blocks
+    `block_tables[i]`. `logits_indices` picks the rows whose logits are wanted."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    slot_mapping: torch.Tensor  # [T] int64
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    query_start_loc: torch.Tensor  # [B + 1] int32
+    seq_lens: torch.Tensor  # [B] int32
+    logits_indices: torch.Tensor  # [B] int64
+    is_decode: bool  # every sequence has exactly one new token
+
+
+class CausalLM(Protocol):
+    """What a causal language model plugin provides."""
+
+    config: ModelConfig
+    dtype: torch.dtype
+    device: torch.device
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Take every weight under its Hugging Face name; raise on a missing one."""
+        ...
+
+    def forward(self, batch: ForwardBatch, kv_caches: list[KVCache]) -> torch.Tensor:
+        """Hidden states `[T, hidden_size]` of the batch's tokens."""
+        ...
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits `[N, vocab_size]` for hidden states `[N, hidden_size]`."""
+        ...
+
+
+class CausalLMClass(Protocol):
+    """The class side of a plugin: construction and GGUF name translation."""
+
+    def __call__(
+        self, config: ModelConfig, dtype: torch.dtype, device: torch.device
+    ) -> CausalLM: ...
+
+    def gguf_to_hf(
+        self, name: str, tensor: torch.Tensor, config: ModelConfig
+    ) -> tuple[str, torch.Tensor]:
+        """Translate one GGUF tensor to its Hugging Face name and layout."""
+        ...

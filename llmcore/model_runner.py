@@ -1,0 +1,116 @@
+"""`ModelRunner`: owns the KV cache tensors and runs one forward pass per step.
+
+It takes the step's work as `SequenceChunk`s (new tokens of a sequence, how many of
+its tokens are already cached, and its block table), lays them out as one flat
+batch with a slot mapping, runs the model, and returns float32 logits of each
+chunk's last token. It holds no scheduling state: which blocks belong to whom is
+decided by the caller (the engine's KV cache manager).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from llmcore.errors import ContextLengthExceededError
+from llmcore.model_api import ForwardBatch, KVCache
+from llmcore.model_loader import LoadedModel
+
+
+@dataclass(slots=True)
+class SequenceChunk:
+    token_ids: list[int]  # the new tokens to run (a whole prompt, a chunk, or one)
+    num_cached: int  # tokens of this sequence already in the KV cache
+    block_table: list[int]  # its blocks, enough for num_cached + len(token_ids)
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int = 16) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        config = loaded.config
+        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        self.kv_caches: list[KVCache] = [
+            (
+                torch.zeros(shape, dtype=loaded.dtype, device=loaded.device),
+                torch.zeros(shape, dtype=loaded.dtype, device=loaded.device),
+            )
+            for _ in range(config.num_hidden_layers)
+        ]
+
+    def build_batch(self, chunks: Sequence[SequenceChunk]) -> ForwardBatch:
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        seq_lens: list[int] = []
+        bs = self.block_size
+        for chunk in chunks:
+            end = chunk.num_cached + len(chunk.token_ids)
+            assert len(chunk.block_table) * bs >= end, "block table too short"
+            ids.extend(chunk.token_ids)
+            pos = range(chunk.num_cached, end)
+            positions.extend(pos)
+            slots.extend(chunk.block_table[p // bs] * bs + p % bs for p in pos)
+            starts.append(len(ids))
+            seq_lens.append(end)
+        width = max(len(c.block_table) for c in chunks)
+        tables = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
+        dev = self.loaded.device
+        return ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            logits_indices=torch.tensor([s - 1 for s in starts[1:]], dtype=torch.int64, device=dev),
+            is_decode=all(len(c.token_ids) == 1 for c in chunks),
+        )
+
+    @torch.inference_mode()
+    def execute(self, chunks: Sequence[SequenceChunk]) -> torch.Tensor:
+        """Float32 logits `[len(chunks), vocab]` of each chunk's last new token."""
+        batch = self.build_batch(chunks)
+        hidden = self.model.forward(batch, self.kv_caches)
+        return self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
+
+
+def greedy_generate(
+    runner: ModelRunner,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    *,
+    stop_ids: Sequence[int] = (),
+    prefill_chunk: int | None = None,
+) -> list[int]:
+    """One sequence, argmax sampling, blocks `0..n` of the runner's cache.
+
+    The single-sequence path used by the CLI and benchmarks until the engine's
+    scheduler serves requests; `prefill_chunk` splits the prompt into steps."""
+    total = len(prompt_ids) + max_new_tokens
+    needed = -(-total // runner.block_size)
+    limit = min(runner.num_blocks * runner.block_size, runner.loaded.max_model_len)
+    if total > limit:
+        raise ContextLengthExceededError(
+            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
+            f"exceeds the {limit} tokens this runner can hold"
+        )
+    table = list(range(needed))
+    step = prefill_chunk or len(prompt_ids)
+    logits = torch.empty(0)
+    for start in range(0, len(prompt_ids), step):
+        chunk = SequenceChunk(prompt_ids[start : start + step], start, table)
+        logits = runner.execute([chunk])
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        token = int(logits[0].argmax())
+        out.append(token)
+        if token in stop_ids or len(out) == max_new_tokens:
+            break
+        logits = runner.execute([SequenceChunk([token], len(prompt_ids) + len(out) - 1, table)])
+    return out

@@ -1,0 +1,63 @@
+"""Finds model architecture plugins by name.
+
+Built-ins are an explicit table of `architecture -> "module:attr"`, imported only
+when asked for; third parties add more through the `llmcore.models` entry-point
+group (name = the Hugging Face architecture, e.g. `MyModelForCausalLM`). GGUF files
+name their architecture differently (`general.architecture`), hence a second table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from llmcore.errors import UnsupportedArchitectureError
+
+_BUILTIN_MODELS: dict[str, str] = {
+    "LlamaForCausalLM": "plugins.models.llama:LlamaForCausalLM",
+    "MistralForCausalLM": "plugins.models.llama:MistralForCausalLM",
+    "Qwen2ForCausalLM": "plugins.models.llama:Qwen2ForCausalLM",
+}
+
+_GGUF_ARCHITECTURES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+ENTRY_POINT_GROUP = "llmcore.models"
+
+
+def _third_party() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def supported_architectures() -> list[str]:
+    """Every architecture name a model can declare, built-in and installed."""
+    return sorted({*_BUILTIN_MODELS, *_third_party()})
+
+
+def architecture_from_gguf(gguf_arch: str) -> str:
+    """The Hugging Face architecture for a GGUF `general.architecture` value."""
+    if gguf_arch in _GGUF_ARCHITECTURES:
+        return _GGUF_ARCHITECTURES[gguf_arch]
+    raise UnsupportedArchitectureError(
+        f"GGUF architecture {gguf_arch!r} is not supported; supported GGUF architectures: "
+        f"{', '.join(sorted(_GGUF_ARCHITECTURES))}"
+    )
+
+
+def resolve_model_class(architecture: str) -> Any:
+    """The plugin class for `architecture`; a clear error lists the supported ones."""
+    third_party = _third_party()
+    if architecture in third_party:
+        return third_party[architecture].load()
+    target = _BUILTIN_MODELS.get(architecture)
+    if target is None:
+        raise UnsupportedArchitectureError(
+            f"model architecture {architecture!r} is not supported; supported: "
+            f"{', '.join(supported_architectures())}"
+        )
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
