@@ -1,0 +1,1 @@
+"""Model architecture plugins (found by `llmcore.registry`, never imported directly)."""

@@ -1,0 +1,69 @@
+"""The layering rules of ARCHITECTURE.md, checked on the source: `ops` imports
+nothing of ours; `llmcore` imports `ops` only from model code and `plugins` only
+through the registry; `transports` uses llmcore's public API only; and the four
+packages import without CuPy (the import is blocked to prove it)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = ("llmcore", "transports", "ops", "plugins")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def _package_imports(package: str) -> dict[Path, set[str]]:
+    return {p: _imports(p) for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def test_ops_is_a_leaf() -> None:
+    for path, names in _package_imports("ops").items():
+        ours = {n for n in names if _top(n) in OURS and _top(n) != "ops"}
+        assert not ours, f"{path} imports {ours}"
+
+
+def test_llmcore_reaches_plugins_only_through_the_registry() -> None:
+    for path, names in _package_imports("llmcore").items():
+        assert not {n for n in names if _top(n) == "transports"}, path
+        assert not {n for n in names if _top(n) == "plugins"}, path
+        if {n for n in names if _top(n) == "ops"}:
+            assert path.parent.name in ("models", "model_runner"), f"{path} imports ops"
+
+
+def test_transports_use_llmcore_public_api_only() -> None:
+    for path, names in _package_imports("transports").items():
+        deep = {n for n in names if _top(n) == "llmcore" and n != "llmcore"}
+        assert not deep, f"{path} imports {deep}"
+        assert not {n for n in names if _top(n) in ("ops", "plugins")}, path
+
+
+def test_import_without_cupy() -> None:
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'cupy': raise ImportError('cupy blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import llmcore, transports, ops, plugins, plugins.models.llama\n"
+        "assert 'cupy' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
