@@ -65,3 +65,12 @@ class EngineDeadError(LLMCoreError):
 
     status = 503
     type = "service_unavailable"
+
+
+class NoChatTemplateError(InvalidRequestError):
+    """A chat request reached a model that has no chat template (HTTP 400)."""
+
+
+class ChatTemplateError(InvalidRequestError):
+    """The chat template refused the conversation (`raise_exception`) or failed to
+    render it (HTTP 400): the message says which and why."""

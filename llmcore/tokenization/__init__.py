@@ -1,0 +1,2 @@
+"""Tokenizers (Hugging Face tokenizer.json, SentencePiece, GGUF vocabularies) and
+streaming detokenization."""
