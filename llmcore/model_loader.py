@@ -63,7 +63,7 @@ def load_model(
 
 
 def _load_gguf(path: Path, dtype: str, device: torch.device) -> LoadedModel:
-    gguf_file = GGUFFile(path)
+    gguf_file = GGUFFile.open(path)
     architecture = registry.architecture_from_gguf(gguf_file.architecture)
     cls = registry.resolve_model_class(architecture)
     gguf_file.check_quantization()

@@ -9,6 +9,7 @@ architecture plugin translates names and layouts.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,17 @@ class GGUFFile:
             for name, field in self._reader.fields.items()
             if field.types and field.types[0] != gguf.GGUFValueType.ARRAY
         }
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> GGUFFile:
+        """A shared, parsed GGUFFile for `path` (parsing a large vocabulary takes
+        seconds; the model loader and the tokenizer read the same file)."""
+        p = Path(path).resolve()
+        try:
+            stat = p.stat()
+        except OSError:
+            return cls(p)
+        return _open_cached(p, stat.st_size, stat.st_mtime_ns)
 
     def _check_extents(self) -> None:
         size = self.path.stat().st_size
@@ -131,6 +143,11 @@ class GGUFFile:
         if kind in (None, "none") or not factor:
             return None
         return {"rope_type": str(kind), "factor": float(factor)}
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(path: Path, size: int, mtime_ns: int) -> GGUFFile:
+    return GGUFFile(path)
 
 
 def _optional_int(value: Any) -> int | None:
