@@ -1,0 +1,1 @@
+"""The local engine: scheduler, KV cache manager, sampler and the asyncio front."""

@@ -1,0 +1,434 @@
+"""`Sampler`: one step's logits `[B, V]` in, one token (and its logprobs) per row out.
+
+It owns the order in which a request's sampling parameters act on its logits (vLLM
+v1's order: allowed ids, bad words, min_tokens, logit bias, penalties; then greedy
+argmax, or temperature, min_p, top_k, top_p and a random draw) and the randomness of
+every row. Invariants: the caller's logits are never modified; logprobs are of the
+raw model distribution; a random row draws exactly `V` uniforms per step, from its
+own generator when it has one (and nothing else draws from that), and every filter
+is decided by the row's own values, so a seeded request samples the same tokens
+whatever shares its batch. Stages no row needs cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import torch
+
+from llmcore.sampling_params import SamplingParams
+
+_GREEDY_BELOW = 1e-5  # temperatures under this are greedy (as vLLM's _SAMPLING_EPS)
+_FIRST_WINDOW = 256  # top_p candidates looked at first; the window grows x8 until enough
+_NEG_INF = float("-inf")
+
+
+@dataclass(slots=True)
+class SamplingRow:
+    """What the sampler needs of one sequence at one step."""
+
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]  # generated so far (before this step)
+    generator: torch.Generator | None  # a seeded request's own; None = the shared one
+    stop_token_ids: frozenset[int]  # EOS + params.stop_token_ids, banned under min_tokens
+    bad_words_token_ids: list[list[int]]  # params.bad_words, tokenized by the engine
+
+
+@dataclass(slots=True)
+class TokenLogprobs:
+    token_id: int
+    logprob: float
+    rank: int  # 1-based: how many tokens have a logprob >= this one's (vLLM's rank)
+    top: list[tuple[int, float]]  # the top-k (token_id, logprob), best first
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs | None]  # per row; None unless params.logprobs is set
+
+
+class Sampler:
+    def __init__(self, vocab_size: int, seed: int | None = None) -> None:
+        self.vocab_size = vocab_size
+        self._seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._shared_generator(torch.device("cpu"))
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
+        assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
+        assert logits.shape[1] >= self.vocab_size, (logits.shape, self.vocab_size)
+        raw = logits[:, : self.vocab_size].float()  # drop padded vocabulary columns, if any
+        token_ids = self._pick(_processed_logits(raw, rows), rows)
+        return SamplerOutput(token_ids.tolist(), _sampled_logprobs(raw, token_ids, rows))
+
+    def _shared_generator(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = torch.Generator(device=device)
+            if self._seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(self._seed)
+            self._generators[device] = generator
+        return generator
+
+    def _pick(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """Greedy rows take the argmax (the first, on ties); the others are sampled."""
+        random = [i for i, r in enumerate(rows) if r.params.temperature >= _GREEDY_BELOW]
+        if not random:
+            return logits.max(dim=-1).indices
+        if len(random) == len(rows):
+            return self._sample(logits, rows)
+        greedy = [i for i, r in enumerate(rows) if r.params.temperature < _GREEDY_BELOW]
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        tokens[greedy] = _take_rows(logits, greedy).max(dim=-1).indices
+        tokens[random] = self._sample(_take_rows(logits, random), [rows[i] for i in random])
+        return tokens
+
+    def _sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """Sample each row: wide rows race over the vocabulary, narrow rows (top_k or
+        top_p) over their surviving candidates; both use the same per-token noise."""
+        noise = self._uniforms(logits, rows)
+        logits = _apply_min_p(logits, rows)
+        vocab = logits.shape[1]
+        narrow = [i for i, r in enumerate(rows) if _is_narrow(r.params, vocab)]
+        if not narrow:
+            return _race_wide(logits, noise, rows)
+        if len(narrow) == len(rows):
+            all_rows = torch.arange(len(rows), device=noise.device)
+            return _race_narrow(_NarrowRows.of(logits, all_rows, rows), noise)
+        wide = [i for i, r in enumerate(rows) if not _is_narrow(r.params, vocab)]
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        tokens[wide] = _race_wide(_take_rows(logits, wide), noise[wide], [rows[i] for i in wide])
+        narrow_rows = [rows[i] for i in narrow]
+        picked = _NarrowRows.of(
+            _take_rows(logits, narrow), _index(narrow, noise.device), narrow_rows
+        )
+        tokens[narrow] = _race_narrow(picked, noise)
+        return tokens
+
+    def _uniforms(self, like: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """`V` uniforms in [0, 1) per row: from the row's own generator, or the shared one."""
+        noise = torch.empty_like(like)
+        shared = [i for i, r in enumerate(rows) if r.generator is None]
+        if shared:
+            generator = self._shared_generator(like.device)
+            if len(shared) == len(rows):
+                return noise.uniform_(generator=generator)
+            draws = torch.empty(len(shared), like.shape[1], device=like.device)
+            noise[shared] = draws.uniform_(generator=generator)
+        for i, row in enumerate(rows):
+            if row.generator is not None:
+                noise[i].uniform_(generator=row.generator)
+        return noise
+
+
+def logprobs_of(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> list[TokenLogprobs]:
+    """Raw log_softmax logprobs of `token_ids` (one per row of `logits`), ranks and top-k."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    token_ids = token_ids.to(device=logprobs.device, dtype=torch.long).view(-1, 1)
+    chosen = logprobs.gather(1, token_ids)
+    ranks = (logprobs >= chosen).sum(dim=-1).tolist()
+    k = min(k, logprobs.shape[1])
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (chosen[:, :0], token_ids[:, :0])
+    return [
+        TokenLogprobs(token, logprob, rank, list(zip(ids, values, strict=True)))
+        for token, logprob, rank, ids, values in zip(
+            token_ids.view(-1).tolist(),
+            chosen.view(-1).tolist(),
+            ranks,
+            top_ids.tolist(),
+            top_values.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _sampled_logprobs(
+    raw: torch.Tensor, token_ids: torch.Tensor, rows: Sequence[SamplingRow]
+) -> list[TokenLogprobs | None]:
+    out: list[TokenLogprobs | None] = [None] * len(rows)
+    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    if not wanted:
+        return out
+    k = max(rows[i].params.logprobs or 0 for i in wanted)
+    for i, lp in zip(wanted, logprobs_of(raw[wanted], token_ids[wanted], k), strict=True):
+        lp.top = lp.top[: rows[i].params.logprobs]
+        out[i] = lp
+    return out
+
+
+# ---- before the greedy/random split: edits that can change the argmax --------------------------
+
+
+def _processed_logits(raw: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """Allowed ids, bad words, min_tokens, logit bias, penalties; `raw` if none applies.
+
+    One copy, then edits of the (row, token) cells concerned, never whole-batch passes.
+    """
+    allowed = [i for i, r in enumerate(rows) if r.params.allowed_token_ids is not None]
+    banned = _banned_cells(rows)
+    biases = [(i, t, b) for i, r in enumerate(rows) for t, b in (r.params.logit_bias or {}).items()]
+    penalized = [i for i, r in enumerate(rows) if _has_penalties(r.params)]
+    if not (allowed or banned or biases or penalized):
+        return raw
+    logits = raw.clone(memory_format=torch.contiguous_format)
+    flat, vocab = logits.view(-1), logits.shape[1]
+    if allowed:
+        _keep_only_allowed(logits, rows, allowed)
+    if banned:
+        flat[_index([i * vocab + t for i, t in banned], logits.device)] = _NEG_INF
+    if biases:
+        cells = _index([i * vocab + t for i, t, _ in biases], logits.device)
+        flat.index_add_(0, cells, torch.tensor([b for *_, b in biases], device=logits.device))
+    if penalized:
+        _apply_penalties(logits, rows, penalized)
+    return logits
+
+
+def _keep_only_allowed(logits: torch.Tensor, rows: Sequence[SamplingRow], idx: list[int]) -> None:
+    ids = [rows[i].params.allowed_token_ids or [] for i in idx]
+    cells = _flat_cells(ids, logits.shape[1], logits.device)
+
+    def keep(sub: torch.Tensor) -> None:
+        flat = sub.view(-1)
+        kept = flat[cells]
+        flat.fill_(_NEG_INF)
+        flat[cells] = kept
+
+    _on_rows(logits, idx, keep)
+
+
+def _banned_cells(rows: Sequence[SamplingRow]) -> list[tuple[int, int]]:
+    """(row, token) pairs banned this step by bad words and by min_tokens."""
+    banned: list[tuple[int, int]] = []
+    for i, row in enumerate(rows):
+        for token in _bad_word_tokens(row.output_token_ids, row.bad_words_token_ids):
+            banned.append((i, token))
+        if len(row.output_token_ids) < row.params.min_tokens:
+            banned.extend((i, token) for token in row.stop_token_ids)
+    return banned
+
+
+def _bad_word_tokens(output: Sequence[int], words: list[list[int]]) -> list[int]:
+    """A word's last token is banned when the output ends with the rest of the word."""
+    banned = []
+    n = len(output)
+    for word in words:
+        prefix = word[:-1]
+        if (
+            word
+            and len(prefix) <= n
+            and all(output[n - len(prefix) + j] == token for j, token in enumerate(prefix))
+        ):
+            banned.append(word[-1])
+    return banned
+
+
+def _has_penalties(p: SamplingParams) -> bool:
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+
+
+def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow], idx: list[int]) -> None:
+    """Repetition penalty on tokens of the prompt or output (positive logits divided,
+    negative multiplied), then OpenAI's frequency (x count) and presence (once) penalties
+    on tokens of the output. Edits only the cells of those tokens: a cell listed twice
+    gets the same new value twice, and frequency accumulates per occurrence."""
+    device, vocab = logits.device, logits.shape[1]
+    params = [rows[i].params for i in idx]
+    output = _flat_cells([rows[i].output_token_ids for i in idx], vocab, device)
+    output_row = output // vocab
+    frequency = torch.tensor([p.frequency_penalty for p in params], device=device)
+    presence = torch.tensor([p.presence_penalty for p in params], device=device)
+    repetition = torch.tensor([p.repetition_penalty for p in params], device=device)
+    repeats = [p.repetition_penalty != 1.0 for p in params]
+
+    def penalize(sub: torch.Tensor) -> None:
+        flat = sub.view(-1)
+        if any(repeats):
+            prompts = [
+                rows[i].prompt_token_ids if r else () for i, r in zip(idx, repeats, strict=True)
+            ]
+            seen = torch.cat([output, _flat_cells(prompts, vocab, device)])
+            factor = repetition[seen // vocab]
+            values = flat[seen]
+            flat[seen] = torch.where(values > 0, values / factor, values * factor)
+        if bool((frequency != 0).any()):
+            flat.index_add_(0, output, -frequency[output_row])
+        if bool((presence != 0).any()):
+            flat[output] = flat[output] - presence[output_row]
+
+    _on_rows(logits, idx, penalize)
+
+
+# ---- random rows: temperature, min_p, top_k, top_p and the exponential race --------------------
+
+
+def _apply_min_p(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """Drop tokens with prob < min_p x the top prob at the row's temperature, i.e. with
+    logit < max logit + temperature x log(min_p). Returns a copy when a row has min_p."""
+    idx = [i for i, r in enumerate(rows) if r.params.min_p > 0.0]
+    if not idx:
+        return logits
+    offset = [rows[i].params.temperature * math.log(rows[i].params.min_p) for i in idx]
+    offset_t = torch.tensor(offset, device=logits.device).unsqueeze(1)
+
+    def drop(sub: torch.Tensor) -> None:
+        sub.masked_fill_(sub < sub.amax(dim=-1, keepdim=True) + offset_t, _NEG_INF)
+
+    logits = logits.clone()
+    _on_rows(logits, idx, drop)
+    return logits
+
+
+def _race_wide(
+    logits: torch.Tensor, noise: torch.Tensor, rows: Sequence[SamplingRow]
+) -> torch.Tensor:
+    """The exponential race over the whole vocabulary: argmax(prob / Exp(1)), with
+    Exp(1) = -log(U) (U < 1, so never 0; several times cheaper than exponential_)."""
+    temperature = [r.params.temperature for r in rows]
+    if any(t != 1.0 for t in temperature):
+        logits = logits / torch.tensor(temperature, device=logits.device).unsqueeze(1)
+    probs = logits.softmax(dim=-1)
+    return probs.div_(noise.log_().neg_()).max(dim=-1).indices
+
+
+def _is_narrow(p: SamplingParams, vocab: int) -> bool:
+    return 0 < p.top_k < vocab or p.top_p < 1.0
+
+
+def _first_window(p: SamplingParams, vocab: int) -> int:
+    """Candidates first looked at: one more than top_k (to see ties), else a guess."""
+    return min(vocab, p.top_k + 1 if 0 < p.top_k < vocab else _FIRST_WINDOW)
+
+
+@dataclass(slots=True)
+class _NarrowRows:
+    """Random rows with top_k and/or top_p, sampled among their survivors."""
+
+    logits: torch.Tensor  # [n, V], min_p applied, temperature not
+    noise_rows: torch.Tensor  # [n]: the row of each in the step's noise
+    params: list[SamplingParams]
+    whole_log_mass: torch.Tensor  # [n] log sum exp(logits / T), for top_p rows without top_k
+
+    @classmethod
+    def of(
+        cls, logits: torch.Tensor, noise_rows: torch.Tensor, rows: Sequence[SamplingRow]
+    ) -> _NarrowRows:
+        params = [r.params for r in rows]
+        vocab = logits.shape[1]
+        mass = torch.full((len(params),), math.nan, device=logits.device)
+        idx = [i for i, p in enumerate(params) if p.top_p < 1.0 and not 0 < p.top_k < vocab]
+        if idx:
+            temperature = torch.tensor([params[i].temperature for i in idx], device=logits.device)
+            mass[idx] = (_take_rows(logits, idx) / temperature.unsqueeze(1)).logsumexp(dim=-1)
+        return cls(logits, noise_rows, params, mass)
+
+    def take(self, idx: list[int]) -> _NarrowRows:
+        params = [self.params[i] for i in idx]
+        return _NarrowRows(
+            _take_rows(self.logits, idx), self.noise_rows[idx], params, self.whole_log_mass[idx]
+        )
+
+
+def _race_narrow(rows: _NarrowRows, noise: torch.Tensor) -> torch.Tensor:
+    """Rows are raced in groups of equal window size, which depends on the row alone,
+    so a row's floats never depend on its neighbours."""
+    vocab = rows.logits.shape[1]
+    windows = [_first_window(p, vocab) for p in rows.params]
+    if len(set(windows)) == 1:
+        return _race_window(rows, noise, windows[0])
+    tokens = torch.empty(len(windows), dtype=torch.long, device=rows.logits.device)
+    for m in sorted(set(windows)):
+        idx = [i for i, w in enumerate(windows) if w == m]
+        tokens[idx] = _race_window(rows.take(idx), noise, m)
+    return tokens
+
+
+def _race_window(rows: _NarrowRows, noise: torch.Tensor, m: int) -> torch.Tensor:
+    """Race over the best `m` tokens of rows whose survivors all lie among them; the
+    other rows try again with an 8x wider window (the last one is the vocabulary)."""
+    scaled, ids, settled = _survivors(rows, m)
+    if bool(settled.all()):
+        return _race(scaled, ids, noise, rows.noise_rows)
+    tokens = torch.empty(len(rows.params), dtype=torch.long, device=scaled.device)
+    done = settled.nonzero().view(-1).tolist()
+    rest = (~settled).nonzero().view(-1).tolist()
+    tokens[done] = _race(scaled[done], ids[done], noise, rows.noise_rows[done])
+    vocab = rows.logits.shape[1]
+    tokens[rest] = _race_window(rows.take(rest), noise, min(vocab, m * 8))
+    return tokens
+
+
+def _race(
+    scaled: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor, noise_rows: torch.Tensor
+) -> torch.Tensor:
+    exponentials = noise[noise_rows.unsqueeze(1), ids].log_().neg_()
+    winner = scaled.softmax(dim=-1).div_(exponentials).argmax(dim=-1, keepdim=True)
+    return ids.gather(1, winner).squeeze(1)
+
+
+def _survivors(rows: _NarrowRows, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best `m` tokens of each row: their logits over temperature (-inf where top_k
+    or top_p drops them), their ids, and whether every survivor of the row is among them.
+
+    Both filters become a value threshold (top_k: the k-th logit; top_p: the logit of
+    the last token whose preceding mass is < top_p), so ties are kept together."""
+    logits, params = rows.logits, rows.params
+    device, vocab = logits.device, logits.shape[1]
+    values, ids = logits.topk(m, dim=-1)  # best first
+    k = torch.tensor([p.top_k if 0 < p.top_k < vocab else 0 for p in params], device=device)
+    top_p = torch.tensor([p.top_p if p.top_p < 1.0 else math.inf for p in params], device=device)
+    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    kth = values.gather(1, (k - 1).clamp(0, m - 1).unsqueeze(1)).squeeze(1)
+    kth = torch.where(k > 0, kth, _NEG_INF)
+    scaled = (values / temperature).masked_fill_(values < kth.unsqueeze(1), _NEG_INF)
+    mass = rows.whole_log_mass  # with top_k, the survivors' mass: all in the window if settled
+    log_mass = torch.where(mass.isnan(), scaled.logsumexp(dim=-1), mass)
+    probs = (scaled - log_mass.unsqueeze(1)).exp()
+    before = torch.cat([torch.zeros_like(probs[:, :1]), probs.cumsum(dim=-1)[:, :-1]], dim=1)
+    in_nucleus = (before < top_p.unsqueeze(1)).sum(dim=-1)  # >= 1: the best is always kept
+    nucleus_floor = values.gather(1, (in_nucleus - 1).unsqueeze(1)).squeeze(1)
+    floor = torch.maximum(kth, torch.where(top_p < math.inf, nucleus_floor, _NEG_INF))
+    last = values[:, -1]
+    settled = ((last < kth) | (kth == _NEG_INF)) & ((last < floor) | (floor == _NEG_INF))
+    if m == vocab:
+        settled = torch.ones_like(settled)
+    return scaled.masked_fill_(values < floor.unsqueeze(1), _NEG_INF), ids, settled
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _index(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+def _take_rows(x: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """Rows `idx` (ascending) of `x`: `x` itself when that is all of them, else a copy."""
+    return x if len(idx) == x.shape[0] else x[idx]
+
+
+def _on_rows(logits: torch.Tensor, idx: list[int], edit: Callable[[torch.Tensor], object]) -> None:
+    """Apply the in-place `edit` to rows `idx` (ascending) of `logits`; no copy for all rows."""
+    if len(idx) == logits.shape[0]:
+        edit(logits)
+        return
+    sub = logits[idx]
+    edit(sub)
+    logits[idx] = sub
+
+
+def _flat_cells(seqs: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """`row * vocab + token` for every token of every sequence (row = its position in
+    `seqs`): indices into a contiguous `[len(seqs), vocab]` tensor viewed flat."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    ids = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+    rows = np.repeat(np.arange(len(seqs), dtype=np.int64), lengths)
+    return torch.from_numpy(rows * vocab + ids).to(device)
