@@ -9,7 +9,7 @@ decided by the caller (the engine's KV cache manager).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,14 @@ class SequenceChunk:
     token_ids: list[int]  # the new tokens to run (a whole prompt, a chunk, or one)
     num_cached: int  # tokens of this sequence already in the KV cache
     block_table: list[int]  # its blocks, enough for num_cached + len(token_ids)
+    sample: bool = True  # logits of the last new token are wanted
+    all_logits: bool = False  # logits of every new token are wanted (prompt logprobs)
+
+
+@dataclass(slots=True)
+class StepLogits:
+    last: torch.Tensor  # [chunks with sample=True, vocab] float32, in chunk order
+    all: dict[int, torch.Tensor]  # chunk index -> [len(token_ids), vocab] for all_logits chunks
 
 
 class ModelRunner:
@@ -36,8 +44,8 @@ class ModelRunner:
         shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
         self.kv_caches: list[KVCache] = [
             (
-                torch.zeros(shape, dtype=loaded.dtype, device=loaded.device),
-                torch.zeros(shape, dtype=loaded.dtype, device=loaded.device),
+                torch.empty(shape, dtype=loaded.dtype, device=loaded.device),
+                torch.empty(shape, dtype=loaded.dtype, device=loaded.device),
             )
             for _ in range(config.num_hidden_layers)
         ]
@@ -68,16 +76,65 @@ class ModelRunner:
             block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
             query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            logits_indices=torch.tensor([s - 1 for s in starts[1:]], dtype=torch.int64, device=dev),
+            logits_indices=torch.tensor(
+                [end - 1 for end, c in zip(starts[1:], chunks, strict=True) if c.sample],
+                dtype=torch.int64,
+                device=dev,
+            ),
             is_decode=all(len(c.token_ids) == 1 for c in chunks),
         )
 
     @torch.inference_mode()
     def execute(self, chunks: Sequence[SequenceChunk]) -> torch.Tensor:
-        """Float32 logits `[len(chunks), vocab]` of each chunk's last new token."""
+        """Float32 logits `[chunks with sample, vocab]` of each chunk's last new token."""
+        return self.execute_detailed(chunks).last
+
+    @torch.inference_mode()
+    def execute_detailed(self, chunks: Sequence[SequenceChunk]) -> StepLogits:
+        """One forward pass; logits of the last token of `sample` chunks, and of
+        every token of `all_logits` chunks."""
         batch = self.build_batch(chunks)
         hidden = self.model.forward(batch, self.kv_caches)
-        return self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
+        last = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
+        every: dict[int, torch.Tensor] = {}
+        start = 0
+        for i, chunk in enumerate(chunks):
+            end = start + len(chunk.token_ids)
+            if chunk.all_logits:
+                every[i] = self.model.compute_logits(hidden[start:end])
+            start = end
+        return StepLogits(last, every)
+
+
+def greedy_generate_iter(
+    runner: ModelRunner,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    *,
+    prefill_chunk: int | None = None,
+) -> Iterator[int]:
+    """One sequence, argmax sampling, blocks `0..n` of the runner's cache; yields
+    each token as it is chosen (the caller stops early by not asking for more).
+
+    The single-sequence path of the CLI and benchmarks until the engine's scheduler
+    serves requests; `prefill_chunk` splits the prompt into steps."""
+    total = len(prompt_ids) + max_new_tokens
+    limit = min(runner.num_blocks * runner.block_size, runner.loaded.max_model_len)
+    if total > limit:
+        raise ContextLengthExceededError(
+            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
+            f"exceeds the {limit} tokens this runner can hold"
+        )
+    table = list(range(-(-total // runner.block_size)))
+    step = prefill_chunk or len(prompt_ids)
+    logits = torch.empty(0)
+    for start in range(0, len(prompt_ids), step):
+        logits = runner.execute([SequenceChunk(prompt_ids[start : start + step], start, table)])
+    for i in range(max_new_tokens):
+        token = int(logits[0].argmax())
+        yield token
+        if i + 1 < max_new_tokens:
+            logits = runner.execute([SequenceChunk([token], len(prompt_ids) + i, table)])
 
 
 def greedy_generate(
@@ -88,29 +145,12 @@ def greedy_generate(
     stop_ids: Sequence[int] = (),
     prefill_chunk: int | None = None,
 ) -> list[int]:
-    """One sequence, argmax sampling, blocks `0..n` of the runner's cache.
-
-    The single-sequence path used by the CLI and benchmarks until the engine's
-    scheduler serves requests; `prefill_chunk` splits the prompt into steps."""
-    total = len(prompt_ids) + max_new_tokens
-    needed = -(-total // runner.block_size)
-    limit = min(runner.num_blocks * runner.block_size, runner.loaded.max_model_len)
-    if total > limit:
-        raise ContextLengthExceededError(
-            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
-            f"exceeds the {limit} tokens this runner can hold"
-        )
-    table = list(range(needed))
-    step = prefill_chunk or len(prompt_ids)
-    logits = torch.empty(0)
-    for start in range(0, len(prompt_ids), step):
-        chunk = SequenceChunk(prompt_ids[start : start + step], start, table)
-        logits = runner.execute([chunk])
+    """`greedy_generate_iter` collected, ending after the first of `stop_ids`."""
     out: list[int] = []
-    while len(out) < max_new_tokens:
-        token = int(logits[0].argmax())
+    for token in greedy_generate_iter(
+        runner, prompt_ids, max_new_tokens, prefill_chunk=prefill_chunk
+    ):
         out.append(token)
-        if token in stop_ids or len(out) == max_new_tokens:
+        if token in stop_ids:
             break
-        logits = runner.execute([SequenceChunk([token], len(prompt_ids) + len(out) - 1, table)])
     return out
