@@ -5,7 +5,12 @@ The public in-process API. Nothing here imports sockets, HTTP or CuPy.
 
 from __future__ import annotations
 
+from llmcore.chat_template import ChatTemplate
 from llmcore.config import ModelConfig
+from llmcore.engine.async_engine import AsyncEngine
+from llmcore.engine.config import EngineConfig
+from llmcore.engine.core import EngineStatistics
+from llmcore.engine.protocol import Engine
 from llmcore.errors import (
     ContextLengthExceededError,
     CorruptModelFileError,
@@ -16,27 +21,45 @@ from llmcore.errors import (
     UnsupportedArchitectureError,
     UnsupportedQuantizationError,
 )
+from llmcore.llm import LLM
 from llmcore.model_loader import LoadedModel, load_model
 from llmcore.model_runner import ModelRunner, SequenceChunk, greedy_generate
+from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.registry import supported_architectures
+from llmcore.sampling_params import SamplingParams
+from llmcore.tokenization.detokenizer import IncrementalDetokenizer
+from llmcore.tokenization.tokenizer import Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LLM",
+    "AsyncEngine",
+    "ChatTemplate",
+    "CompletionOutput",
     "ContextLengthExceededError",
     "CorruptModelFileError",
+    "Engine",
+    "EngineConfig",
+    "EngineStatistics",
+    "IncrementalDetokenizer",
     "InvalidRequestError",
     "LLMCoreError",
     "LoadedModel",
+    "Logprob",
     "ModelConfig",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelRunner",
+    "RequestOutput",
+    "SamplingParams",
     "SequenceChunk",
+    "Tokenizer",
     "UnsupportedArchitectureError",
     "UnsupportedQuantizationError",
     "__version__",
     "greedy_generate",
     "load_model",
+    "load_tokenizer",
     "supported_architectures",
 ]

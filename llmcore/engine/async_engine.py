@@ -1,0 +1,165 @@
+"""`AsyncEngine`: the asyncio front of the local engine (llmcore's `Engine`).
+
+One step-loop task per engine runs `EngineCore.step` in a single worker thread,
+so the event loop stays free while the model computes; each request has its own
+`asyncio.Queue` of outputs. If the step loop dies, every waiting request gets an
+`EngineDeadError`, new ones are refused, and `check_health()` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from llmcore.engine.config import EngineConfig
+from llmcore.engine.core import EngineCore, EngineStatistics
+from llmcore.errors import EngineDeadError, InvalidRequestError
+from llmcore.outputs import RequestOutput
+from llmcore.sampling_params import SamplingParams
+
+log = logging.getLogger("llmcore.engine")
+
+
+class AsyncEngine:
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llmcore-step")
+        self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._dead: EngineDeadError | None = None
+        self._closed = False
+
+    @classmethod
+    async def from_pretrained(
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        tokenizer: str | os.PathLike[str] | None = None,
+        dtype: str = "auto",
+        device: str = "cpu",
+        **engine_options: Any,
+    ) -> AsyncEngine:
+        """Load a model (None: the embedded default) in a thread and wrap it."""
+        core = await asyncio.to_thread(
+            build_core, model, tokenizer=tokenizer, dtype=dtype, device=device, **engine_options
+        )
+        return cls(core)
+
+    # ---- the Engine protocol -------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream output deltas of one request; cancelling the iteration aborts it."""
+        self._check_alive()
+        if request_id in self._queues:
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        requests = self.core.make_requests(
+            prompt_token_ids, params, request_id, priority=priority, cache_salt=cache_salt
+        )
+        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._queues[request_id] = queue
+        self.core.add(requests)
+        self._kick()
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request: its blocks are freed at the next step. Unknown ids are ignored."""
+        if self._dead is None and not self._closed:
+            self.core.abort(request_id)
+            self._kick()
+
+    async def check_health(self) -> None:
+        self._check_alive()
+
+    def statistics(self) -> EngineStatistics:
+        return self.core.statistics()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._executor.shutdown(wait=True)
+
+    # ---- the step loop -------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise self._dead
+        if self._closed:
+            raise EngineDeadError("the engine is closed")
+
+    def _kick(self) -> None:
+        if self._loop_task is None:
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._step_loop(), name="llmcore-step-loop"
+            )
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    async def _step_loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self.core.has_work():
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                outputs = await loop.run_in_executor(self._executor, self.core.step)
+                for output in outputs:
+                    queue = self._queues.get(output.request_id)
+                    if queue is not None:
+                        queue.put_nowait(output)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the step loop died: fail everyone, loudly
+            self._dead = EngineDeadError(f"the engine's step loop died: {exc!r}")
+            self._dead.__cause__ = exc
+            for queue in self._queues.values():
+                queue.put_nowait(self._dead)
+            log.error("engine step loop died", exc_info=exc)
+
+
+def build_core(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    tokenizer: str | os.PathLike[str] | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    **engine_options: Any,
+) -> EngineCore:
+    """Load model and tokenizer and build an `EngineCore` (blocking)."""
+    from llmcore.model_loader import load_model
+    from llmcore.tokenization.tokenizer import load_tokenizer
+
+    loaded = load_model(model, dtype=dtype, device=device)
+    tok = load_tokenizer(tokenizer if tokenizer is not None else loaded.path)
+    return EngineCore(loaded, tok, EngineConfig(**engine_options))

@@ -1,0 +1,45 @@
+"""The `Engine` protocol: the contract between the OpenAI service (and every
+transport above it) and whatever runs the model. `AsyncEngine` is the local
+implementation; a remote or multi-process engine would implement the same.
+Pooling (`encode`) joins it with the embeddings issue."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from llmcore.engine.core import EngineStatistics
+from llmcore.outputs import RequestOutput
+from llmcore.sampling_params import SamplingParams
+
+
+class Engine(Protocol):
+    def generate(
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Output deltas of one request until `finished`; raises InvalidRequestError
+        (bad parameters, too long) before the first output, EngineDeadError if the
+        engine dies. Stopping the iteration early aborts the request."""
+        ...
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its KV blocks; unknown ids are ignored."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise EngineDeadError if the engine cannot serve."""
+        ...
+
+    def statistics(self) -> EngineStatistics:
+        """Running/waiting counts, KV blocks, prefix-cache hits, tokens processed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop the step loop and release the model."""
+        ...

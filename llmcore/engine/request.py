@@ -1,0 +1,87 @@
+"""`Request`: one sequence's state inside the engine, from arrival to finish.
+
+Invariants: `all_token_ids == prompt_token_ids + output_token_ids`;
+`num_computed_tokens <= len(all_token_ids)` counts tokens whose KV is in the cache
+(it drops to 0 when the request is preempted, and catches up again: prefill,
+chunked prefill, prefix-cache hits and resumption are the same arithmetic).
+A request with `n > 1` is several `Request`s (one per completion) sharing a
+`group_id`; they share their prompt's KV blocks through the prefix cache.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from llmcore.engine.block_pool import BlockHash
+from llmcore.sampling_params import SamplingParams
+from llmcore.tokenization.detokenizer import IncrementalDetokenizer
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS, a stop token or a stop string
+    LENGTH = "length"  # max_tokens or the model's context
+    ABORT = "abort"  # cancelled by the caller
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    request_id: str  # unique inside the engine (a child of an n>1 group gets "-i")
+    group_id: str  # the caller's request id
+    index: int  # which of the group's n completions
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int  # resolved: params.max_tokens capped by the context
+    arrival_time: float
+    priority: int = 0
+    cache_salt: str | None = None
+    stop_token_ids: frozenset[int] = frozenset()
+    bad_words_token_ids: list[list[int]] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    detokenizer: IncrementalDetokenizer | None = None
+
+    output_token_ids: list[int] = field(default_factory=list)
+    all_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    block_hashes: list[BlockHash] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+    num_preemptions: int = 0
+    text: str = ""  # detokenized output, stop strings applied
+    emitted_chars: int = 0  # how much of `text` has been handed out
+    emitted_tokens: int = 0  # how many output tokens have been handed out
+    emitted_finish: bool = False  # the finishing output has been handed out
+
+    def __post_init__(self) -> None:
+        if not self.all_token_ids:
+            self.all_token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def append_token(self, token_id: int) -> None:
+        self.output_token_ids.append(token_id)
+        self.all_token_ids.append(token_id)
+
+    def sort_key(self) -> tuple[int, float]:
+        """Lower runs first: priority, then arrival (FCFS)."""
+        return (self.priority, self.arrival_time)

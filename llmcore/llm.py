@@ -1,0 +1,135 @@
+"""`LLM`: the synchronous offline API, in the shape of vLLM's.
+
+`generate` submits every prompt at once, so the scheduler batches them, steps the
+engine until all are done, and returns one cumulative `RequestOutput` per prompt,
+in input order. `chat` renders each conversation with the model's chat template
+first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from llmcore.chat_template import ChatTemplate, require_template
+from llmcore.engine.async_engine import build_core
+from llmcore.outputs import CompletionOutput, RequestOutput
+from llmcore.sampling_params import SamplingParams
+
+Prompt = str | Sequence[int]
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        tokenizer: str | os.PathLike[str] | None = None,
+        dtype: str = "auto",
+        device: str = "cpu",
+        chat_template: str | None = None,
+        **engine_options: Any,
+    ) -> None:
+        """`model`: a .gguf file or Hugging Face folder; None = the embedded default
+        (SmolLM2-135M-Instruct). `engine_options` are `EngineConfig` fields."""
+        self.core = build_core(
+            model, tokenizer=tokenizer, dtype=dtype, device=device, **engine_options
+        )
+        self.tokenizer = self.core.tokenizer
+        self.chat_template = ChatTemplate.resolve(
+            self.core.loaded.path, chat_template, gguf_template=self.tokenizer.chat_template
+        )
+        self._counter = 0
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Complete every prompt (a string or token ids); one output per prompt."""
+        batch = _as_list(prompts)
+        params = _params_list(sampling_params, len(batch))
+        token_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in batch]
+        return self._run(token_ids, params)
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[RequestOutput]:
+        """Answer one conversation (a list of messages) or several."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        template = require_template(self.chat_template)
+        token_ids = []
+        for conversation in conversations:
+            text = template.render(
+                list(conversation),  # type: ignore[arg-type]
+                add_generation_prompt=add_generation_prompt and not continue_final_message,
+                continue_final_message=continue_final_message,
+                tools=tools,
+                bos_token=self.tokenizer.bos_token or "",
+                eos_token=self.tokenizer.eos_token or "",
+                **(chat_template_kwargs or {}),
+            )
+            token_ids.append(self.tokenizer.encode(text, add_special_tokens=False))
+        return self._run(token_ids, _params_list(sampling_params, len(conversations)))
+
+    def _run(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
+        ids = []
+        results: dict[str, RequestOutput] = {}
+        requests = []
+        for prompt, p in zip(prompts, params, strict=True):
+            self._counter += 1
+            request_id = f"offline-{self._counter}"
+            requests.append(self.core.make_requests(prompt, p, request_id))  # validate all first
+            ids.append(request_id)
+            results[request_id] = RequestOutput(
+                request_id,
+                prompt,
+                [CompletionOutput(index=i, text="", token_ids=[]) for i in range(p.n)],
+            )
+        for group in requests:
+            self.core.add(group)
+        while self.core.has_work():
+            for delta in self.core.step():
+                _accumulate(results[delta.request_id], delta)
+        return [results[i] for i in ids]
+
+
+def _accumulate(total: RequestOutput, delta: RequestOutput) -> None:
+    total.finished = delta.finished
+    if delta.prompt_logprobs is not None:
+        total.prompt_logprobs = delta.prompt_logprobs
+    for d in delta.outputs:
+        c = total.outputs[d.index]
+        c.text += d.text
+        c.token_ids.extend(d.token_ids)
+        c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+        if d.logprobs is not None:
+            c.logprobs = (c.logprobs or []) + d.logprobs
+
+
+def _as_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    if prompts and isinstance(prompts[0], int):
+        return [prompts]  # type: ignore[list-item]
+    return list(prompts)  # type: ignore[arg-type]
+
+
+def _params_list(
+    params: SamplingParams | Sequence[SamplingParams] | None, n: int
+) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in range(n)]
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    if len(params) != n:
+        raise ValueError(f"{len(params)} sampling params for {n} prompts")
+    return list(params)

@@ -1,0 +1,330 @@
+"""The engine on SmolLM2-135M-Instruct (float32): continuous batching is invisible
+in the outputs (batch invariance, preemption), prefix caching computes shared
+blocks once, aborts leak nothing, seeds are batch-invariant, and the request-level
+sampling parameters (stops, lengths, logprobs) act."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+import torch
+
+import llmcore
+from llmcore.engine.async_engine import AsyncEngine
+from llmcore.engine.config import EngineConfig
+from llmcore.engine.core import EngineCore
+from llmcore.errors import ContextLengthExceededError, InvalidRequestError
+from llmcore.outputs import RequestOutput
+from llmcore.sampling_params import SamplingParams
+from llmcore.tokenization.tokenizer import Tokenizer
+
+BLOCK = 16
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2: llmcore.LoadedModel) -> Tokenizer:
+    return llmcore.load_tokenizer(smollm2.path)
+
+
+def make_core(smollm2: llmcore.LoadedModel, tokenizer: Tokenizer, **options: Any) -> EngineCore:
+    options.setdefault("kv_cache_memory", 96 << 20)
+    return EngineCore(smollm2, tokenizer, EngineConfig(block_size=BLOCK, **options))
+
+
+def run(core: EngineCore, prompts: list[list[int]], params: list[SamplingParams]) -> list[Any]:
+    """Submit everything at once, step to completion; cumulative outputs by index."""
+    results: dict[str, list[Any]] = {}
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        core.add(core.make_requests(prompt, p, f"r{i}"))
+        results[f"r{i}"] = [{"text": "", "ids": [], "finish": None, "stop": None, "lp": []}
+                            for _ in range(p.n)]  # fmt: skip
+    while core.has_work():
+        for out in core.step():
+            for c in out.outputs:
+                acc = results[out.request_id][c.index]
+                acc["text"] += c.text
+                acc["ids"] += c.token_ids
+                acc["finish"], acc["stop"] = c.finish_reason, c.stop_reason
+                acc["lp"] += c.logprobs or []
+            if out.prompt_logprobs is not None:
+                results[out.request_id][0]["prompt_lp"] = out.prompt_logprobs
+    return [results[f"r{i}"] for i in range(len(prompts))]
+
+
+def prompts_of(tokenizer: Tokenizer, n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    words = ("the river city night music code light winter garden stone letter morning "
+             "ocean bridge story machine forest").split()  # fmt: skip
+    out = []
+    for i in range(n):
+        text = f"Story {i}: " + " ".join(rng.choice(words) for _ in range(rng.randrange(3, 60)))
+        out.append(tokenizer.encode(text))
+    return out
+
+
+# ---- batching ----------------------------------------------------------------------------
+
+
+def test_batch_invariance_32_concurrent_greedy_requests(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prompts = prompts_of(tokenizer, 32)
+    assert len({len(p) for p in prompts}) > 10
+    core = make_core(smollm2, tokenizer, kv_cache_memory=192 << 20, max_num_batched_tokens=512)
+    batched = run(core, prompts, [GREEDY] * 32)
+    assert core.statistics().num_steps < 32 * 24 / 4  # the requests really shared steps
+    alone = [run(make_core(smollm2, tokenizer), [p], [GREEDY])[0] for p in prompts]
+    differ = [i for i in range(32) if batched[i][0]["ids"] != alone[i][0]["ids"]]
+    # float32 matmuls of different batch shapes round differently; a greedy near-tie may
+    # flip. The issue allows 1 in 32 and asks for a report of which and why.
+    assert len(differ) <= 1, f"{len(differ)} of 32 differ: {differ}"
+
+
+def test_chunked_prefill_interleaves_and_matches(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    long_prompt = tokenizer.encode(" ".join(["word"] * 300))
+    short = prompts_of(tokenizer, 3, seed=3)
+    core = make_core(smollm2, tokenizer, max_num_batched_tokens=64)
+    outs = run(core, [long_prompt, *short], [GREEDY] * 4)
+    # 300+ prompt tokens at 64 per step: several steps, while the short ones decode
+    assert core.statistics().num_steps >= len(long_prompt) // 64
+    reference = make_core(smollm2, tokenizer, max_num_batched_tokens=4096)
+    assert outs == run(reference, [long_prompt, *short], [GREEDY] * 4)
+
+
+def test_preemption_gives_identical_outputs(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prompts = prompts_of(tokenizer, 12, seed=5)
+    params = [SamplingParams(temperature=0.0, max_tokens=40)] * 12
+    roomy = run(make_core(smollm2, tokenizer), prompts, params)
+    # 24 blocks of 16 tokens cannot hold 12 sequences of up to ~100 tokens
+    tight_core = make_core(smollm2, tokenizer, kv_cache_memory=24 * BLOCK * 46080)
+    assert tight_core.runner.num_blocks == 24
+    tight = run(tight_core, prompts, params)
+    assert tight_core.statistics().num_preemptions > 0
+    assert tight == roomy
+    assert tight_core.statistics().num_kv_blocks_free == 24
+
+
+# ---- prefix caching ----------------------------------------------------------------------
+
+
+def test_prefix_cache_computes_only_the_unshared_tail(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prefix = tokenizer.encode("You are a helpful assistant. " * 8)[: 3 * BLOCK]
+    first = prefix + tokenizer.encode(" Tell me about rivers.", add_special_tokens=False)
+    second = prefix + tokenizer.encode(" What is a volcano? Explain.", add_special_tokens=False)
+    outputs = {}
+    for caching in (True, False):
+        core = make_core(smollm2, tokenizer, enable_prefix_caching=caching)
+        run(core, [first], [GREEDY])
+        before = core.statistics()
+        outputs[caching] = run(core, [second], [GREEDY])
+        after = core.statistics()
+        computed = after.num_prompt_tokens_computed - before.num_prompt_tokens_computed
+        if caching:
+            assert after.prefix_cache_hits - before.prefix_cache_hits == 3 * BLOCK
+            assert computed == len(second) - 3 * BLOCK
+        else:
+            assert computed == len(second)
+    assert outputs[True] == outputs[False]
+
+
+def test_n_greater_than_one_shares_the_prompt(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prompt = tokenizer.encode("Write a short poem about the sea. " * 4)
+    core = make_core(smollm2, tokenizer)
+    params = SamplingParams(n=4, temperature=0.8, seed=11, max_tokens=12)
+    [out] = run(core, [prompt], [params])
+    stats = core.statistics()
+    full_blocks = (len(prompt) - 1) // BLOCK
+    assert stats.prefix_cache_hits == 3 * full_blocks * BLOCK
+    assert stats.num_prompt_tokens_computed == len(prompt) + 3 * (len(prompt) - full_blocks * BLOCK)
+    assert len(out) == 4 and len({tuple(c["ids"]) for c in out}) > 1  # different samples
+
+
+# ---- seeds -------------------------------------------------------------------------------
+
+
+def test_seeded_request_is_batch_invariant(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prompt = tokenizer.encode("Once upon a time")
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=24)
+    alone = run(make_core(smollm2, tokenizer), [prompt], [seeded])[0][0]["ids"]
+    others = prompts_of(tokenizer, 16, seed=9)
+    other_params = [SamplingParams(temperature=0.9, max_tokens=24, seed=i if i % 2 else None)
+                    for i in range(16)]  # fmt: skip
+    batch = run(make_core(smollm2, tokenizer), [*others[:7], prompt, *others[7:]],
+                [*other_params[:7], seeded, *other_params[7:]])  # fmt: skip
+    assert batch[7][0]["ids"] == alone
+    different_seed = SamplingParams(temperature=1.0, top_p=0.95, seed=99, max_tokens=24)
+    assert run(make_core(smollm2, tokenizer), [prompt], [different_seed])[0][0]["ids"] != alone
+
+
+# ---- request-level parameters ------------------------------------------------------------
+
+
+def test_stop_strings_are_cut_and_reported(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prompt = tokenizer.encode("The capital of France is")
+    core = make_core(smollm2, tokenizer)
+    free = run(core, [prompt], [SamplingParams(temperature=0, max_tokens=30)])[0][0]["text"]
+    assert "answer" in free  # " Paris.\n\nThe answer is: ..."
+    stopped, kept = run(core, [prompt, prompt], [
+        SamplingParams(temperature=0, max_tokens=30, stop=["answer"]),
+        SamplingParams(temperature=0, max_tokens=30, stop=["answer"],
+                       include_stop_str_in_output=True),
+    ])  # fmt: skip
+    assert stopped[0]["text"] == free[: free.index("answer")]
+    assert stopped[0]["finish"] == "stop" and stopped[0]["stop"] == "answer"
+    assert kept[0]["text"] == free[: free.index("answer") + len("answer")]
+
+
+def test_stop_token_ids_max_tokens_min_tokens_ignore_eos(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prompt = tokenizer.encode("The capital of France is")
+    core = make_core(smollm2, tokenizer)
+    free = run(core, [prompt], [SamplingParams(temperature=0, max_tokens=40)])[0][0]
+    assert free["finish"] == "stop" and free["ids"][-1] in core.eos_token_ids
+    third = free["ids"][2]
+    by_token, by_length, at_least, no_eos = run(core, [prompt] * 4, [
+        SamplingParams(temperature=0, max_tokens=40, stop_token_ids=[third]),
+        SamplingParams(temperature=0, max_tokens=5),
+        SamplingParams(temperature=0, max_tokens=80, min_tokens=len(free["ids"]) + 5),
+        SamplingParams(temperature=0, max_tokens=len(free["ids"]) + 6, ignore_eos=True),
+    ])  # fmt: skip
+    assert by_token[0]["ids"] == free["ids"][:3] and by_token[0]["stop"] == third
+    assert by_length[0]["ids"] == free["ids"][:5] and by_length[0]["finish"] == "length"
+    assert len(at_least[0]["ids"]) >= len(free["ids"]) + 5
+    assert len(no_eos[0]["ids"]) == len(free["ids"]) + 6 and no_eos[0]["finish"] == "length"
+
+
+def test_logprobs_and_prompt_logprobs_match_the_model(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    prompt = tokenizer.encode("The capital of France is")
+    core = make_core(smollm2, tokenizer)
+    [[out]] = run(core, [prompt], [SamplingParams(temperature=0, max_tokens=4, logprobs=3,
+                                                  prompt_logprobs=2)])  # fmt: skip
+    runner = llmcore.ModelRunner(smollm2, num_blocks=8)
+    full = prompt + out["ids"]
+    chunk = llmcore.SequenceChunk(full, 0, list(range(8)), all_logits=True)
+    logprobs = torch.log_softmax(runner.execute_detailed([chunk]).all[0], -1)
+    for i, lp in enumerate(out["lp"]):
+        row = logprobs[len(prompt) - 1 + i]
+        assert lp.token_id == out["ids"][i] and lp.rank == 1  # greedy picks rank 1
+        assert lp.logprob == pytest.approx(float(row[lp.token_id]), abs=1e-4)
+        assert [t for t, _ in lp.top] == row.topk(3).indices.tolist()
+    plp = out["prompt_lp"]
+    assert plp[0] is None and len(plp) == len(prompt)
+    for pos in range(1, len(prompt)):
+        assert plp[pos].token_id == prompt[pos]
+        assert plp[pos].logprob == pytest.approx(float(logprobs[pos - 1, prompt[pos]]), abs=1e-4)
+        assert len(plp[pos].top) == 2
+
+
+def test_invalid_requests_are_refused_naming_the_field(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    core = make_core(smollm2, tokenizer, max_model_len=256)
+    message = r"256.*250 prompt tokens.*max_tokens \(16\)"
+    with pytest.raises(ContextLengthExceededError, match=message):
+        core.make_requests([1] * 250, SamplingParams(max_tokens=16), "x")
+    with pytest.raises(InvalidRequestError) as info:
+        core.make_requests([1, 2], SamplingParams(temperature=-1), "x")
+    assert info.value.param == "temperature"
+    with pytest.raises(InvalidRequestError, match="logit_bias"):
+        core.make_requests([1, 2], SamplingParams(logit_bias={10**6: 1.0}), "x")
+    with pytest.raises(InvalidRequestError, match="prompt"):
+        core.make_requests([], SamplingParams(), "x")
+
+
+# ---- the asyncio front -------------------------------------------------------------------
+
+
+def test_async_abort_leaks_no_blocks(smollm2: llmcore.LoadedModel, tokenizer: Tokenizer) -> None:
+    async def scenario() -> None:
+        engine = AsyncEngine(make_core(smollm2, tokenizer, kv_cache_memory=256 << 20))
+        total = engine.statistics().num_kv_blocks
+        rng = random.Random(0)
+        prompts = prompts_of(tokenizer, 200, seed=1)
+
+        async def consume(i: int) -> None:
+            stop_after = rng.randrange(0, 6)
+            params = SamplingParams(temperature=0.7, seed=i, max_tokens=50)
+            seen = 0
+            stream = engine.generate(prompts[i], params, f"a{i}")
+            try:
+                async for _ in stream:
+                    seen += 1
+                    if seen > stop_after:
+                        break
+            finally:
+                await stream.aclose()
+
+        tasks = [asyncio.create_task(consume(i)) for i in range(200)]
+        await asyncio.sleep(0)
+        for t in tasks[::7]:  # some are cancelled from outside, before or while streaming
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(100):
+            stats = engine.statistics()
+            if stats.num_running == 0 and stats.num_waiting == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (stats.num_running, stats.num_waiting) == (0, 0)
+        assert stats.num_kv_blocks_free == total
+        prompt = tokenizer.encode("The capital of France is")
+        outs: list[RequestOutput] = [o async for o in engine.generate(prompt, GREEDY, "after")]
+        text = "".join(c.text for o in outs for c in o.outputs)
+        assert text.startswith(" Paris")
+        await engine.check_health()
+        await engine.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_dead_step_loop_fails_waiting_requests(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    async def scenario() -> None:
+        core = make_core(smollm2, tokenizer)
+        engine = AsyncEngine(core)
+
+        def broken_step() -> list[RequestOutput]:
+            raise RuntimeError("simulated kernel failure")
+
+        core.step = broken_step  # type: ignore[method-assign]
+        with pytest.raises(llmcore.errors.EngineDeadError, match="simulated kernel failure"):
+            async for _ in engine.generate([1, 2, 3], GREEDY, "doomed"):
+                pass
+        with pytest.raises(llmcore.errors.EngineDeadError):
+            await engine.check_health()
+        with pytest.raises(llmcore.errors.EngineDeadError):
+            async for _ in engine.generate([1, 2, 3], GREEDY, "next"):
+                pass
+        await engine.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_llm_offline_api(smollm2: llmcore.LoadedModel) -> None:
+    llm = llmcore.LLM(smollm2.path, kv_cache_memory=64 << 20)
+    outs = llm.generate(["The capital of France is", [1, 2, 3]], SamplingParams(temperature=0))
+    assert len(outs) == 2 and outs[0].outputs[0].text.startswith(" Paris")
+    assert outs[0].prompt_token_ids == llm.tokenizer.encode("The capital of France is")
+    assert len(outs[1].outputs[0].token_ids) == 16  # default max_tokens
+    [chat] = llm.chat([{"role": "user", "content": "What is 2+2?"}],
+                      SamplingParams(temperature=0, max_tokens=30))  # fmt: skip
+    assert "4" in chat.outputs[0].text and chat.outputs[0].finish_reason in ("stop", "length")
