@@ -36,18 +36,30 @@ def paged_attention_decode(
     """One query token per sequence: `query` `[B, Hq, D]` -> `[B, Hq, D]`.
 
     `block_tables` is `[B, max_blocks]` int32/int64, `seq_lens` `[B]` (tokens in
-    the cache for each sequence, the new one included)."""
-    _num_seqs, num_heads, head_dim = query.shape
-    num_kv_heads = key_cache.shape[2]
+    the cache for each sequence, the new one included). All sequences are served
+    by one attention call over their blocks gathered to the longest length, the
+    shorter ones masked past their end."""
+    num_seqs, num_heads, head_dim = query.shape
+    num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     group = num_heads // num_kv_heads
-    out = torch.empty_like(query)
-    for i, seq_len in enumerate(seq_lens.tolist()):
-        k = _gather_kv(key_cache, block_tables[i], seq_len)
-        v = _gather_kv(value_cache, block_tables[i], seq_len)
-        q = query[i].view(num_kv_heads, group, head_dim)
-        o = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        out[i] = o.reshape(num_heads, head_dim)
-    return out
+    max_len = int(seq_lens.max())
+    num_blocks = -(-max_len // block_size)
+    tables = block_tables[:, :num_blocks].long()
+    k = key_cache[tables].flatten(1, 2)[:, :max_len]  # [B, L, Hkv, D]
+    v = value_cache[tables].flatten(1, 2)[:, :max_len]
+    mask = None
+    if bool((seq_lens != max_len).any()):
+        positions = torch.arange(max_len, device=query.device)
+        valid = positions[None, :] < seq_lens[:, None].to(positions.dtype)  # [B, L]
+        # Slots past a sequence's end were never written for it: they may hold
+        # anything (even NaN, which a -inf score times a zero weight would not hide).
+        k = k.masked_fill(~valid[:, :, None, None], 0.0)
+        v = v.masked_fill(~valid[:, :, None, None], 0.0)
+        mask = valid[:, None, None, :]
+    q = query.view(num_seqs, num_kv_heads, group, head_dim)
+    k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(num_seqs, num_heads, head_dim)
 
 
 def paged_attention_prefill(

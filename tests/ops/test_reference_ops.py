@@ -44,8 +44,9 @@ def _paged_setup(
     num_blocks = max_blocks * len(lens) + 3
     perm = torch.randperm(num_blocks, generator=g)
     tables = perm[: max_blocks * len(lens)].view(len(lens), max_blocks).to(torch.int32)
-    kc = torch.zeros(num_blocks, bs, kv_heads, d, dtype=dtype)
-    vc = torch.zeros_like(kc)
+    # Unwritten slots hold NaN: the ops must never let them into a result.
+    kc = torch.full((num_blocks, bs, kv_heads, d), float("nan"), dtype=dtype)
+    vc = torch.full_like(kc, float("nan"))
     keys = [torch.randn(n, kv_heads, d, generator=g).to(dtype) for n in lens]
     vals = [torch.randn(n, kv_heads, d, generator=g).to(dtype) for n in lens]
     for i, n in enumerate(lens):
