@@ -28,4 +28,5 @@ def test_generate_and_chat_on_the_default_model() -> None:
 def test_errors_are_one_line_and_exit_2() -> None:
     out = _cli("generate", "x", "--model", "/nonexistent/model.gguf")
     assert out.returncode == 2
-    assert out.stderr.strip() == "llmcore: error: model path '/nonexistent/model.gguf' does not exist"
+    expected = "llmcore: error: model path '/nonexistent/model.gguf' does not exist"
+    assert out.stderr.strip() == expected
