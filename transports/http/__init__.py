@@ -1,0 +1,31 @@
+# Owns the public face of the HTTP transport: a raw h11 HTTP/1.1 server over anyio
+# (TCP, TLS, Unix socket) that hands requests to llmcore's OpenAI service. Invariant:
+# everything a caller needs is importable from here; the modules behind it may move.
+"""The HTTP/1.1 transport: `serve(service, HTTPConfig(...))` or `HTTPServer`."""
+
+from __future__ import annotations
+
+from transports.http.config import HTTPConfig
+from transports.http.listeners import AddressInUseError
+from transports.http.server import HTTPServer, ServerStatistics, run, serve
+from transports.http.service import (
+    HTTPRequest,
+    RequestFactory,
+    Service,
+    ServiceResponseLike,
+    ServiceStreamLike,
+)
+
+__all__ = [
+    "AddressInUseError",
+    "HTTPConfig",
+    "HTTPRequest",
+    "HTTPServer",
+    "RequestFactory",
+    "ServerStatistics",
+    "Service",
+    "ServiceResponseLike",
+    "ServiceStreamLike",
+    "run",
+    "serve",
+]

@@ -1,0 +1,89 @@
+# Owns HTTPConfig: every listening address, limit, timeout and security option of the
+# HTTP transport in one frozen value. Invariant: a constructed HTTPConfig is valid
+# (positive limits, TLS files given together, no contradictory CORS settings), so
+# the rest of the transport never re-checks it.
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPConfig:
+    """Configuration of the h11 HTTP/1.1 server.
+
+    Addresses: TCP `host`/`port` (port 0 picks a free port), or a Unix domain socket
+    `uds` (then TCP is not opened) created with `uds_mode`.
+    Timeouts are in seconds; sizes in bytes.
+    """
+
+    # -- where to listen
+    host: str = "127.0.0.1"
+    port: int = 8000
+    uds: str | None = None
+    uds_mode: int = 0o600
+    backlog: int = 1024
+
+    # -- TLS (both files or neither)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: int = ssl.CERT_NONE
+    tls_handshake_timeout: float = 10.0
+
+    # -- limits
+    max_body_size: int = 32 * MiB
+    max_header_count: int = 100
+    max_header_size: int = 16 * 1024
+    max_connections: int | None = 1024
+    retry_after: int = 1
+
+    # -- timeouts
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 5.0
+    send_timeout: float = 60.0
+
+    # -- security
+    api_keys: tuple[str, ...] = ()
+    public_paths: tuple[str, ...] = ("/health", "/ping", "/version")
+    allowed_origins: tuple[str, ...] = ()
+    allowed_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    allowed_headers: tuple[str, ...] = ("authorization", "content-type", "x-request-id")
+    allow_credentials: bool = False
+    cors_max_age: int = 600
+    enable_request_id_headers: bool = False
+
+    # -- logging
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "max_body_size", "max_header_count", "max_header_size", "backlog")
+        _check_positive(self, "header_timeout", "body_timeout", "keep_alive_timeout")
+        _check_positive(self, "send_timeout", "tls_handshake_timeout")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1 (or None for no limit)")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, not {self.port}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile must be given together")
+        if self.uds_mode & ~0o777:
+            raise ValueError(f"uds_mode must be a permission mode, not {oct(self.uds_mode)}")
+        if any(isinstance(key, str) and not key for key in self.api_keys):
+            raise ValueError("api_keys must not contain an empty key")
+        if self.allow_credentials and "*" in self.allowed_origins:
+            raise ValueError("allow_credentials cannot be combined with allowed_origins '*'")
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
+
+
+def _check_positive(config: HTTPConfig, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive")
