@@ -1,0 +1,204 @@
+"""POST /v1/chat/completions: a conversation in, assistant messages out.
+
+Invariants: the prompt is the conversation rendered by the model's chat template
+(400 if the model has none); a stream opens with one `{"role": ..., "content": ""}`
+delta per choice, then content deltas whose concatenation is the non-streamed
+content, exactly one `finish_reason` per choice (none for an aborted one), then the
+usage chunk if asked for; `usage` is exact (total = prompt + completion).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from llmcore.errors import InvalidRequestError
+from llmcore.openai.context import ServiceContext
+from llmcore.openai.generation import (
+    Collected,
+    Generation,
+    Item,
+    collect,
+    public_finish_reason,
+    usage,
+)
+from llmcore.openai.logprobs import chat_logprobs, prompt_logprobs
+from llmcore.openai.params import build_params, check_logprobs
+from llmcore.openai.prompts import check_context, content_text, render_chat
+from llmcore.openai.protocol import (
+    ROLE_OF,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    DeltaMessage,
+)
+from llmcore.openai.streaming import ClosingStream, PrimedStream, prime
+from llmcore.openai.unsupported import check_chat
+
+OBJECT = "chat.completion"
+CHUNK_OBJECT = "chat.completion.chunk"
+
+
+@dataclass(slots=True)
+class _Plan:
+    gen: Generation
+    id: str
+    created: int
+    role: str  # of the answer: "assistant", or the final message's when continuing it
+    echo: str  # vLLM's echo: the final message's content, when it has the answer's role
+    logprobs: bool
+    prompt_logprobs: bool
+    include_usage: bool
+    continuous_usage: bool
+
+
+def _generation_prompt_flags(req: ChatCompletionRequest) -> tuple[bool, bool]:
+    """(add_generation_prompt, continue_final_message): continuing the final message
+    turns the generation prompt off unless the request asks for both (a 400)."""
+    cont = bool(req.continue_final_message)
+    add = req.add_generation_prompt
+    return (not cont) if add is None else add, cont
+
+
+def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str) -> _Plan:
+    model = ctx.model(req.model)
+    check_chat(req)
+    check_logprobs("top_logprobs", req.top_logprobs, ctx.limits)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidRequestError(
+            "top_logprobs: requires logprobs to be true", param="top_logprobs"
+        )
+    add_generation_prompt, continue_final = _generation_prompt_flags(req)
+    prompt = render_chat(
+        model,
+        req.messages,
+        add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_final,
+        add_special_tokens=bool(req.add_special_tokens),
+        chat_template_kwargs=req.chat_template_kwargs,
+        tools=req.tools,
+        documents=req.documents,
+    )
+    max_tokens = (
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    )
+    params = build_params(
+        req,
+        max_tokens=max_tokens,
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        prompt_logprobs=req.prompt_logprobs,
+        limits=ctx.limits,
+        vocab_size=model.tokenizer.vocab_size,
+    )
+    check_context(model, len(prompt.token_ids), max_tokens, "messages")
+    last = req.messages[-1]
+    role = "assistant" if add_generation_prompt else ROLE_OF[type(last)]
+    echo = content_text(last.content) if req.echo and ROLE_OF[type(last)] == role else ""
+    options = req.stream_options
+    return _Plan(
+        gen=Generation(model, [prompt], params, request_id, req.priority or 0, req.cache_salt),
+        id=f"chatcmpl-{request_id}",
+        created=int(time.time()),
+        role=role,
+        echo=echo,
+        logprobs=bool(req.logprobs),
+        prompt_logprobs=req.prompt_logprobs is not None,
+        include_usage=bool(options and options.include_usage),
+        continuous_usage=bool(options and options.continuous_usage_stats),
+    )
+
+
+async def create_chat_completion(
+    ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
+) -> ChatCompletionResponse | ClosingStream[ChatCompletionChunk]:
+    """The whole response, or (`stream`) its chunks: already started, so errors before
+    the first output are raised here; close the stream to abort the request."""
+    plan = _plan(ctx, req, request_id)
+    outputs = ctx.runner.outputs(plan.gen)
+    if req.stream:
+        primed = await prime(outputs)
+        return ClosingStream(_chunks(ctx, plan, primed), primed)
+    return _response(ctx, plan, await collect(plan.gen, outputs))
+
+
+def _response(ctx: ServiceContext, plan: _Plan, collected: Collected) -> ChatCompletionResponse:
+    strings = ctx.strings(plan.gen.model)
+    choices = [
+        ChatChoice(
+            index=index,
+            message=ChatMessageOut(role=plan.role, content=plan.echo + choice.text),
+            logprobs=chat_logprobs(strings, choice.token_ids, choice.logprobs)
+            if plan.logprobs
+            else None,
+            finish_reason=choice.finish_reason,
+            stop_reason=choice.stop_reason,
+        )
+        for index, choice in enumerate(collected.choices)
+    ]
+    prompt_lps = collected.prompt_logprobs[0]
+    return ChatCompletionResponse(
+        id=plan.id,
+        object=OBJECT,
+        created=plan.created,
+        model=plan.gen.model.name,
+        choices=choices,
+        usage=usage(plan.gen.num_prompt_tokens, collected.num_completion_tokens),
+        prompt_logprobs=prompt_logprobs(strings, prompt_lps) if plan.prompt_logprobs else None,
+    )
+
+
+class _Chunker:
+    """Builds the chunks of one stream, with usage on each when asked for."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.completion_tokens = 0
+
+    def chunk(self, choices: list[ChatChunkChoice], final: bool = False) -> ChatCompletionChunk:
+        plan = self.plan
+        chunk = ChatCompletionChunk(
+            plan.id, CHUNK_OBJECT, plan.created, plan.gen.model.name, choices
+        )
+        if final or plan.continuous_usage:
+            chunk.usage = usage(plan.gen.num_prompt_tokens, self.completion_tokens)
+        return chunk
+
+    def delta(self, index: int, delta: DeltaMessage) -> ChatCompletionChunk:
+        return self.chunk([ChatChunkChoice(index, delta, None, None)])
+
+
+async def _chunks(
+    ctx: ServiceContext, plan: _Plan, outputs: PrimedStream[Item]
+) -> AsyncGenerator[ChatCompletionChunk, None]:
+    strings, n = ctx.strings(plan.gen.model), plan.gen.params.n
+    chunker = _Chunker(plan)
+    async with aclosing(outputs) as items:
+        for index in range(n):
+            yield chunker.delta(index, DeltaMessage(role=plan.role, content=""))
+        if plan.echo:
+            for index in range(n):
+                yield chunker.delta(index, DeltaMessage(content=plan.echo))
+        async for _, out in items:
+            for delta in out.outputs:
+                chunker.completion_tokens += len(delta.token_ids)
+                logprobs = None
+                if plan.logprobs and delta.token_ids:
+                    logprobs = chat_logprobs(strings, delta.token_ids, delta.logprobs)
+                finish = public_finish_reason(delta.finish_reason)
+                if not delta.text and finish is None and logprobs is None:
+                    continue  # tokens whose text is held back, and no logprobs asked for
+                choice = ChatChunkChoice(
+                    index=delta.index,
+                    delta=DeltaMessage(content=delta.text or None),
+                    logprobs=logprobs,
+                    finish_reason=finish,
+                    stop_reason=delta.stop_reason if finish is not None else None,
+                )
+                yield chunker.chunk([choice])
+    if plan.include_usage:
+        yield chunker.chunk([], final=True)

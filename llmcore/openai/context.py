@@ -1,0 +1,47 @@
+"""What every endpoint of one service shares: the served models (by name), the
+limits, the generation runner and each model's token-string cache.
+
+Invariant: a request names a served model or none (the first one); any other name
+is a 404 that lists the served names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmcore.errors import NotFoundError
+from llmcore.openai.generation import Runner
+from llmcore.openai.interface import ServedModel
+from llmcore.openai.logprobs import TokenStrings
+from llmcore.openai.params import Limits
+
+
+class ServiceContext:
+    def __init__(self, models: Sequence[ServedModel], limits: Limits, runner: Runner) -> None:
+        if not models:
+            raise ValueError("an OpenAIService needs at least one served model")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"served model names must be unique: {names}")
+        self.models = list(models)
+        self.by_name = {m.name: m for m in models}
+        self.limits = limits
+        self.runner = runner
+        self._strings = {m.name: TokenStrings(m.tokenizer) for m in models}
+
+    def model(self, name: str | None) -> ServedModel:
+        """The served model called `name`; None: the first served model."""
+        if name is None:
+            return self.models[0]
+        model = self.by_name.get(name)
+        if model is None:
+            served = ", ".join(repr(n) for n in self.by_name)
+            raise NotFoundError(
+                f"the model {name!r} does not exist; served models: {served}",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
+    def strings(self, model: ServedModel) -> TokenStrings:
+        return self._strings[model.name]

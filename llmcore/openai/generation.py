@@ -1,0 +1,196 @@
+"""Running one API request on the engine: its prompts (several for a completions
+request with a list of prompts), their outputs merged into one stream tagged with
+the prompt's index, admission and metrics; and the accumulation of outputs into
+whole choices.
+
+Invariants: every engine iterator opened here is closed on every path (finished,
+failed, cancelled or closed early), so the engine aborts what nobody reads; a
+request counts as in flight from admission until its outputs are closed, and as
+queued until its first output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from llmcore.openai.interface import ServedModel
+from llmcore.openai.metrics import LoadTracker, ServiceMetrics
+from llmcore.openai.protocol import UsageInfo
+from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
+from llmcore.sampling_params import SamplingParams
+
+Item = tuple[int, RequestOutput]  # (prompt index, engine output delta)
+
+
+@dataclass(slots=True)
+class Prompt:
+    token_ids: list[int]
+    text: str | None = None  # the prompt's text, where the request gave or rendered one
+
+
+@dataclass(slots=True)
+class Generation:
+    """Everything one API request asks of the engine."""
+
+    model: ServedModel
+    prompts: list[Prompt]
+    params: SamplingParams
+    request_id: str
+    priority: int = 0
+    cache_salt: str | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(len(p.token_ids) for p in self.prompts)
+
+    def choice_index(self, prompt_index: int, output_index: int) -> int:
+        return prompt_index * self.params.n + output_index
+
+
+def public_finish_reason(reason: str | None) -> str | None:
+    """ "stop" and "length" as they are; an aborted completion has no finish reason."""
+    return None if reason == "abort" else reason
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+
+async def _closing(iterator: AsyncIterator[RequestOutput]) -> AsyncGenerator[RequestOutput, None]:
+    """`iterator` as an async generator (closable), closing it if it can be closed."""
+    try:
+        async for item in iterator:
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _engine_stream(gen: Generation, index: int) -> AsyncGenerator[RequestOutput, None]:
+    request_id = gen.request_id if len(gen.prompts) == 1 else f"{gen.request_id}-{index}"
+    stream = gen.model.engine.generate(
+        gen.prompts[index].token_ids,
+        gen.params,
+        request_id,
+        priority=gen.priority,
+        cache_salt=gen.cache_salt,
+    )
+    return _closing(stream)
+
+
+async def engine_outputs(gen: Generation) -> AsyncGenerator[Item, None]:
+    """The outputs of all of `gen`'s prompts, in the order they arrive."""
+    if len(gen.prompts) == 1:
+        async with aclosing(_engine_stream(gen, 0)) as outputs:
+            async for out in outputs:
+                yield 0, out
+        return
+    queue: asyncio.Queue[Item | BaseException | None] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        try:
+            async with aclosing(_engine_stream(gen, index)) as outputs:
+                async for out in outputs:
+                    queue.put_nowait((index, out))
+        except Exception as exc:
+            queue.put_nowait(exc)
+        queue.put_nowait(None)
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(len(gen.prompts))]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Runner:
+    """Admits generations (the queue limit), counts them and times them."""
+
+    def __init__(self, load: LoadTracker, metrics: ServiceMetrics) -> None:
+        self.load = load
+        self.metrics = metrics
+
+    async def outputs(self, gen: Generation) -> AsyncGenerator[Item, None]:
+        """`engine_outputs(gen)`, admitted and measured. Raises OverloadedError (before
+        any output) when the queue is full."""
+        self.load.admit()
+        name = gen.model.name
+        self.metrics.prompt_tokens.labels(name).inc(gen.num_prompt_tokens)
+        start = last = time.monotonic()
+        started = False
+        try:
+            async with aclosing(engine_outputs(gen)) as outputs:
+                async for item in outputs:
+                    now = time.monotonic()
+                    if not started:
+                        started = True
+                        self.load.started()
+                        self.metrics.ttft.labels(name).observe(now - start)
+                    else:
+                        self.metrics.itl.labels(name).observe(now - last)
+                    last = now
+                    tokens = sum(len(c.token_ids) for c in item[1].outputs)
+                    self.metrics.generation_tokens.labels(name).inc(tokens)
+                    yield item
+        finally:
+            self.load.finished(started)
+            self.metrics.e2e.labels(name).observe(time.monotonic() - start)
+
+
+@dataclass(slots=True)
+class Choice:
+    """One whole completion, accumulated from its deltas."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Logprob | None] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+    def add(self, delta: CompletionOutput) -> None:
+        self.text += delta.text
+        self.token_ids.extend(delta.token_ids)
+        if delta.logprobs is not None:
+            self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = public_finish_reason(delta.finish_reason)
+            self.stop_reason = delta.stop_reason
+
+
+@dataclass(slots=True)
+class Collected:
+    choices: list[Choice]  # by choice index (prompt index * n + output index)
+    prompt_logprobs: list[Sequence[Logprob | None] | None]  # by prompt index
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.choices)
+
+
+async def collect(gen: Generation, outputs: AsyncGenerator[Item, None]) -> Collected:
+    """Run `outputs` to the end (closing it on every path) and accumulate the choices."""
+    result = Collected(
+        [Choice() for _ in range(len(gen.prompts) * gen.params.n)], [None] * len(gen.prompts)
+    )
+    async with aclosing(outputs) as items:
+        async for prompt_index, out in items:
+            if out.prompt_logprobs is not None:
+                result.prompt_logprobs[prompt_index] = out.prompt_logprobs
+            for delta in out.outputs:
+                result.choices[gen.choice_index(prompt_index, delta.index)].add(delta)
+    return result

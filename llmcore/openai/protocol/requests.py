@@ -1,0 +1,125 @@
+"""Request bodies of the OpenAI service, and one `msgspec.json.Decoder` per type.
+
+Invariant: decoding is lenient about what does not matter (unknown fields are
+ignored, `null` means "the default" for every optional field) and strict about
+types; fields that change behaviour but are not supported yet are still declared
+here, loosely typed, so that the service can refuse them by name (400) instead of
+silently dropping them (see `llmcore.openai.unsupported`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeAlias
+
+import msgspec
+
+from llmcore.openai.protocol.messages import ChatMessage
+
+# torch seeds are 64-bit; requests add the completion index to the seed.
+Seed: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# A completions prompt: text, texts, token ids, or lists of token ids (checked after decoding).
+PromptInput: TypeAlias = str | list[str | int | list[int]]
+
+
+class StreamOptions(msgspec.Struct, forbid_unknown_fields=False):
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None
+
+
+class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    model: str | None = None
+
+
+class _GenerationRequest(_Request, kw_only=True):
+    """Fields shared by /v1/completions and /v1/chat/completions: the sampling
+    parameters of `llmcore.SamplingParams` under the same names, and streaming."""
+
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # JSON keys are strings: token ids
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
+    seed: Seed | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    prompt_logprobs: int | None = None
+    priority: int | None = None
+    cache_salt: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    echo: bool | None = None
+    add_special_tokens: bool | None = None
+    user: str | None = None
+    # Declared so that they can be refused by name; see llmcore.openai.unsupported.
+    response_format: dict[str, Any] | None = None
+    use_beam_search: bool | None = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    structured_outputs: Any = None
+    return_tokens_as_token_ids: bool | None = None
+    truncate_prompt_tokens: int | None = None
+
+
+class CompletionRequest(_GenerationRequest, kw_only=True):
+    prompt: PromptInput
+    max_tokens: int | None = 16  # explicit null: the rest of the context
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ChatCompletionRequest(_GenerationRequest, kw_only=True):
+    messages: list[ChatMessage]
+    max_tokens: int | None = None  # None: the rest of the context
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    add_generation_prompt: bool | None = None  # None: True
+    continue_final_message: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = None
+    chat_template: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: list[str] | None = None
+    prediction: Any = None
+
+
+class TokenizeRequest(_Request, kw_only=True):
+    """vLLM's /tokenize: either `prompt` (text) or `messages` (rendered by the chat template)."""
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None  # None: True for a prompt, False for messages
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    return_token_strs: bool | None = None
+
+
+class DetokenizeRequest(_Request, kw_only=True):
+    tokens: list[int]
+
+
+COMPLETION_DECODER = msgspec.json.Decoder(CompletionRequest)
+CHAT_DECODER = msgspec.json.Decoder(ChatCompletionRequest)
+TOKENIZE_DECODER = msgspec.json.Decoder(TokenizeRequest)
+DETOKENIZE_DECODER = msgspec.json.Decoder(DetokenizeRequest)

@@ -1,0 +1,117 @@
+"""The service's routes as data: path, method, operation name and wire types.
+
+Invariant: this table is the one list of what the service serves; the router
+dispatches on it and the OpenAPI document is generated from it, so they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmcore.openai.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    LoadResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    VersionResponse,
+)
+
+MODEL_PREFIX = "/v1/models/"  # /v1/models/{model}: the rest of the path is the model's name
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    path: str  # "/v1/models/{model}" for the one parametrised route
+    method: str
+    operation: str  # the handler's name, and the OpenAPI operationId
+    summary: str
+    request: type | None = None  # JSON body type (POST routes)
+    response: type | None = None  # JSON response type; None: not JSON (see content_type)
+    stream: type | None = None  # SSE chunk type, when the route can stream
+    content_type: str = "application/json"
+
+
+ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec(
+        "/v1/chat/completions",
+        "POST",
+        "create_chat_completion",
+        "Create a chat completion",
+        ChatCompletionRequest,
+        ChatCompletionResponse,
+        ChatCompletionChunk,
+    ),
+    RouteSpec(
+        "/v1/completions",
+        "POST",
+        "create_completion",
+        "Create a completion",
+        CompletionRequest,
+        CompletionResponse,
+        CompletionChunk,
+    ),
+    RouteSpec("/v1/models", "GET", "list_models", "List the served models", None, ModelList),
+    RouteSpec(
+        "/v1/models/{model}", "GET", "retrieve_model", "Describe a served model", None, ModelCard
+    ),
+    RouteSpec(
+        "/tokenize",
+        "POST",
+        "tokenize",
+        "Tokenize a prompt or a conversation",
+        TokenizeRequest,
+        TokenizeResponse,
+    ),
+    RouteSpec(
+        "/detokenize",
+        "POST",
+        "detokenize",
+        "Turn token ids into text",
+        DetokenizeRequest,
+        DetokenizeResponse,
+    ),
+    RouteSpec(
+        "/health",
+        "GET",
+        "health",
+        "200 if every engine can serve, else 503",
+        content_type="text/plain",
+    ),
+    RouteSpec("/ping", "GET", "ping", "Liveness (200)", content_type="text/plain"),
+    RouteSpec("/ping", "POST", "ping", "Liveness (200)", content_type="text/plain"),
+    RouteSpec("/version", "GET", "version", "The llmcore version", None, VersionResponse),
+    RouteSpec("/load", "GET", "load", "Generation requests in flight", None, LoadResponse),
+    RouteSpec(
+        "/metrics", "GET", "metrics", "Prometheus metrics (text format)", content_type="text/plain"
+    ),
+    RouteSpec("/openapi.json", "GET", "openapi", "This document"),
+)
+
+
+def normalize(path: str) -> str:
+    """`path` without a single trailing slash ("/v1/models/" is "/v1/models")."""
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
+def route_path(path: str) -> str:
+    """The route a normalized request path belongs to ("/v1/models/x" is
+    "/v1/models/{model}")."""
+    if path.startswith(MODEL_PREFIX):
+        return "/v1/models/{model}"
+    return path
+
+
+def routes_by_path() -> dict[str, dict[str, RouteSpec]]:
+    table: dict[str, dict[str, RouteSpec]] = {}
+    for spec in ROUTES:
+        table.setdefault(spec.path, {})[spec.method] = spec
+    return table

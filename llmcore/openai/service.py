@@ -1,0 +1,230 @@
+"""`OpenAIService`: the transport-agnostic OpenAI server. `handle(ServiceRequest)`
+routes a request and answers it; `create_chat_completion` / `create_completion`
+are the typed entry points for in-process callers.
+
+Invariants: `handle` never raises (cancellation aside): every error becomes an
+OpenAI-shaped error response with its status (400 bad input, 404 unknown route or
+model, 405 wrong method, 413/415 bad body, 503 dead engine or full queue, 500 with
+a generic message for the unexpected, which is logged); every answered request is
+counted in the metrics by route and status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from llmcore.errors import (
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from llmcore.openai import chat, completions, models, tokens
+from llmcore.openai.context import ServiceContext
+from llmcore.openai.errors import error_body, error_headers
+from llmcore.openai.generation import Runner
+from llmcore.openai.interface import ServedModel, ServiceRequest, ServiceResponse, ServiceStream
+from llmcore.openai.metrics import LoadTracker, ServiceMetrics
+from llmcore.openai.openapi import openapi_document
+from llmcore.openai.params import Limits
+from llmcore.openai.protocol import (
+    CHAT_DECODER,
+    COMPLETION_DECODER,
+    DETOKENIZE_DECODER,
+    TOKENIZE_DECODER,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    LoadResponse,
+    VersionResponse,
+)
+from llmcore.openai.routes import MODEL_PREFIX, RouteSpec, normalize, route_path, routes_by_path
+from llmcore.openai.streaming import ClosingStream, sse_stream
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+Answer = ServiceResponse | ServiceStream
+Handler = Callable[[ServiceRequest, str], Awaitable[Answer]]
+_ENCODER = msgspec.json.Encoder()
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _json(value: Any, status: int = 200) -> ServiceResponse:
+    return ServiceResponse(status, _ENCODER.encode(value))
+
+
+def _answer(result: msgspec.Struct | ClosingStream[Any]) -> Answer:
+    if isinstance(result, ClosingStream):
+        return ServiceStream(sse_stream(result))
+    return _json(result)
+
+
+def _error(exc: Exception) -> ServiceResponse:
+    status, body = error_body(exc)
+    return ServiceResponse(status, body, headers=error_headers(exc))
+
+
+class OpenAIService:
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        *,
+        max_logprobs: int = 20,
+        max_n: int = 128,
+        max_queued_requests: int | None = None,
+        retry_after: int = 1,
+        max_body_bytes: int | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """`models`: the first is the default when a request names none.
+        `max_queued_requests`: generation requests waiting for their first output
+        beyond which new ones get a 503 with `Retry-After: retry_after` (None: no limit).
+        `max_body_bytes`: a 413 above it (None: the transport's cap only)."""
+        self.load = LoadTracker(max_queued_requests, retry_after)
+        self.metrics = ServiceMetrics(models, self.load, registry)
+        self.ctx = ServiceContext(
+            models, Limits(max_logprobs, max_n), Runner(self.load, self.metrics)
+        )
+        self.max_body_bytes = max_body_bytes
+        self._routes = routes_by_path()
+        self._handlers: dict[str, Handler] = {
+            "create_chat_completion": self._chat,
+            "create_completion": self._completion,
+            "list_models": self._list_models,
+            "retrieve_model": self._retrieve_model,
+            "tokenize": self._tokenize,
+            "detokenize": self._detokenize,
+            "health": self._health,
+            "ping": self._ping,
+            "version": self._version,
+            "load": self._load,
+            "metrics": self._metrics,
+            "openapi": self._openapi,
+        }
+
+    @property
+    def models(self) -> list[ServedModel]:
+        return self.ctx.models
+
+    # ---- the transport's entry point ----------------------------------------------------
+
+    async def handle(self, request: ServiceRequest) -> ServiceResponse | ServiceStream:
+        """Answer one request. Never raises: errors become OpenAI-shaped error responses."""
+        route = "unknown"  # the metrics label: a route template, never a raw path
+        try:
+            path = normalize(request.path)
+            if route_path(path) in self._routes:
+                route = route_path(path)
+            spec = self._route(request.method, path)
+            if spec.request is not None:
+                self._check_body(request)
+            answer = await self._handlers[spec.operation](request, path)
+        except Exception as exc:
+            answer = _error(exc)
+        self.metrics.count_request(route, answer.status)
+        return answer
+
+    def _route(self, method: str, path: str) -> RouteSpec:
+        methods = self._routes.get(route_path(path))
+        if methods is None:
+            raise NotFoundError(f"no route {method} {path}")
+        spec = methods.get(method.upper())
+        if spec is None:
+            allowed = sorted(methods)
+            raise MethodNotAllowedError(
+                f"method {method} is not allowed on {path}; allowed: {', '.join(allowed)}",
+                allowed=allowed,
+            )
+        return spec
+
+    def _check_body(self, request: ServiceRequest) -> None:
+        if self.max_body_bytes is not None and len(request.body) > self.max_body_bytes:
+            raise PayloadTooLargeError(
+                f"the request body has {len(request.body)} bytes; the limit is "
+                f"{self.max_body_bytes}"
+            )
+        content_type = _header(request.headers, "content-type")
+        if content_type is None:
+            return  # as OpenAI does: a body without a content type is read as JSON
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaTypeError(
+                f"the request body must be application/json, not {media or 'empty'!r}"
+            )
+
+    # ---- typed entry points (in-process callers) ----------------------------------------
+
+    async def create_chat_completion(
+        self, req: ChatCompletionRequest, request_id: str
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
+        """Raises LLMCoreError subclasses on bad input. A stream is already started:
+        iterate it to the end or `aclose()` it (which aborts the request)."""
+        return await chat.create_chat_completion(self.ctx, req, request_id)
+
+    async def create_completion(
+        self, req: CompletionRequest, request_id: str
+    ) -> CompletionResponse | AsyncIterator[CompletionChunk]:
+        """As `create_chat_completion`, for /v1/completions."""
+        return await completions.create_completion(self.ctx, req, request_id)
+
+    # ---- handlers -----------------------------------------------------------------------
+
+    async def _chat(self, request: ServiceRequest, path: str) -> Answer:
+        req = CHAT_DECODER.decode(request.body)
+        return _answer(await chat.create_chat_completion(self.ctx, req, request.request_id))
+
+    async def _completion(self, request: ServiceRequest, path: str) -> Answer:
+        req = COMPLETION_DECODER.decode(request.body)
+        return _answer(await completions.create_completion(self.ctx, req, request.request_id))
+
+    async def _list_models(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(models.list_models(self.ctx))
+
+    async def _retrieve_model(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(models.retrieve_model(self.ctx, path[len(MODEL_PREFIX) :]))
+
+    async def _tokenize(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(tokens.tokenize(self.ctx, TOKENIZE_DECODER.decode(request.body)))
+
+    async def _detokenize(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(tokens.detokenize(self.ctx, DETOKENIZE_DECODER.decode(request.body)))
+
+    async def _health(self, request: ServiceRequest, path: str) -> Answer:
+        for model in self.ctx.models:
+            await model.engine.check_health()
+        return ServiceResponse(200, b"", _TEXT)
+
+    async def _ping(self, request: ServiceRequest, path: str) -> Answer:
+        return ServiceResponse(200, b"", _TEXT)
+
+    async def _version(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(VersionResponse(_version()))
+
+    async def _load(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(LoadResponse(self.load.in_flight))
+
+    async def _metrics(self, request: ServiceRequest, path: str) -> Answer:
+        body, content_type = self.metrics.render()
+        return ServiceResponse(200, body, content_type)
+
+    async def _openapi(self, request: ServiceRequest, path: str) -> Answer:
+        return ServiceResponse(200, openapi_document(_version()))
+
+
+def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    """The first value of header `name` (reads only the `headers` attribute, so any
+    request object of ServiceRequest's shape works)."""
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
+def _version() -> str:
+    import llmcore  # at call time: llmcore may import this package while initialising
+
+    return llmcore.__version__
