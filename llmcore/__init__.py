@@ -24,6 +24,13 @@ from llmcore.errors import (
 from llmcore.llm import LLM
 from llmcore.model_loader import LoadedModel, load_model
 from llmcore.model_runner import ModelRunner, SequenceChunk, greedy_generate
+from llmcore.openai import (
+    OpenAIService,
+    ServedModel,
+    ServiceRequest,
+    ServiceResponse,
+    ServiceStream,
+)
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.registry import supported_architectures
 from llmcore.sampling_params import SamplingParams
@@ -51,9 +58,14 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelRunner",
+    "OpenAIService",
     "RequestOutput",
     "SamplingParams",
     "SequenceChunk",
+    "ServedModel",
+    "ServiceRequest",
+    "ServiceResponse",
+    "ServiceStream",
     "Tokenizer",
     "UnsupportedArchitectureError",
     "UnsupportedQuantizationError",

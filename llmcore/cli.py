@@ -1,11 +1,12 @@
 """The `llmcore` command line.
 
+    llmcore serve     the OpenAI-compatible HTTP server (same as python -m llmcore.http)
     llmcore chat      talk to a model in the terminal (the default: SmolLM2-135M-Instruct)
     llmcore generate  complete one prompt and print the text
     llmcore info      print what llmcore read from a model
 
-Generation here is single-sequence and greedy: the engine (continuous batching,
-sampling) and the HTTP server come with their own entry points.
+`chat` and `generate` are single-sequence and greedy (no engine); `serve` runs
+the engine behind the HTTP server.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def _info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmcore", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="the OpenAI-compatible HTTP server (see llmcore serve --help)")
     chat = sub.add_parser("chat", help="talk to a model in the terminal")
     _add_model_args(chat)
     chat.add_argument("--system", help="a system message")
@@ -136,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the HTTP server has its own (long) set of flags
+        from llmcore.http import main as serve_main
+
+        return serve_main(argv[1:], prog="llmcore serve")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -38,9 +38,30 @@ def test_ops_is_a_leaf() -> None:
         assert not ours, f"{path} imports {ours}"
 
 
+ENTRY_POINTS = {ROOT / "llmcore" / "http.py"}  # may import transports, inside main() only
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_only_entry_points_import_transports_and_only_lazily() -> None:
+    for package in ("llmcore", "ops", "plugins"):
+        for path, names in _package_imports(package).items():
+            if path in ENTRY_POINTS:
+                assert not {n for n in _module_level_imports(path) if _top(n) == "transports"}
+            else:
+                assert not {n for n in names if _top(n) == "transports"}, path
+
+
 def test_llmcore_reaches_plugins_only_through_the_registry() -> None:
     for path, names in _package_imports("llmcore").items():
-        assert not {n for n in names if _top(n) == "transports"}, path
         assert not {n for n in names if _top(n) == "plugins"}, path
         if {n for n in names if _top(n) == "ops"}:
             assert path.parent.name in ("models", "model_runner"), f"{path} imports ops"
@@ -60,7 +81,8 @@ def test_import_without_cupy() -> None:
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'cupy': raise ImportError('cupy blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import llmcore, transports, ops, plugins, plugins.models.llama\n"
+        "import llmcore, transports, ops, plugins, plugins.models.llama, transports.http\n"
+        "import llmcore.http, llmcore.openai\n"
         "assert 'cupy' not in sys.modules\n"
         "print('ok')\n"
     )

