@@ -46,6 +46,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def serve(session: nox.Session) -> None:
-    """Install llmcore with the embedded default model and run it."""
+    """Install llmcore with the embedded default model and serve it over HTTP
+    (http://127.0.0.1:8000/v1); arguments after -- go to `llmcore serve`."""
     _install(session)
-    session.run("llmcore", *(session.posargs or ["chat"]))
+    session.run("llmcore", "serve", *session.posargs)

@@ -203,6 +203,34 @@ def test_client_disconnect_mid_stream_frees_the_kv_cache(server: ServerProcess) 
     assert _metric(server, "llmcore_kv_cache_usage_perc") == 0.0
 
 
+def _raw(server: ServerProcess, head: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """One request on its own connection (the head says Connection: close): read to EOF."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    response_head, _, response_body = data.partition(b"\r\n\r\n")
+    return int(response_head.split(b" ", 2)[1]), json.loads(response_body or b"{}")
+
+
+def test_bad_json_wrong_content_type_and_oversized_body(server: ServerProcess) -> None:
+    def head(length: int, content_type: str = "application/json") -> str:
+        return (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                f"Authorization: Bearer {API_KEY}\r\nContent-Length: {length}\r\n"
+                "Connection: close\r\n\r\n")  # fmt: skip
+
+    status, body = _raw(server, head(9), b"{not json")
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    payload = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1}).encode()
+    status, body = _raw(server, head(len(payload), "text/plain"), payload)
+    assert status == 415 and "error" in body
+    status, body = _raw(server, head(64 << 20), b"")  # refused before the body is sent
+    assert status == 413 and "error" in body
+    status, _ = _raw(server, head(len(payload)), payload)
+    assert status == 200  # and the server still serves
+
+
 def test_environment_and_flags(tmp_path: Any) -> None:
     """A flag wins over its LLMCORE_ variable; a bad model path exits 2 with one line."""
     out = subprocess.run(
