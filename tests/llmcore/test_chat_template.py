@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from llmcore import chat_template as ct
+from llmcore import chat_template_env as ct
 from llmcore.chat_template import ChatTemplate, compile_template, require_template
 from llmcore.errors import ChatTemplateError, CorruptModelFileError, NoChatTemplateError
 
