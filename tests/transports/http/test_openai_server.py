@@ -62,7 +62,9 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    srv = ServerProcess("--kv-cache-memory", "256MiB", "--max-model-len", "2048")
+    srv = ServerProcess(
+        "--kv-cache-memory", "256MiB", "--max-model-len", "2048", "--header-timeout", "1.5"
+    )  # fmt: skip
     yield srv
     assert srv.stop() == 0  # graceful shutdown exits 0
 
@@ -229,6 +231,62 @@ def test_bad_json_wrong_content_type_and_oversized_body(server: ServerProcess) -
     assert status == 413 and "error" in body
     status, _ = _raw(server, head(len(payload)), payload)
     assert status == 200  # and the server still serves
+
+
+def _post(server: ServerProcess, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(server.url + path, data=json.dumps(payload).encode(),
+                                 headers={"Authorization": f"Bearer {API_KEY}",
+                                          "Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def test_tokenize_detokenize(server: ServerProcess) -> None:
+    tokens = _post(server, "/tokenize", {"model": MODEL, "prompt": "Hello world"})
+    assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == 2048
+    assert _post(server, "/detokenize", {"model": MODEL, "tokens": tokens["tokens"]}) == {
+        "prompt": "Hello world"
+    }
+    chat = _post(server, "/tokenize",
+                 {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})  # fmt: skip
+    assert chat["count"] > 3
+
+
+def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None:
+    request = (f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+               "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200") == 2
+    assert data.index(MODEL.encode()) < data.index(b'"version"')
+
+
+def test_slow_headers_are_cut_off_while_others_are_served(server: ServerProcess) -> None:
+    """One header byte every 0.1 s: the server closes the connection at its 1.5 s
+    header deadline, and serves other clients meanwhile."""
+    payload = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 60
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
+        slow.settimeout(0.05)
+        started = time.monotonic()
+        closed_after: float | None = None
+        for byte in payload:
+            try:
+                slow.sendall(bytes([byte]))
+                slow.recv(1024)  # EOF (or any answer) means the server gave up on us
+                closed_after = time.monotonic() - started
+                break
+            except TimeoutError:
+                pass  # nothing to read: still open
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            assert _get(server, "/ping", key=None)[0] == 200  # others are not affected
+            time.sleep(0.05)
+    assert closed_after is not None, "the server kept a dribbling client for 6+ s"
+    assert 1.0 < closed_after < 3.0
 
 
 def test_environment_and_flags(tmp_path: Any) -> None:
