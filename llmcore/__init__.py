@@ -6,6 +6,7 @@ The public in-process API. Nothing here imports sockets, HTTP or CuPy.
 from __future__ import annotations
 
 from llmcore.chat_template import ChatTemplate
+from llmcore.client import Client, SyncClient
 from llmcore.config import ModelConfig
 from llmcore.engine.async_engine import AsyncEngine
 from llmcore.engine.config import EngineConfig
@@ -43,6 +44,7 @@ __all__ = [
     "LLM",
     "AsyncEngine",
     "ChatTemplate",
+    "Client",
     "CompletionOutput",
     "ContextLengthExceededError",
     "CorruptModelFileError",
@@ -62,6 +64,7 @@ __all__ = [
     "RequestOutput",
     "SamplingParams",
     "SequenceChunk",
+    "SyncClient",
     "ServedModel",
     "ServiceRequest",
     "ServiceResponse",
