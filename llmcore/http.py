@@ -29,6 +29,21 @@ def _csv(values: list[str] | None) -> tuple[str, ...]:
     return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
 
 
+def _octal_mode(value: str) -> int:
+    try:
+        return int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
+
+
+def _uids(values: list[str] | None) -> tuple[int, ...]:
+    uids = _csv(values)
+    bad = [uid for uid in uids if not uid.isdecimal()]
+    if bad:
+        raise ValueError(f"--uds-allow-uid takes numeric uids, not {bad[0]!r}")
+    return tuple(int(uid) for uid in uids)
+
+
 def build_parser(prog: str = "python -m llmcore.http") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -60,6 +75,13 @@ def build_parser(prog: str = "python -m llmcore.http") -> argparse.ArgumentParse
     n.add_argument("--host", default="127.0.0.1")
     n.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     n.add_argument("--uds", help="serve on this Unix domain socket path instead of TCP")
+    n.add_argument("--uds-mode", type=_octal_mode, default=0o600,
+                   help="permissions of the --uds socket file, in octal (default 0600; "
+                   "0660 lets the file's group connect)")  # fmt: skip
+    n.add_argument("--uds-allow-uid", action="append", metavar="UID",
+                   help="only peers with this uid may use the --uds socket (read with "
+                   "SO_PEERCRED; others get 403); repeatable or comma-separated; "
+                   "default: anyone who can open the socket")  # fmt: skip
     n.add_argument("--ssl-keyfile")
     n.add_argument("--ssl-certfile")
     n.add_argument("--shutdown-grace", type=float, default=10.0,
@@ -103,7 +125,10 @@ def _defaults_from_environment(parser: argparse.ArgumentParser) -> None:
         elif isinstance(action, argparse._AppendAction):
             value = [raw]
         else:
-            value = action.type(raw) if callable(action.type) else raw
+            try:
+                value = action.type(raw) if callable(action.type) else raw
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{ENV_PREFIX}{action.dest.upper()}={raw!r}: {exc}")
         parser.set_defaults(**{action.dest: value})
 
 
@@ -119,6 +144,8 @@ def _http_config(args: argparse.Namespace) -> Any:
         host=args.host,
         port=args.port,
         uds=args.uds,
+        uds_mode=args.uds_mode,
+        uds_allowed_uids=_uids(args.uds_allow_uid),
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
         max_body_size=int(args.max_body_size),
@@ -205,6 +232,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m llmcore.http"
         anyio.run(_serve, service, engine, config, name, args.shutdown_grace, backend="asyncio")
     except OSError as exc:  # the address is taken, the socket path is live, ...
         print(f"llmcore: error: {exc}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:  # the same, raised inside _serve's task group
+        if not all(isinstance(exc, OSError) for exc in group.exceptions):
+            raise
+        for error in group.exceptions:
+            print(f"llmcore: error: {error}", file=sys.stderr)
         return 2
     return 0
 

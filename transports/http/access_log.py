@@ -1,7 +1,7 @@
 # Owns the access log: one INFO line per request on logger "llmcore.http" with the
-# method, path, status, duration and request id. Invariant: a request that got no
-# complete response is logged once too, with the status sent (or 499 when none was)
-# and the reason it ended early.
+# method, path, status, duration and request id (and, on a Unix socket, the peer's
+# uid). Invariant: a request that got no complete response is logged once too, with
+# the status sent (or 499 when none was) and the reason it ended early.
 
 from __future__ import annotations
 
@@ -21,19 +21,28 @@ def log_access(
     request_id: str,
     *,
     interrupted: str | None = None,
+    uid: int | None = None,
 ) -> None:
-    """Log one request; `started` is a time.monotonic() reading."""
+    """Log one request; `started` is a time.monotonic() reading; `uid` is the peer's
+    on a Unix socket."""
     if not logger.isEnabledFor(logging.INFO):
         return
     duration_ms = (time.monotonic() - started) * 1000.0
+    peer = "" if uid is None else f" uid={uid}"
     note = f" ({interrupted})" if interrupted else ""
     logger.info(
-        '"%s %s" %d %.1fms request_id=%s%s',
+        '"%s %s" %d %.1fms request_id=%s%s%s',
         method,
         path,
         NO_RESPONSE if status is None else status,
         duration_ms,
         request_id,
+        peer,
         note,
-        extra={"request_id": request_id, "status": status, "duration_ms": duration_ms},
+        extra={
+            "request_id": request_id,
+            "status": status,
+            "duration_ms": duration_ms,
+            "uid": uid,
+        },
     )

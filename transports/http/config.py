@@ -1,12 +1,16 @@
 # Owns HTTPConfig: every listening address, limit, timeout and security option of the
 # HTTP transport in one frozen value. Invariant: a constructed HTTPConfig is valid
 # (positive limits, TLS files given together, no contradictory CORS settings), so
-# the rest of the transport never re-checks it.
+# the rest of the transport never re-checks it; a uid allow-list is only accepted
+# where the platform can read a Unix-socket peer's uid.
 
 from __future__ import annotations
 
 import ssl
+import sys
 from dataclasses import dataclass
+
+from transports.http.peers import PEERCRED_SUPPORTED
 
 MiB = 1024 * 1024
 
@@ -16,7 +20,8 @@ class HTTPConfig:
     """Configuration of the h11 HTTP/1.1 server.
 
     Addresses: TCP `host`/`port` (port 0 picks a free port), or a Unix domain socket
-    `uds` (then TCP is not opened) created with `uds_mode`.
+    `uds` (then TCP is not opened) created with `uds_mode`; `uds_allowed_uids`, when
+    not empty, lets in only peers with those uids (SO_PEERCRED; others get 403).
     Timeouts are in seconds; sizes in bytes.
     """
 
@@ -25,6 +30,7 @@ class HTTPConfig:
     port: int = 8000
     uds: str | None = None
     uds_mode: int = 0o600
+    uds_allowed_uids: tuple[int, ...] = ()  # empty: anyone who can open the socket
     backlog: int = 1024
 
     # -- TLS (both files or neither)
@@ -73,6 +79,7 @@ class HTTPConfig:
             raise ValueError("ssl_certfile and ssl_keyfile must be given together")
         if self.uds_mode & ~0o777:
             raise ValueError(f"uds_mode must be a permission mode, not {oct(self.uds_mode)}")
+        _check_uds_allowed_uids(self)
         if any(isinstance(key, str) and not key for key in self.api_keys):
             raise ValueError("api_keys must not contain an empty key")
         if self.allow_credentials and "*" in self.allowed_origins:
@@ -87,3 +94,18 @@ def _check_positive(config: HTTPConfig, *names: str) -> None:
     for name in names:
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive")
+
+
+def _check_uds_allowed_uids(config: HTTPConfig) -> None:
+    if not config.uds_allowed_uids:
+        return
+    if config.uds is None:
+        raise ValueError("uds_allowed_uids needs a Unix socket (uds)")
+    if not PEERCRED_SUPPORTED:
+        raise ValueError(
+            f"uds_allowed_uids needs SO_PEERCRED to read a peer's uid, "
+            f"which this platform ({sys.platform}) lacks"
+        )
+    for uid in config.uds_allowed_uids:
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 2**32:
+            raise ValueError(f"uds_allowed_uids must hold uids (integers >= 0), not {uid!r}")

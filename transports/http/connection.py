@@ -50,6 +50,7 @@ class HTTPConnection:
         "_h11",
         "_head_deadline",
         "_outcome",
+        "_peer_uid",
         "_read_ahead_bytes",
         "_scope",
         "_service",
@@ -67,6 +68,7 @@ class HTTPConnection:
         request_factory: RequestFactory,
         admission: RequestAdmission,
         draining: Callable[[], bool],
+        peer_uid: int | None = None,
     ) -> None:
         self._stream = stream
         self._config = config
@@ -74,6 +76,7 @@ class HTTPConnection:
         self._factory = request_factory
         self._admission = admission
         self._draining = draining
+        self._peer_uid = peer_uid  # the Unix-socket peer's, for the access log
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_size)
         self._writer = ResponseWriter(stream, self._h11, config.send_timeout)
         self._scope = anyio.CancelScope()
@@ -144,6 +147,7 @@ class HTTPConnection:
             started=started,
             closing=self._draining,
             access_log=self._config.access_log,
+            peer_uid=self._peer_uid,
         )
         read_ahead = anyio.CancelScope()
 
@@ -279,7 +283,7 @@ class HTTPConnection:
         if self._config.access_log:
             method, path = (head.method, head.path) if head else ("-", "-")
             request_id = admission.request_id if admission else "-"
-            log_access(method, path, response.status, started, request_id)
+            log_access(method, path, response.status, started, request_id, uid=self._peer_uid)
         if self._writer.broken:
             return _Next.ABORT
         return _Next.KEEP_ALIVE if keep_alive else _Next.CLOSE

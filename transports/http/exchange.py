@@ -39,6 +39,7 @@ class Exchange:
         "_closing",
         "_head",
         "_log",
+        "_peer_uid",
         "_started",
         "_writer",
         "completed",
@@ -56,6 +57,7 @@ class Exchange:
         started: float,
         closing: Callable[[], bool],
         access_log: bool,
+        peer_uid: int | None = None,
     ) -> None:
         self._head = head
         self._admission = admission
@@ -63,6 +65,7 @@ class Exchange:
         self._started = started
         self._closing = closing
         self._log = access_log
+        self._peer_uid = peer_uid  # logged with the request (Unix sockets)
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.completed = False  # the whole response was written
@@ -157,6 +160,7 @@ class Exchange:
             self._started,
             self._admission.request_id,
             interrupted=self.interrupted,
+            uid=self._peer_uid,
         )
 
 

@@ -1,6 +1,8 @@
-# Owns the server: listening, the accept loops, the connection limit, TLS
-# handshakes, and graceful shutdown. Invariants: at most max_connections connections
-# are served at once (one more is answered 503 with Retry-After and closed); once
+# Owns the server: listening, the accept loops, the connection limit, the Unix-socket
+# peer check, TLS handshakes, and graceful shutdown. Invariants: at most
+# max_connections connections are served at once (one more is answered 503 with
+# Retry-After and closed); a Unix-socket peer whose uid is not allowed is answered 403
+# and closed without its request being read, and uses no connection slot; once
 # shutdown starts nothing new is accepted, idle connections close at once, in-flight
 # requests get the grace period, and then everything left is cancelled (closing
 # its streams) before shutdown returns.
@@ -11,7 +13,7 @@ import functools
 import importlib.util
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,9 +27,10 @@ from transports.http.config import HTTPConfig
 from transports.http.connection import HTTPConnection
 from transports.http.errors import error_body
 from transports.http.listeners import Listeners, open_listeners
+from transports.http.peers import PeerCredentials, PeerVerdict, check_peer
 from transports.http.service import HTTPRequest, RequestFactory, Service
 from transports.http.tls import server_ssl_context, tls_handshake
-from transports.http.writer import close_stream, response_headers
+from transports.http.writer import close_stream, response_head, response_headers
 
 logger = logging.getLogger("llmcore.http")
 
@@ -43,6 +46,7 @@ class ServerStatistics:
     idle_connections: int
     rejected_connections: int  # refused at the connection limit since start
     draining: bool
+    forbidden_connections: int = 0  # Unix-socket peers refused by uds_allowed_uids
 
 
 class HTTPServer:
@@ -68,6 +72,7 @@ class HTTPServer:
         self._open = 0
         self._rejecting = 0
         self._rejected = 0
+        self._forbidden = 0
         self._draining = False
         self._drained = anyio.Event()
         self._stopped = anyio.Event()
@@ -91,7 +96,7 @@ class HTTPServer:
 
     def statistics(self) -> ServerStatistics:
         idle = sum(1 for conn in self._connections if conn.idle)
-        return ServerStatistics(self._open, idle, self._rejected, self._draining)
+        return ServerStatistics(self._open, idle, self._rejected, self._draining, self._forbidden)
 
     async def start(self, task_group: TaskGroup) -> list[str]:
         """Bind and start serving in `task_group`; returns the URLs once listening."""
@@ -174,23 +179,28 @@ class HTTPServer:
                 logger.warning("accepting a connection failed: %s", exc)
                 await anyio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            if limit is not None and self._open >= limit:
+            verdict = check_peer(stream, self._config.uds_allowed_uids)
+            if verdict.refusal is not None:
+                self._tg.start_soon(self._forbid, stream, verdict)
+            elif limit is not None and self._open >= limit:
                 self._tg.start_soon(self._reject, stream)
             else:
                 self._open += 1
-                self._tg.start_soon(self._serve_connection, stream)
+                self._tg.start_soon(self._serve_connection, stream, verdict.peer)
 
-    async def _serve_connection(self, raw: ByteStream) -> None:
+    async def _serve_connection(self, raw: ByteStream, peer: PeerCredentials | None) -> None:
+        if peer is not None:
+            logger.debug("uds connection from %s", peer)
         try:
             stream = await self._secure(raw)
             if stream is not None:
-                await self._run_connection(stream)
+                await self._run_connection(stream, None if peer is None else peer.uid)
         except Exception:  # one connection's failure must not stop the server
             logger.exception("connection failed")
         finally:
             self._open -= 1
 
-    async def _run_connection(self, stream: ByteStream) -> None:
+    async def _run_connection(self, stream: ByteStream, peer_uid: int | None) -> None:
         conn = HTTPConnection(
             stream,
             config=self._config,
@@ -198,6 +208,7 @@ class HTTPServer:
             request_factory=self._factory,
             admission=self._admission,
             draining=lambda: self._draining,
+            peer_uid=peer_uid,
         )
         self._connections.add(conn)
         try:
@@ -216,11 +227,24 @@ class HTTPServer:
         if self._draining and not self._connections:
             self._drained.set()
 
-    # -- the connection limit -----------------------------------------------------------
+    # -- refusals: the connection limit and the uid allow-list ---------------------------
 
     async def _reject(self, raw: ByteStream) -> None:
-        """Answer 503 with Retry-After and close, without reading the request."""
+        """At the connection limit: 503 with Retry-After."""
         self._rejected += 1
+        await self._refuse(raw, _service_unavailable(self._config.retry_after))
+        logger.debug("refused a connection: %d open", self._open)
+
+    async def _forbid(self, raw: ByteStream, verdict: PeerVerdict) -> None:
+        """A Unix-socket peer not on the uid allow-list: 403."""
+        assert verdict.refusal is not None
+        self._forbidden += 1
+        who = verdict.peer or "an unknown peer"
+        logger.warning("refused uds connection from %s: %s", who, verdict.refusal)
+        await self._refuse(raw, _early_response(403, verdict.refusal))
+
+    async def _refuse(self, raw: ByteStream, response: bytes) -> None:
+        """Send `response` and close, without reading the request."""
         if self._rejecting >= MAX_REJECTING:
             await anyio.aclose_forcefully(raw)
             return
@@ -229,22 +253,26 @@ class HTTPServer:
             with anyio.move_on_after(REJECT_DEADLINE):
                 stream = await self._secure(raw)
                 if stream is not None:
-                    await stream.send(_service_unavailable(self._config.retry_after))
+                    await stream.send(response)
                     await close_stream(stream, linger=REJECT_LINGER)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         finally:
             self._rejecting -= 1
             await anyio.aclose_forcefully(raw)
-        logger.debug("refused a connection: %d open", self._open)
 
 
 def _service_unavailable(retry_after: int) -> bytes:
-    body = error_body(503, "The server is at its connection limit; retry later.")
-    extra = [("retry-after", str(retry_after))]
+    message = "The server is at its connection limit; retry later."
+    return _early_response(503, message, [("retry-after", str(retry_after))])
+
+
+def _early_response(status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> bytes:
+    """The bytes of a complete error response that closes the connection."""
+    body = error_body(status, message)
     headers = response_headers("application/json", extra, length=len(body), close=True)
     events = (
-        h11.Response(status_code=503, headers=headers),
+        response_head(status, headers),
         h11.Data(data=body),
         h11.EndOfMessage(),
     )
