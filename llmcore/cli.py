@@ -1,6 +1,7 @@
 """The `llmcore` command line.
 
     llmcore serve     the OpenAI-compatible HTTP server (same as python -m llmcore.http)
+    llmcore run-batch OpenAI batch-file JSON lines in, results out (python -m llmcore.jsonl)
     llmcore chat      talk to a model in the terminal (the default: SmolLM2-135M-Instruct)
     llmcore generate  complete one prompt and print the text
     llmcore info      print what llmcore read from a model
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmcore", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="the OpenAI-compatible HTTP server (see llmcore serve --help)")
+    sub.add_parser("run-batch", help="JSON-lines batches (see llmcore run-batch --help)")
     chat = sub.add_parser("chat", help="talk to a model in the terminal")
     _add_model_args(chat)
     chat.add_argument("--system", help="a system message")
@@ -143,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llmcore.http import main as serve_main
 
         return serve_main(argv[1:], prog="llmcore serve")
+    if argv[:1] == ["run-batch"]:
+        from llmcore.jsonl import main as batch_main
+
+        return batch_main(argv[1:], prog="llmcore run-batch")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
