@@ -35,7 +35,11 @@ import torch
 
 import llmcore
 
-ENGINE = {"kv_cache_memory": 2 << 30, "max_num_seqs": 256, "max_num_batched_tokens": 2048}
+ENGINE: dict[str, Any] = {
+    "kv_cache_memory": 2 << 30,
+    "max_num_seqs": 256,
+    "max_num_batched_tokens": 2048,
+}
 ENGINE_FLAGS = ["--kv-cache-memory", "2GiB", "--max-num-seqs", "256",
                 "--max-num-batched-tokens", "2048", "--dtype", "float32"]  # fmt: skip
 TOPICS = ("a lighthouse keeper", "a lost letter", "the first snow",

@@ -475,6 +475,11 @@ def main() -> None:
         f"offline: {len(offline.seconds)} runs of {', '.join(f'{s:.2f}' for s in offline.seconds)}"
         f" s (median used); prefill of {top} other prompts (max_tokens=1) {offline.prefill:.2f} s;"
         f" so a decode step of ~{decode_step * 1000:.0f} ms at batch {top}"
+        + (
+            " (not meaningful: the prefill took longer than a whole run)"
+            if decode_step <= 0
+            else ""
+        )
     )
     print(
         "CPU during each level, server / client (% of one core): "

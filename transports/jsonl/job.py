@@ -38,10 +38,14 @@ def check_files(config: BatchConfig) -> None:
     if config.input_path is not None and not os.access(config.input_path, os.R_OK):
         raise BatchSetupError(f"cannot read the input file {config.input_path}")
     out = config.output_path
-    if out is not None:
-        target = out if os.path.exists(out) else (os.path.dirname(out) or ".")
-        if not os.access(target, os.W_OK):
-            raise BatchSetupError(f"cannot write the output file {out}")
+    if out is None:
+        return
+    target = out if os.path.exists(out) else (os.path.dirname(out) or ".")
+    if not os.access(target, os.W_OK):
+        raise BatchSetupError(f"cannot write the output file {out}")
+    if config.input_path is not None and os.path.exists(out):
+        if os.path.samefile(config.input_path, out):
+            raise BatchSetupError(f"the output file {out} is the input file")
 
 
 async def run_batch(
@@ -74,7 +78,7 @@ async def run_batch(
     summary = dataclasses.replace(summary, signal=signum)
     progress.finish(runner.snapshot())
     if config.progress is not ProgressMode.OFF or exit_code(summary) != 0:
-        print(describe(summary), file=stderr, flush=True)
+        print(describe(summary, resumable=config.output_path is not None), file=stderr, flush=True)
     return summary
 
 
@@ -171,7 +175,8 @@ def exit_code(summary: BatchSummary) -> int:
     return 1 if summary.counts.errors else 0
 
 
-def describe(summary: BatchSummary) -> str:
+def describe(summary: BatchSummary, *, resumable: bool = True) -> str:
+    """The summary for stderr; `resumable`: the output is a file --resume can continue."""
     c = summary.counts
     rate = c.completion_tokens / summary.elapsed if summary.elapsed > 0 else 0.0
     text = (
@@ -187,5 +192,5 @@ def describe(summary: BatchSummary) -> str:
             text += (
                 f"; {summary.unwritten} finished lines waiting for earlier ones were not written"
             )
-        text += "; rerun with --resume to finish"
+        text += "; rerun with --resume to finish" if resumable else ""
     return text

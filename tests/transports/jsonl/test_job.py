@@ -209,20 +209,32 @@ async def test_sigint_stops_cleanly_after_writing_what_is_done(
 # -- the command line -----------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llmcore.jsonl", *args],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """`python -m llmcore.jsonl ARGS` in this process: (exit code, stderr)."""
+    from llmcore.jsonl import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
 
 
-def test_cli_usage_errors_exit_2_before_loading_a_model(tmp_path: Path) -> None:
-    missing = _cli("-i", str(tmp_path / "missing.jsonl"))
-    assert missing.returncode == 2
-    assert "cannot read the input file" in missing.stderr
-    resume = _cli("--resume")
-    assert resume.returncode == 2
-    assert "--resume needs an output file" in resume.stderr
-    bad_flag = _cli("--max-concurrency", "many")
-    assert bad_flag.returncode == 2
+def test_cli_usage_errors_exit_2_before_loading_a_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.jsonl"
+    code, err = _cli(capsys, "-i", str(missing))
+    assert (code, err) == (2, f"llmcore: error: cannot read the input file {missing}\n")
+    code, err = _cli(capsys, "--resume")
+    assert (code, err) == (2, "llmcore: error: --resume needs an output file (-o FILE): "
+                              "it appends to it\n")  # fmt: skip
+    code, err = _cli(capsys, "--max-concurrency", "many")
+    assert code == 2 and "invalid int value: 'many'" in err
+    same = tmp_path / "batch.jsonl"
+    same.write_text("")
+    code, err = _cli(capsys, "-i", str(same), "-o", str(same))
+    assert code == 2 and "is the input file" in err
 
 
 def test_cli_help_lists_batch_and_model_flags_but_not_network_ones() -> None:
@@ -248,3 +260,44 @@ def test_the_transport_does_not_import_llmcore() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not [n for n in names if n.split(".")[0] == "llmcore"], path
+
+
+# -- pipe mode over the process's stdin and stdout ----------------------------------------------
+
+ECHO_PROCESS = """
+import json, sys
+import anyio
+from transports.jsonl import BatchConfig, ProgressMode, exit_code, run_batch
+
+class Answer:
+    def __init__(self, body):
+        self.status, self.body, self.content_type, self.headers = 200, body, "application/json", []
+
+class EchoService:
+    async def handle(self, request):
+        return Answer(json.dumps({"echo": json.loads(request.body)}).encode())
+
+summary = anyio.run(run_batch, EchoService(), BatchConfig(progress=ProgressMode.OFF))
+sys.exit(exit_code(summary))
+"""
+
+
+def test_a_co_process_gets_each_answer_before_sending_the_next_line(line: Line) -> None:
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_PROCESS], cwd=root,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        for i in range(3):
+            proc.stdin.write(line(f"q{i}", {"n": i}))
+            proc.stdin.flush()  # and keep the pipe open
+            record = json.loads(proc.stdout.readline())
+            assert record["custom_id"] == f"q{i}"
+            assert record["response"]["body"] == {"echo": {"n": i}}
+        proc.stdin.close()
+        assert proc.stdout.read() == b""
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
