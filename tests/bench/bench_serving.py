@@ -339,6 +339,7 @@ class Offline:
     tokens: list[int]
     prompt_lengths: list[int]
     prefill: float  # seconds of the same batch shape with max_tokens=1 (other prompts)
+    cpu: list[float] = field(default_factory=list)  # CPU seconds of each repeat's run
 
     @property
     def rate(self) -> float:
@@ -363,9 +364,10 @@ def run_offline(
             start = time.perf_counter()
             llm.chat([[{"role": "user", "content": p}] for p in prefill_prompts], one)
             result.prefill = time.perf_counter() - start
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
         result.seconds.append(time.perf_counter() - start)
+        result.cpu.append(time.process_time() - cpu0)
         result.tokens.append(sum(len(c.token_ids) for out in outputs for c in out.outputs))
         result.prompt_lengths = [len(out.prompt_token_ids) for out in outputs]
         del llm
@@ -473,7 +475,8 @@ def main() -> None:
     decode_step = (median_seconds - offline.prefill) / max(1, args.max_tokens - 1)
     print(
         f"offline: {len(offline.seconds)} runs of {', '.join(f'{s:.2f}' for s in offline.seconds)}"
-        f" s (median used); prefill of {top} other prompts (max_tokens=1) {offline.prefill:.2f} s;"
+        f" s (median used), CPU {sum(offline.cpu) / sum(offline.seconds):.0%} of one core;"
+        f" prefill of {top} other prompts (max_tokens=1) {offline.prefill:.2f} s;"
         f" so a decode step of ~{decode_step * 1000:.0f} ms at batch {top}"
         + (
             " (not meaningful: the prefill took longer than a whole run)"

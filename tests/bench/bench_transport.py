@@ -17,6 +17,11 @@ here; uvicorn is a benchmark-only dependency (`pip install uvicorn`).
 
     python tests/bench/bench_transport.py [--concurrency 64] [--max-tokens 256]
         [--duration 10] [--nonstream-duration 5] [--uvicorn-http auto|h11|httptools]
+        [--engine-yields]
+
+With --engine-yields the fake engine gives the event loop one turn before each token,
+as a consumer of a real engine's output queue does; without it a uvicorn handler can
+write a whole stream in one pass of the event loop.
 """
 
 from __future__ import annotations
