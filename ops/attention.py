@@ -9,6 +9,12 @@ prompt, a chunk of one after earlier chunks, or a single decode token): the quer
 tokens of sequence `i` are the last `q_len` of its `seq_lens[i]` tokens, and each
 attends causally to every token at or before its own position.
 `paged_attention_decode` is the one-token-per-sequence case.
+
+Both gather every sequence's keys and values token by token (one `index_select`
+per cache) into a padded batch and make one attention call. Positions past a
+sequence's end gather a copy of its last token instead of an unwritten slot, so
+whatever those slots hold (even NaN) never reaches the arithmetic; the mask then
+gives the copies zero weight.
 """
 
 from __future__ import annotations
@@ -16,13 +22,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# A batched prefill pads every sequence's query rows to the longest; past this much
+# padding (padded rows / real rows) one call per sequence does less work.
+_MAX_QUERY_PADDING = 2.0
 
-def _gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """`[Hkv, seq_len, D]` view-ordered copy of one sequence's cached keys or values."""
-    block_size = cache.shape[1]
-    num_blocks = -(-seq_len // block_size)
-    blocks = cache.index_select(0, block_table[:num_blocks])
-    return blocks.flatten(0, 1)[:seq_len].transpose(0, 1)
+
+def _gather_padded(
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_len: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values `[B, Hkv, max_len, D]` (strided views): each sequence's cached
+    tokens, the positions past its end filled with copies of its last token."""
+    block_size, num_kv_heads, head_dim = key_cache.shape[1:]
+    positions = torch.arange(max_len, device=key_cache.device)
+    last = (seq_lens.to(positions.dtype) - 1).clamp_(min=0)
+    positions = torch.minimum(positions[None, :], last[:, None])  # [B, max_len]
+    blocks = block_tables.long().gather(1, positions // block_size)
+    slots = (blocks * block_size + positions % block_size).flatten()
+    shape = (seq_lens.shape[0], max_len, num_kv_heads, head_dim)
+    k = key_cache.view(-1, num_kv_heads * head_dim).index_select(0, slots).view(shape)
+    v = value_cache.view(-1, num_kv_heads * head_dim).index_select(0, slots).view(shape)
+    return k.transpose(1, 2), v.transpose(1, 2)
 
 
 def paged_attention_decode(
@@ -37,27 +60,19 @@ def paged_attention_decode(
 
     `block_tables` is `[B, max_blocks]` int32/int64, `seq_lens` `[B]` (tokens in
     the cache for each sequence, the new one included). All sequences are served
-    by one attention call over their blocks gathered to the longest length, the
+    by one attention call over their tokens gathered to the longest length, the
     shorter ones masked past their end."""
     num_seqs, num_heads, head_dim = query.shape
-    num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
+    num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
     max_len = int(seq_lens.max())
-    num_blocks = -(-max_len // block_size)
-    tables = block_tables[:, :num_blocks].long()
-    k = key_cache[tables].flatten(1, 2)[:, :max_len]  # [B, L, Hkv, D]
-    v = value_cache[tables].flatten(1, 2)[:, :max_len]
+    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len)
     mask = None
     if bool((seq_lens != max_len).any()):
         positions = torch.arange(max_len, device=query.device)
         valid = positions[None, :] < seq_lens[:, None].to(positions.dtype)  # [B, L]
-        # Slots past a sequence's end were never written for it: they may hold
-        # anything (even NaN, which a -inf score times a zero weight would not hide).
-        k = k.masked_fill(~valid[:, :, None, None], 0.0)
-        v = v.masked_fill(~valid[:, :, None, None], 0.0)
         mask = valid[:, None, None, :]
     q = query.view(num_seqs, num_kv_heads, group, head_dim)
-    k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out.reshape(num_seqs, num_heads, head_dim)
 
@@ -73,27 +88,86 @@ def paged_attention_prefill(
 ) -> torch.Tensor:
     """Variable-length causal attention: `query` `[T, Hq, D]` holds the new tokens
     of every sequence back to back, sequence `i` at rows
-    `query_start_loc[i]:query_start_loc[i + 1]`. Returns `[T, Hq, D]`."""
+    `query_start_loc[i]:query_start_loc[i + 1]`. Returns `[T, Hq, D]`.
+
+    Sequences with one new token go through `paged_attention_decode` together; the
+    others are padded to the longest query and served by one call, unless that
+    padding would more than double the work."""
+    starts = query_start_loc.long()
+    q_lens = starts[1:] - starts[:-1]
+    single = q_lens == 1
+    if bool(single.all()):
+        return paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale)
+    out = torch.empty_like(query)
+    if bool(single.any()):
+        rows = starts[:-1][single]
+        out[rows] = paged_attention_decode(
+            query.index_select(0, rows),
+            key_cache,
+            value_cache,
+            block_tables[single],
+            seq_lens[single],
+            scale,
+        )
+    multi = (q_lens > 1).nonzero().flatten()
+    if len(multi) == 0:
+        return out
+    lens = q_lens[multi]
+    if int(lens.max()) * len(multi) > _MAX_QUERY_PADDING * int(lens.sum()):
+        for i in multi.tolist():
+            one = slice(int(starts[i]), int(starts[i + 1]))
+            out[one] = _prefill_batch(
+                query[one], key_cache, value_cache, block_tables[i : i + 1],
+                starts[i : i + 2] - starts[i], seq_lens[i : i + 1], scale,
+            )  # fmt: skip
+        return out
+    rows = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in multi.tolist()])
+    local = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+    out[rows.to(query.device)] = _prefill_batch(
+        query.index_select(0, rows.to(query.device)),
+        key_cache,
+        value_cache,
+        block_tables[multi],
+        local.to(query.device),
+        seq_lens[multi],
+        scale,
+    )
+    return out
+
+
+def _prefill_batch(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    starts: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention for sequences with their query rows back to back in `query`
+    (sequence `i` at `starts[i]:starts[i + 1]`), one padded call."""
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
-    out = torch.empty_like(query)
-    starts = query_start_loc.tolist()
-    for i, seq_len in enumerate(seq_lens.tolist()):
-        q_start, q_end = starts[i], starts[i + 1]
-        q_len = q_end - q_start
-        if q_len == 0:
-            continue
-        k = _gather_kv(key_cache, block_tables[i], seq_len)
-        v = _gather_kv(value_cache, block_tables[i], seq_len)
-        # [q_len, Hq, D] -> [Hkv, group * q_len, D]: each kv head serves its group.
-        q = query[q_start:q_end].view(q_len, num_kv_heads, group, head_dim)
-        q = q.permute(1, 2, 0, 3).reshape(num_kv_heads, group * q_len, head_dim)
-        mask = None
-        if q_len > 1:
-            causal = torch.ones(q_len, seq_len, dtype=torch.bool, device=query.device)
-            mask = causal.tril(diagonal=seq_len - q_len).repeat(group, 1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        o = o.view(num_kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3)
-        out[q_start:q_end] = o.reshape(q_len, num_heads, head_dim)
-    return out
+    num_seqs = seq_lens.shape[0]
+    device = query.device
+    q_lens = starts[1:] - starts[:-1]
+    max_q, max_len = int(q_lens.max()), int(seq_lens.max())
+    # Padded query rows repeat their sequence's last row (and its mask), so no row
+    # of the call is fully masked; they are dropped from the result.
+    j = torch.arange(max_q, device=device)
+    j_clamped = torch.minimum(j[None, :], (q_lens - 1)[:, None])  # [B, max_q]
+    q = query.index_select(0, (starts[:-1, None] + j_clamped).flatten())
+    q = q.view(num_seqs, max_q, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
+    q = q.reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
+    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len)
+    # Query row j of sequence i sits at position seq_len - q_len + j.
+    q_pos = (seq_lens.long() - q_lens)[:, None] + j_clamped  # [B, max_q]
+    k_pos = torch.arange(max_len, device=device)
+    mask = k_pos[None, None, :] <= q_pos[:, :, None]  # [B, max_q, L]
+    mask = mask[:, None].repeat(1, 1, group, 1).view(num_seqs, 1, group * max_q, max_len)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    o = o.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)
+    o = o.reshape(num_seqs * max_q, num_heads, head_dim)
+    keep = (j[None, :] < q_lens[:, None]).flatten()
+    return o[keep]
