@@ -165,10 +165,10 @@ def _http_config(args: argparse.Namespace) -> Any:
 def build_service(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """Load the model and build (OpenAIService, AsyncEngine, served name)."""
     from llmcore.chat_template import ChatTemplate
-    from llmcore.engine.async_engine import AsyncEngine, build_core
+    from llmcore.engine.async_engine import AsyncEngine
     from llmcore.openai import OpenAIService, ServedModel, default_name
 
-    core = build_core(
+    engine = AsyncEngine.load(
         args.model,
         tokenizer=args.tokenizer,
         dtype=args.dtype,
@@ -182,10 +182,10 @@ def build_service(args: argparse.Namespace) -> tuple[Any, Any, str]:
         max_logprobs=args.max_logprobs,
         seed=args.seed,
     )
+    core = engine.core
     template = ChatTemplate.resolve(
         core.loaded.path, args.chat_template, gguf_template=core.tokenizer.chat_template
     )
-    engine = AsyncEngine(core)
     name = args.served_model_name or default_name(args.model)
     model = ServedModel(name, engine, core.tokenizer, template, core.max_model_len)
     service = OpenAIService(
