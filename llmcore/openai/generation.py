@@ -131,6 +131,9 @@ class Runner:
         self.load.admit()
         name = gen.model.name
         self.metrics.prompt_tokens.labels(name).inc(gen.num_prompt_tokens)
+        # The labelled children, looked up once per generation rather than per token.
+        itl = self.metrics.itl.labels(name)
+        generation_tokens = self.metrics.generation_tokens.labels(name)
         start = last = time.monotonic()
         started = False
         try:
@@ -142,10 +145,14 @@ class Runner:
                         self.load.started()
                         self.metrics.ttft.labels(name).observe(now - start)
                     else:
-                        self.metrics.itl.labels(name).observe(now - last)
+                        itl.observe(now - last)
                     last = now
-                    tokens = sum(len(c.token_ids) for c in item[1].outputs)
-                    self.metrics.generation_tokens.labels(name).inc(tokens)
+                    outputs_ = item[1].outputs
+                    generation_tokens.inc(
+                        len(outputs_[0].token_ids)
+                        if len(outputs_) == 1
+                        else sum(len(c.token_ids) for c in outputs_)
+                    )
                     yield item
         finally:
             self.load.finished(started)

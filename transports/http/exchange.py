@@ -1,5 +1,6 @@
 # Owns one admitted request's trip through the service: call `handle`, write the
-# complete response or the SSE stream (one flush per event), and log it. Invariant:
+# complete response or the SSE stream (each event written as soon as it is ready),
+# and log it. Invariant:
 # a stream's `chunks` iterator is always aclose()d when the exchange ends, whether
 # it finished, the client went away, or the exchange was cancelled, so the engine
 # request is aborted promptly.
@@ -144,10 +145,7 @@ class Exchange:
             headers = response_headers(
                 answer.content_type, extra, length=None, close=self._closing()
             )
-            await self._writer.start_response(answer.status, headers)
-            async for chunk in chunks:
-                await self._writer.send_data(chunk)
-            await self._writer.end_response()
+            await self._writer.send_stream(answer.status, headers, chunks)
         finally:
             await _aclose(chunks)
 

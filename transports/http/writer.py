@@ -3,10 +3,12 @@
 # Invariant: one writer at a time touches the socket; a write that fails or stalls
 # past the timeout marks the writer broken (the client is gone) and every later
 # write raises ClientGone, so a slow or vanished client stalls only its own handler.
+# A streamed body is pumped: chunks that arrive while a write is in flight go out
+# together in the next write, so the socket sees one write per burst, not per event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from email.utils import formatdate
 from functools import lru_cache
 from http import HTTPStatus
@@ -60,28 +62,94 @@ class ResponseWriter:
         events.append(h11.EndOfMessage())
         await self._send(*events)
 
-    async def start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    async def send_stream(
+        self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncIterator[bytes]
+    ) -> None:
+        """A streamed response: the head, then every chunk of `chunks` as soon as it
+        is available (those ready together in one write), then the end. The writer
+        is held for the whole stream. An error of `chunks` propagates after what was
+        produced before it is written; the end of the message is then not sent."""
         self.status = status
-        await self._send(response_head(status, headers))
-
-    async def send_data(self, data: bytes) -> None:
-        await self._send(h11.Data(data=data))
-
-    async def end_response(self) -> None:
-        await self._send(h11.EndOfMessage())
+        async with self._lock:
+            if self.broken:
+                raise ClientGone
+            pump = _Pump(chunks)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump.run)
+                try:
+                    first = self._h11.send(response_head(status, headers)) or b""
+                    await self._write(first + await pump.take(self._h11))
+                    while not pump.finished:
+                        await self._write(await pump.take(self._h11))
+                finally:
+                    tg.cancel_scope.cancel()
+            if pump.error is not None:
+                raise pump.error
+            await self._write(self._h11.send(h11.EndOfMessage()) or b"")
 
     async def _send(self, *events: h11.Event) -> None:
         async with self._lock:
             if self.broken:
                 raise ClientGone
-            data = b"".join(self._h11.send(event) or b"" for event in events)
-            try:
-                with anyio.fail_after(self._send_timeout):
-                    await self._stream.send(data)
-            except _STREAM_ERRORS as exc:
-                self.broken = True
-                self._h11.send_failed()
-                raise ClientGone from exc
+            await self._write(b"".join(self._h11.send(event) or b"" for event in events))
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            with anyio.fail_after(self._send_timeout):
+                await self._stream.send(data)
+        except _STREAM_ERRORS as exc:
+            self.broken = True
+            self._h11.send_failed()
+            raise ClientGone from exc
+
+
+class _Pump:
+    """Reads a chunk iterator in its own task into a buffer that the writer empties;
+    the reader waits while the buffer holds `high_water` bytes or more."""
+
+    __slots__ = ("_chunks", "_done", "_high_water", "_pending", "_ready", "_room", "_size",
+                 "error", "finished")  # fmt: skip
+
+    def __init__(self, chunks: AsyncIterator[bytes], high_water: int = 1 << 16) -> None:
+        self._chunks = chunks
+        self._high_water = high_water
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._ready = anyio.Event()
+        self._room = anyio.Event()
+        self._done = False  # the iterator is exhausted or failed
+        self.finished = False  # ... and the buffer is empty
+        self.error: Exception | None = None
+
+    async def run(self) -> None:
+        try:
+            async for chunk in self._chunks:
+                if not chunk:
+                    continue
+                self._pending.append(chunk)
+                self._size += len(chunk)
+                self._ready.set()
+                while self._size >= self._high_water:
+                    self._room = anyio.Event()
+                    await self._room.wait()
+        except Exception as exc:  # handed to the writer, which raises it in its task
+            self.error = exc
+        self._done = True
+        self._ready.set()
+
+    async def take(self, conn: h11.Connection) -> bytes:
+        """Wait for buffered chunks and return them framed as one h11 Data event
+        (b"" once the iterator is done and nothing is left)."""
+        await self._ready.wait()
+        self._ready = anyio.Event()
+        data, self._pending, self._size = b"".join(self._pending), [], 0
+        self._room.set()
+        if self._done:
+            self.finished = True
+            self._ready.set()
+        return (conn.send(h11.Data(data=data)) or b"") if data else b""
 
 
 def response_headers(
