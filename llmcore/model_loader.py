@@ -17,6 +17,7 @@ import torch
 
 from llmcore import registry
 from llmcore.config import ModelConfig, resolve_dtype
+from llmcore.cpu_malloc import tune_malloc
 from llmcore.default_model import default_chat_model_path
 from llmcore.errors import ModelNotFoundError
 from llmcore.model_api import CausalLM
@@ -53,6 +54,8 @@ def load_model(
     if not model_path.exists():
         raise ModelNotFoundError(f"model path {str(model_path)!r} does not exist")
     dev = torch.device(device)
+    if dev.type == "cpu":
+        tune_malloc()
     if model_path.is_file():
         if model_path.suffix != ".gguf":
             raise ModelNotFoundError(

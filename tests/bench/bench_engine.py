@@ -16,6 +16,7 @@ import time
 import torch
 
 import llmcore
+from llmcore.cpu_malloc import tune_malloc
 from llmcore.default_model import default_chat_model_path
 
 WORDS = ("the river city night music code light winter garden stone letter morning ocean "
@@ -44,11 +45,12 @@ def _timed(fn: object) -> float:
     return time.perf_counter() - t
 
 
-def matmul_params(loaded: llmcore.LoadedModel) -> int:
+def matmul_params(loaded: llmcore.LoadedModel) -> tuple[int, int]:
+    """(weights every token multiplies, the lm_head's: only tokens that are sampled)."""
     m = loaded.model
     per_layer = sum(t.numel() for t in (m.layers[0].qkv, m.layers[0].o_proj,
                                          m.layers[0].gate_up, m.layers[0].down))  # fmt: skip
-    return per_layer * len(m.layers) + m.lm_head.numel()
+    return per_layer * len(m.layers), m.lm_head.numel()
 
 
 def hf_rate(model: object, prompts: list[list[int]], batch: int, new: int) -> float:
@@ -85,7 +87,8 @@ def main() -> None:
     generated = sum(len(o.outputs[0].token_ids) for o in outs)
     prompt_tokens = sum(len(p) for p in prompts)
     ours = generated / elapsed
-    flops = 2 * matmul_params(llm.core.loaded) * (prompt_tokens + generated) / elapsed
+    body, head = matmul_params(llm.core.loaded)
+    flops = 2 * (body * (prompt_tokens + generated) + head * generated) / elapsed
     gemm = matmul_rate()
     cfg = llm.core.loaded.config
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
@@ -101,7 +104,8 @@ def main() -> None:
     hf8 = hf_rate(hf, prompts, 8, args.new)
     hf1 = hf_rate(hf, prompts[: args.hf_batch1_prompts], 1, args.new)
 
-    print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"malloc tuning {'on' if tune_malloc() else 'off'} (both runs)")  # fmt: skip
     print(f"workload: {args.prompts} prompts x ~{args.prompt_len} tokens, {args.new} greedy "
           f"output tokens each; {stats.num_steps - stats0.num_steps} engine steps")  # fmt: skip
     print("| figure | value | ratio |")
@@ -110,7 +114,7 @@ def main() -> None:
           f"{ours / hf1:.1f}x HF batch 1 |")  # fmt: skip
     print(f"| HF `generate`, batch 8 (padded) | {hf8:.0f} | 1.00 |")
     print(f"| HF `generate`, batch 1 ({args.hf_batch1_prompts} prompts) | {hf1:.0f} | |")
-    print(f"| model FLOP/s (matmuls, prompt + output) | {flops / 1e9:.1f} G | "
+    print(f"| model FLOP/s (weight matmuls; lm_head on sampled tokens) | {flops / 1e9:.1f} G | "
           f"{flops / gemm:.2f} of the machine's fp32 GEMM |")  # fmt: skip
     print(f"| fp32 GEMM rate (2048^3 torch.mm) | {gemm / 1e9:.1f} G | 1.00 |")
     print(f"| peak RSS after the llmcore run | {rss_llmcore:.0f} MiB | |")
