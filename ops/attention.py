@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ops import cuda as _cuda
+
 
 def _gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
     """`[Hkv, seq_len, D]` view-ordered copy of one sequence's cached keys or values."""
@@ -39,6 +41,10 @@ def paged_attention_decode(
     the cache for each sequence, the new one included). All sequences are served
     by one attention call over their blocks gathered to the longest length, the
     shorter ones masked past their end."""
+    if query.is_cuda and _cuda.available(query, key_cache, value_cache, head_size=query.shape[-1]):
+        return _cuda.paged_attention_decode(
+            query, key_cache, value_cache, block_tables, seq_lens, scale
+        )
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     group = num_heads // num_kv_heads
@@ -74,6 +80,10 @@ def paged_attention_prefill(
     """Variable-length causal attention: `query` `[T, Hq, D]` holds the new tokens
     of every sequence back to back, sequence `i` at rows
     `query_start_loc[i]:query_start_loc[i + 1]`. Returns `[T, Hq, D]`."""
+    if query.is_cuda and _cuda.available(query, key_cache, value_cache, head_size=query.shape[-1]):
+        return _cuda.paged_attention_prefill(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+        )
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
