@@ -11,6 +11,15 @@ from __future__ import annotations
 from ops.cuda._launch import Kernel, kernel
 
 HEAD_SIZES = (64, 80, 96, 128)
+# Options of both compilers (NVRTC at run time, nvcc in the build check). The
+# conversion switches decouple cuda_fp16.h from cuda_bf16.h (CuPy bundles its own
+# fp16 header, which may be older than the toolkit's bf16 one); the kernels
+# convert explicitly and need neither.
+COMPILE_OPTIONS = (
+    "--std=c++17",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+)
 
 RESHAPE_AND_CACHE = kernel(
     "kv_cache.cu",

@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
-from ops.cuda._kernels import ALL_KERNELS
+from ops.cuda._kernels import ALL_KERNELS, COMPILE_OPTIONS
 from ops.cuda._launch import Launch, build_args
 
 _INCLUDE = '#include "common.cuh"'
-_OPTIONS = ("--std=c++17",)
 
 
 @functools.cache
@@ -34,7 +33,7 @@ def kernel_source(filename: str) -> str:
     """The text of one `.cu` file with `common.cuh` inlined (NVRTC sees one string)."""
     folder = importlib.resources.files("ops.cuda") / "kernels"
     text = (folder / filename).read_text(encoding="utf-8")
-    common = (folder / "common.cuh").read_text(encoding="utf-8")
+    common = (folder / "common.cuh").read_text(encoding="utf-8").replace("#pragma once\n", "")
     return text.replace(_INCLUDE, common, 1)
 
 
@@ -47,7 +46,7 @@ def _module(source: str, dtype: torch.dtype, device_index: int) -> Any:
     ]
     with cupy.cuda.Device(device_index):
         module = cupy.RawModule(
-            code=kernel_source(source), options=_OPTIONS, name_expressions=expressions
+            code=kernel_source(source), options=COMPILE_OPTIONS, name_expressions=expressions
         )
         module.compile()
     return module

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.cuda._kernels import ALL_KERNELS
+from ops.cuda._kernels import ALL_KERNELS, COMPILE_OPTIONS
 from ops.cuda._launch import SCALAR_TYPES
 
 ARCHITECTURES = ("sm_80", "sm_90")
@@ -98,7 +98,7 @@ def instantiation_source() -> str:
 def compile_report(nvcc: str, source: Path, arch: str) -> str:
     """ptxas's verbose report for one architecture (raises on a compile error)."""
     out = source.with_suffix(f".{arch}.o")
-    cmd = [nvcc, "-std=c++17", "-O3", f"-I{KERNELS_DIR}", "-c", str(source), "-o", str(out)]
+    cmd = [nvcc, *COMPILE_OPTIONS, "-O3", f"-I{KERNELS_DIR}", "-c", str(source), "-o", str(out)]
     cmd += [f"-gencode=arch=compute_{arch[3:]},code={arch}", "-Xptxas", "-v"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
