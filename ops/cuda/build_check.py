@@ -52,7 +52,7 @@ class KernelResources:
     @property
     def occupancy(self) -> float:
         """The fraction of an SM's threads its registers allow (allocated per warp
-        in units of 256)."""
+        in units of 256; whole-block rounding and shared memory not counted)."""
         per_warp = -(-self.registers * 32 // 256) * 256
         warps = min(_THREADS_PER_SM // 32, _REGISTERS_PER_SM // max(per_warp, 1))
         return warps * 32 / _THREADS_PER_SM
@@ -134,12 +134,22 @@ def demangle(nvcc: str, kernels: list[KernelResources]) -> None:
 
 
 def table(kernels: list[KernelResources]) -> str:
-    rows = ["| kernel | arch | registers | occupancy (regs) | smem B | stack B | spill st/ld B |"]
-    rows.append("|---|---|---:|---:|---:|---:|---:|")
-    for k in sorted(kernels, key=lambda k: (k.name, k.arch)):
+    """One row per instantiation, registers per architecture; occupancy is the
+    worse of the two, local memory the sum."""
+    by_name: dict[str, dict[str, KernelResources]] = {}
+    for k in kernels:
+        by_name.setdefault(k.name, {})[k.arch] = k
+    head = " | ".join(f"regs {a}" for a in ARCHITECTURES)
+    rows = [f"| kernel | {head} | occupancy (regs) | smem B | stack B | spill st/ld B |"]
+    rows.append("|---|" + "---:|" * (len(ARCHITECTURES) + 4))
+    for name in sorted(by_name):
+        arch = by_name[name]
+        built = list(arch.values())
+        regs = " | ".join(str(arch[a].registers) if a in arch else "-" for a in ARCHITECTURES)
+        stores, loads = sum(k.spill_stores for k in built), sum(k.spill_loads for k in built)
         rows.append(
-            f"| `{k.name}` | {k.arch} | {k.registers} | {k.occupancy:.0%} | {k.smem} | "
-            f"{k.stack} | {k.spill_stores}/{k.spill_loads} |"
+            f"| `{name}` | {regs} | {min(k.occupancy for k in built):.0%} | "
+            f"{max(k.smem for k in built)} | {sum(k.stack for k in built)} | {stores}/{loads} |"
         )
     return "\n".join(rows)
 
