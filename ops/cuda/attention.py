@@ -5,6 +5,9 @@ context) and split-K: partitions of `PARTITION_SIZE` tokens merged by a reduce
 kernel. Split-K pays when the context is long and there are too few
 (head, sequence) blocks to fill the GPU; the rule is vLLM's: one pass up to 8192
 tokens unless a single partition would do or more than 512 blocks already exist.
+The context bound is the block table's capacity (`max_blocks * block_size`), not
+`seq_lens.max()`, so a launch never waits for the device: partitions past a
+sequence's end do no work.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def paged_attention_decode(
 ) -> torch.Tensor:
     if not query.shape[0]:
         return torch.empty_like(query)
-    max_seq_len = int(seq_lens.max())
+    max_seq_len = block_tables.shape[1] * key_cache.shape[1]  # no device sync
     out, launches = plan_paged_attention_decode(
         query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len
     )
