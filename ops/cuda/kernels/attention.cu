@@ -1,8 +1,8 @@
 // Attention over the paged KV cache (layout [num_blocks, block_size, Hkv, D]).
 //
 // One thread block of ATTN_THREADS (4 warps) serves one query head of one query
-// token over a range of context tokens. Warps take the tokens round-robin; for a
-// token a warp loads the key row (lane l holds dims l, l+32, ...: coalesced), forms
+// token over a range of context tokens. Warps take the tokens round-robin, two at
+// a time (ATTN_UNROLL); for a token a warp loads the key row (lane l holds dims l, l+32, ...: coalesced), forms
 // the dot product with a warp-shuffle reduction and folds the token into its own
 // online softmax (running max m, sum l, accumulator acc over the value rows). The
 // four warps then merge through shared memory. Nothing is ever read past a
@@ -17,6 +17,7 @@
 
 #define ATTN_THREADS 128
 #define ATTN_WARPS (ATTN_THREADS / LLMCORE_WARP)
+#define ATTN_UNROLL 2  // tokens per warp step
 
 template <int HEAD_SIZE>
 struct AttnShared {
@@ -47,26 +48,46 @@ __device__ __forceinline__ void warp_attend(
   float m = LLMCORE_NEG_INF;
   float l = 0.0f;
   const long long row = (long long)num_kv_heads * HEAD_SIZE;
-  for (int t = begin + warp; t < end; t += ATTN_WARPS) {
-    const long long block = block_table[t / block_size];
-    const long long off = (block * block_size + t % block_size) * row + (long long)kv_head * HEAD_SIZE;
-    const scalar_t* k = key_cache + off;
-    float dot = 0.0f;
+  const long long head_off = (long long)kv_head * HEAD_SIZE;
+  // A warp takes ATTN_UNROLL consecutive tokens per step and issues all their key
+  // loads before the first reduction, so more bytes are in flight. A token past
+  // `end` reloads token end - 1 (always written) and is masked to a zero weight.
+  for (int t0 = begin + warp * ATTN_UNROLL; t0 < end; t0 += ATTN_WARPS * ATTN_UNROLL) {
+    long long off[ATTN_UNROLL];
+    float s[ATTN_UNROLL];
 #pragma unroll
-    for (int e = 0; e < ELEMS; ++e) {
-      const int d = lane + e * LLMCORE_WARP;
-      if (d < HEAD_SIZE) dot += qv[e] * to_float(k[d]);
+    for (int u = 0; u < ATTN_UNROLL; ++u) {
+      const int t = min(t0 + u, end - 1);
+      const long long block = block_table[t / block_size];
+      off[u] = (block * block_size + t % block_size) * row + head_off;
+      const scalar_t* k = key_cache + off[u];
+      s[u] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < ELEMS; ++e) {
+        const int d = lane + e * LLMCORE_WARP;
+        if (d < HEAD_SIZE) s[u] += qv[e] * to_float(k[d]);
+      }
     }
-    const float s = warp_sum(dot);
-    const float m_new = fmaxf(m, s);
-    const float alpha = expf(m - m_new);  // 0 for the first token (m = -inf)
-    const float p = expf(s - m_new);
-    l = l * alpha + p;
-    const scalar_t* v = value_cache + off;
+    float m_new = m;
 #pragma unroll
-    for (int e = 0; e < ELEMS; ++e) {
-      const int d = lane + e * LLMCORE_WARP;
-      if (d < HEAD_SIZE) acc[e] = acc[e] * alpha + p * to_float(v[d]);
+    for (int u = 0; u < ATTN_UNROLL; ++u) {
+      s[u] = t0 + u < end ? warp_sum(s[u]) : LLMCORE_NEG_INF;
+      m_new = fmaxf(m_new, s[u]);
+    }
+    const float alpha = expf(m - m_new);  // 0 for the first tokens (m = -inf)
+    l *= alpha;
+#pragma unroll
+    for (int e = 0; e < ELEMS; ++e) acc[e] *= alpha;
+#pragma unroll
+    for (int u = 0; u < ATTN_UNROLL; ++u) {
+      const float p = expf(s[u] - m_new);  // 0 for a masked token
+      l += p;
+      const scalar_t* v = value_cache + off[u];
+#pragma unroll
+      for (int e = 0; e < ELEMS; ++e) {
+        const int d = lane + e * LLMCORE_WARP;
+        if (d < HEAD_SIZE) acc[e] += p * to_float(v[d]);
+      }
     }
     m = m_new;
   }
