@@ -2,9 +2,9 @@
 //
 // One thread block of ATTN_THREADS (4 warps) serves one query head of one query
 // token over a range of context tokens. Warps take the tokens round-robin, two at
-// a time (ATTN_UNROLL); for a token a warp loads the key row (lane l holds dims l, l+32, ...: coalesced), forms
-// the dot product with a warp-shuffle reduction and folds the token into its own
-// online softmax (running max m, sum l, accumulator acc over the value rows). The
+// a time (ATTN_UNROLL); for a token a warp loads the key row (lane l holds dims
+// l, l+32, ...: coalesced), forms the dot product with a warp-shuffle reduction
+// and folds the token into its own online softmax (running max m, sum l, accumulator acc over the value rows). The
 // four warps then merge through shared memory. Nothing is ever read past a
 // sequence's length, so unwritten cache slots (even NaN) never enter a result.
 //
