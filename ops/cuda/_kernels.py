@@ -97,6 +97,7 @@ PAGED_ATTENTION_DECODE = kernel(
     "const int* block_tables",
     "const int* seq_lens",
     "float scale",
+    "int num_heads",
     "int num_kv_heads",
     "int block_size",
     "int max_blocks_per_seq",

@@ -1,6 +1,7 @@
 """CUDA launches of paged attention (see kernels/attention.cu).
 
-Decode picks between one pass (a block per (head, sequence) over the whole
+A decode block serves up to `GQA_TILE` query heads of one kv head (K/V rows
+loaded once for all of them). Decode picks between one pass (a block per (head, sequence) over the whole
 context) and split-K: partitions of `PARTITION_SIZE` tokens merged by a reduce
 kernel. Split-K pays when the context is long and there are too few
 (head, sequence) blocks to fill the GPU; the rule is vLLM's: one pass up to 8192
@@ -23,6 +24,7 @@ from ops.cuda._launch import Launch, with_contiguous_heads
 from ops.cuda._module import run
 
 THREADS = 128  # ATTN_THREADS in attention.cu
+GQA_TILE = 4  # query heads a decode block serves (GQA_TILE in attention.cu)
 PARTITION_SIZE = 512
 
 
@@ -48,6 +50,7 @@ def plan_paged_attention_decode(
     """The output `[B, Hq, D]` and the launches that fill it (one, or split-K + reduce)."""
     query = with_contiguous_heads(query)
     num_seqs, num_heads, head_size = query.shape
+    num_kv_heads = key_cache.shape[2]
     out = torch.empty((num_seqs, num_heads, head_size), dtype=query.dtype, device=query.device)
     tables = _int32(block_tables)
     split = use_split_k(num_seqs, num_heads, max_seq_len)
@@ -60,7 +63,7 @@ def plan_paged_attention_decode(
     decode = Launch(
         PAGED_ATTENTION_DECODE,
         query.dtype,
-        grid=(num_heads, num_seqs, partitions),
+        grid=(num_kv_heads * -(-(num_heads // num_kv_heads) // GQA_TILE), num_seqs, partitions),
         block=(THREADS, 1, 1),
         head_size=head_size,
         values={
@@ -74,7 +77,8 @@ def plan_paged_attention_decode(
             "block_tables": tables,
             "seq_lens": _int32(seq_lens),
             "scale": float(scale),
-            "num_kv_heads": key_cache.shape[2],
+            "num_heads": num_heads,
+            "num_kv_heads": num_kv_heads,
             "block_size": key_cache.shape[1],
             "max_blocks_per_seq": tables.shape[1],
             "query_stride": query.stride(0),

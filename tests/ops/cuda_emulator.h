@@ -24,7 +24,7 @@
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 
 struct EmuDim3 {
   unsigned x = 1, y = 1, z = 1;

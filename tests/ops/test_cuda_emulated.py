@@ -145,17 +145,34 @@ def test_rotary_and_cache_write(emulated: None, dtype: torch.dtype, is_neox: boo
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", HEAD_SIZES)
-@pytest.mark.parametrize("split", [False, True])
+# (dtype, head size, split-K, query heads, kv heads): every dtype, both head
+# sizes, both paths, GQA groups of 1, 3, 6 (two blocks: 4 + 2 heads) and 8.
+DECODE_CASES = [
+    (torch.float32, 64, False, 6, 2),
+    (torch.float32, 80, True, 6, 1),
+    (torch.float32, 64, True, 2, 2),
+    (torch.float16, 64, True, 6, 2),
+    (torch.float16, 80, False, 2, 2),
+    (torch.bfloat16, 64, False, 6, 1),
+    (torch.bfloat16, 80, True, 8, 1),
+]
+
+
+@pytest.mark.parametrize(("dtype", "d", "split", "heads", "kv_heads"), DECODE_CASES)
 def test_paged_decode(
-    emulated: None, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, d: int, split: bool
+    emulated: None,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: torch.dtype,
+    d: int,
+    split: bool,
+    heads: int,
+    kv_heads: int,
 ) -> None:
     monkeypatch.setattr(attention, "use_split_k", lambda *_: split)
     monkeypatch.setattr(attention, "PARTITION_SIZE", 16)  # several partitions, some empty
     lens = [1, 7, 8, 9, 30]
     q, kc, vc, tables, _, seq_lens, _, _ = _paged_setup(
-        lens, [1] * len(lens), 6, 2, d, 8, dtype, seed=d
+        lens, [1] * len(lens), heads, kv_heads, d, 8, dtype, seed=d + heads
     )
     want = ops.paged_attention_decode(q, kc, vc, tables, seq_lens, d**-0.5)
     _close(ops.cuda.paged_attention_decode(q, kc, vc, tables, seq_lens, d**-0.5), want, dtype)

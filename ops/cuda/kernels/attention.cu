@@ -1,18 +1,21 @@
 // Attention over the paged KV cache (layout [num_blocks, block_size, Hkv, D]).
 //
-// One thread block of ATTN_THREADS (4 warps) serves one query head of one query
-// token over a range of context tokens. Warps take the tokens round-robin, two at
-// a time (ATTN_UNROLL); for a token a warp loads the key row (lane l holds dims
-// l, l+32, ...: coalesced), forms the dot product with a warp-shuffle reduction
-// and folds the token into its own online softmax (running max m, sum l, accumulator acc over the value rows). The
-// four warps then merge through shared memory. Nothing is ever read past a
-// sequence's length, so unwritten cache slots (even NaN) never enter a result.
+// Prefill: a thread block of ATTN_THREADS (4 warps) serves one query head of one
+// query token. Warps take the context tokens round-robin, two at a time
+// (ATTN_UNROLL); for a token a warp loads the key row (lane l holds dims l, l+32,
+// ...: coalesced), forms the dot product with a warp-shuffle reduction and folds
+// the token into its own online softmax (running max m, sum l, accumulator acc
+// over the value rows). The four warps then merge through shared memory.
 //
-// Decode (one query token per sequence) may split the context into partitions of
-// `partition_size` tokens (flash-decoding): each (head, sequence, partition) block
-// writes (max, sum, unnormalised accumulator) in float32 and
+// Decode works the same way but a block serves up to GQA_TILE query heads of one
+// kv head, loading each K/V row once for all of them, and may split the context
+// into partitions of `partition_size` tokens (flash-decoding): each block then
+// writes (max, sum, unnormalised accumulator) per head in float32 and
 // paged_attention_reduce merges them. With one partition the block writes the
 // output directly.
+//
+// Nothing is ever read past a sequence's length, so unwritten cache slots (even
+// NaN) never enter a result.
 #include "common.cuh"
 
 #define ATTN_THREADS 128
@@ -129,45 +132,137 @@ __device__ __forceinline__ float merged_acc(const AttnShared<HEAD_SIZE>& sh, con
   return a;
 }
 
-// grid (num_heads, num_seqs, num_partitions). With one partition `out` [B, Hq, D]
-// is written; otherwise max_logits/exp_sums [B, Hq, P] and tmp_out [B, Hq, P, D].
+// Decode shares each K/V row between the query heads of a GQA group: a block
+// serves up to GQA_TILE query heads of one kv head (a group larger than that is
+// split over several blocks). Per token a warp loads the key row once, forms
+// GQA_TILE dot products (q in shared memory), loads the value row once and
+// updates one online softmax per head (state in registers).
+#define GQA_TILE 4
+
+template <int HEAD_SIZE>
+struct DecodeShared {
+  float q[GQA_TILE][HEAD_SIZE];
+  float m[ATTN_WARPS][GQA_TILE];
+  float l[ATTN_WARPS][GQA_TILE];
+  float acc[ATTN_WARPS][GQA_TILE][HEAD_SIZE];
+};
+
+// grid (num_kv_heads * ceil(group / GQA_TILE), num_seqs, num_partitions). With
+// one partition `out` [B, Hq, D] is written; otherwise max_logits/exp_sums
+// [B, Hq, P] and tmp_out [B, Hq, P, D].
 template <typename scalar_t, int HEAD_SIZE>
-__global__ void __launch_bounds__(ATTN_THREADS) paged_attention_decode(
+__global__ void __launch_bounds__(ATTN_THREADS, 8) paged_attention_decode(
     scalar_t* __restrict__ out, float* __restrict__ max_logits, float* __restrict__ exp_sums,
     float* __restrict__ tmp_out, const scalar_t* __restrict__ query,
     const scalar_t* __restrict__ key_cache, const scalar_t* __restrict__ value_cache,
     const int* __restrict__ block_tables, const int* __restrict__ seq_lens, float scale,
-    int num_kv_heads, int block_size, int max_blocks_per_seq, long long query_stride,
-    int partition_size) {
-  __shared__ AttnShared<HEAD_SIZE> sh;
-  const int head = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
-  const int num_heads = gridDim.x, num_parts = gridDim.z;
+    int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq,
+    long long query_stride, int partition_size) {
+  constexpr int ELEMS = (HEAD_SIZE + LLMCORE_WARP - 1) / LLMCORE_WARP;
+  __shared__ DecodeShared<HEAD_SIZE> sh;
+  const int seq = blockIdx.y, part = blockIdx.z, num_parts = gridDim.z;
+  const int group = num_heads / num_kv_heads;
+  const int tiles = (group + GQA_TILE - 1) / GQA_TILE;
+  const int kv_head = blockIdx.x / tiles;
+  const int first = kv_head * group + (blockIdx.x % tiles) * GQA_TILE;  // first query head
+  const int n = min(GQA_TILE, kv_head * group + group - first);  // query heads served
+  const int lane = threadIdx.x % LLMCORE_WARP, warp = threadIdx.x / LLMCORE_WARP;
+  for (int i = threadIdx.x; i < GQA_TILE * HEAD_SIZE; i += ATTN_THREADS) {
+    const int g = i / HEAD_SIZE, d = i % HEAD_SIZE;
+    sh.q[g][d] = g < n ? to_float(query[seq * query_stride + (long long)(first + g) * HEAD_SIZE + d]) * scale : 0.0f;
+  }
+  __syncthreads();
+
   const int seq_len = seq_lens[seq];
   const int begin = part * partition_size;
   const int end = min(begin + partition_size, seq_len);
-  const int kv_head = head / (num_heads / num_kv_heads);
-  const scalar_t* q = query + seq * query_stride + (long long)head * HEAD_SIZE;
-  warp_attend<scalar_t, HEAD_SIZE>(sh, q, scale, key_cache, value_cache,
-                                   block_tables + (long long)seq * max_blocks_per_seq,
-                                   block_size, kv_head, num_kv_heads, begin, end);
+  const int* block_table = block_tables + (long long)seq * max_blocks_per_seq;
+  const long long row = (long long)num_kv_heads * HEAD_SIZE;
+  float m[GQA_TILE], l[GQA_TILE], acc[GQA_TILE][ELEMS];
+#pragma unroll
+  for (int g = 0; g < GQA_TILE; ++g) {
+    m[g] = LLMCORE_NEG_INF;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < ELEMS; ++e) acc[g][e] = 0.0f;
+  }
+  for (int t = begin + warp; t < end; t += ATTN_WARPS) {
+    const long long block = block_table[t / block_size];
+    const long long off = (block * block_size + t % block_size) * row + (long long)kv_head * HEAD_SIZE;
+    float kv[ELEMS];
+#pragma unroll
+    for (int e = 0; e < ELEMS; ++e) {
+      const int d = lane + e * LLMCORE_WARP;
+      kv[e] = d < HEAD_SIZE ? to_float(key_cache[off + d]) : 0.0f;
+    }
+    float s[GQA_TILE];
+#pragma unroll
+    for (int g = 0; g < GQA_TILE; ++g) {
+      s[g] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < ELEMS; ++e) {
+        const int d = lane + e * LLMCORE_WARP;
+        if (d < HEAD_SIZE) s[g] += sh.q[g][d] * kv[e];
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < GQA_TILE; ++g)
+      if (g < n) s[g] = warp_sum(s[g]);  // n is uniform over the block
+#pragma unroll
+    for (int e = 0; e < ELEMS; ++e) {
+      const int d = lane + e * LLMCORE_WARP;
+      kv[e] = d < HEAD_SIZE ? to_float(value_cache[off + d]) : 0.0f;
+    }
+#pragma unroll
+    for (int g = 0; g < GQA_TILE; ++g) {
+      if (g >= n) continue;
+      const float m_new = fmaxf(m[g], s[g]);
+      const float alpha = expf(m[g] - m_new);  // 0 for the first token (m = -inf)
+      const float p = expf(s[g] - m_new);
+      l[g] = l[g] * alpha + p;
+#pragma unroll
+      for (int e = 0; e < ELEMS; ++e) acc[g][e] = acc[g][e] * alpha + p * kv[e];
+      m[g] = m_new;
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GQA_TILE; ++g) {
+    if (lane == 0) {
+      sh.m[warp][g] = m[g];
+      sh.l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int e = 0; e < ELEMS; ++e) {
+      const int d = lane + e * LLMCORE_WARP;
+      if (d < HEAD_SIZE) sh.acc[warp][g][d] = acc[g][e];
+    }
+  }
   __syncthreads();
-  float weights[ATTN_WARPS];
-  float mx;
-  const float total = merge_warps<HEAD_SIZE>(sh, weights, &mx);
-  const long long row = (long long)seq * num_heads + head;
-  if (num_parts == 1) {
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    for (int d = threadIdx.x; d < HEAD_SIZE; d += ATTN_THREADS)
-      out[row * HEAD_SIZE + d] = from_float<scalar_t>(merged_acc<HEAD_SIZE>(sh, weights, d) * inv);
-    return;
+
+  for (int i = threadIdx.x; i < n * HEAD_SIZE; i += ATTN_THREADS) {
+    const int g = i / HEAD_SIZE, d = i % HEAD_SIZE;
+    float mx = LLMCORE_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < ATTN_WARPS; ++w) mx = fmaxf(mx, sh.m[w][g]);
+    float total = 0.0f, a = 0.0f;
+#pragma unroll
+    for (int w = 0; w < ATTN_WARPS; ++w) {
+      const float weight = sh.m[w][g] == LLMCORE_NEG_INF ? 0.0f : expf(sh.m[w][g] - mx);
+      total += weight * sh.l[w][g];
+      a += weight * sh.acc[w][g][d];
+    }
+    const long long head_row = (long long)seq * num_heads + first + g;
+    if (num_parts == 1) {
+      out[head_row * HEAD_SIZE + d] = from_float<scalar_t>(total > 0.0f ? a / total : 0.0f);
+      continue;
+    }
+    const long long idx = head_row * num_parts + part;
+    if (d == 0) {
+      max_logits[idx] = mx;
+      exp_sums[idx] = total;
+    }
+    tmp_out[idx * HEAD_SIZE + d] = a;
   }
-  const long long idx = row * num_parts + part;
-  if (threadIdx.x == 0) {
-    max_logits[idx] = mx;
-    exp_sums[idx] = total;
-  }
-  for (int d = threadIdx.x; d < HEAD_SIZE; d += ATTN_THREADS)
-    tmp_out[idx * HEAD_SIZE + d] = merged_acc<HEAD_SIZE>(sh, weights, d);
 }
 
 // grid (num_heads, num_seqs): merges the partitions of paged_attention_decode.
