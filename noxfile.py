@@ -37,6 +37,15 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def cuda(session: nox.Session) -> None:
+    """Compile every CUDA kernel with nvcc for sm_80 and sm_90 and fail on local
+    memory (spills) or registers above the cap; prints the per-kernel table
+    (docs/ops.md). Needs nvcc, not CuPy or a GPU."""
+    session.install("-c", "constraints.txt", "-e", ".")
+    session.run("python", "-m", "ops.cuda.build_check", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks in tests/bench/ (figures go to docs/benchmarks.md)."""
     _install(session, "[test]")

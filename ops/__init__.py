@@ -1,9 +1,10 @@
 """Numeric kernels of llmcore, each a function with a stable signature.
 
 This package is a leaf: it imports torch and numpy, never llmcore, transports or
-plugins. Today every op is implemented in torch and runs on any device (the CPU
-path and the reference for tests); CUDA kernels with the same signatures arrive
-later and will be chosen per call by device, with CuPy imported lazily.
+plugins. Every op is implemented in torch and runs on any device (the CPU path
+and the reference for tests); on CUDA tensors with CuPy installed the same call
+runs a CUDA kernel from `ops.cuda` instead, with CuPy imported at the first launch
+(docs/ops.md).
 """
 
 from __future__ import annotations

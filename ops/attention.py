@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ops import cuda as _cuda
+
 # A batched prefill pads every sequence's query rows to the longest; past this much
 # padding (padded rows / real rows) one call per sequence does less work.
 _MAX_QUERY_PADDING = 2.0
@@ -62,6 +64,10 @@ def paged_attention_decode(
     the cache for each sequence, the new one included). All sequences are served
     by one attention call over their tokens gathered to the longest length, the
     shorter ones masked past their end."""
+    if query.is_cuda and _cuda.available(query, key_cache, value_cache, head_size=query.shape[-1]):
+        return _cuda.paged_attention_decode(
+            query, key_cache, value_cache, block_tables, seq_lens, scale
+        )
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -93,6 +99,10 @@ def paged_attention_prefill(
     Sequences with one new token go through `paged_attention_decode` together; the
     others are padded to the longest query and served by one call, unless that
     padding would more than double the work."""
+    if query.is_cuda and _cuda.available(query, key_cache, value_cache, head_size=query.shape[-1]):
+        return _cuda.paged_attention_prefill(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+        )
     starts = query_start_loc.long()
     q_lens = starts[1:] - starts[:-1]
     single = q_lens == 1

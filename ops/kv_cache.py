@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ops import cuda as _cuda
+
 
 def reshape_and_cache(
     key: torch.Tensor,
@@ -19,6 +21,8 @@ def reshape_and_cache(
 ) -> None:
     """Scatter `key`/`value` (`[num_tokens, num_kv_heads, head_dim]`) into the caches
     at `slot_mapping` (`[num_tokens]`, int64), in place."""
+    if key.is_cuda and _cuda.available(key, value, key_cache, value_cache):
+        return _cuda.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
     num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
     key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
     value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)

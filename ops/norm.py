@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from ops import cuda as _cuda
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Return `weight * x / sqrt(mean(x**2, -1) + eps)` over the last dimension."""
+    if x.is_cuda and _cuda.available(x, weight):
+        return _cuda.rms_norm(x, weight, eps)
     xf = x.to(torch.float32)
     variance = xf.pow(2).mean(-1, keepdim=True)
     normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
@@ -23,5 +27,7 @@ def fused_add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return `(rms_norm(x + residual), x + residual)`: the normed input of the
     next sublayer and the new residual stream."""
+    if x.is_cuda and _cuda.available(x, residual, weight):
+        return _cuda.fused_add_rms_norm(x, residual, weight, eps)
     summed = x + residual
     return rms_norm(summed, weight, eps), summed

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ops import cuda as _cuda
+
 
 def rope_inv_freq(
     rotary_dim: int, base: float, scaling: dict[str, Any] | None = None
@@ -66,6 +68,8 @@ def rotary_embedding(
     """Rotate `query` `[T, Hq, D]` and `key` `[T, Hkv, D]` in place by `positions`
     `[T]`. The first `cos_sin_cache.shape[1]` features of each head are rotated
     (partial rotary leaves the rest untouched)."""
+    if query.is_cuda and _cuda.available(query, key):
+        return _cuda.rotary_embedding(positions, query, key, cos_sin_cache, is_neox)
     cos_sin = cos_sin_cache.index_select(0, positions)
     half = cos_sin.shape[-1] // 2
     cos = cos_sin[:, None, :half]

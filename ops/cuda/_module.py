@@ -1,0 +1,73 @@
+"""Compiling and launching the kernels through CuPy (imported here, lazily).
+
+Sources are read with `importlib.resources` from `ops/cuda/kernels/` (package
+data), `common.cuh` inlined, and compiled by `cupy.RawModule` with the name
+expressions of every kernel of that file for one dtype. Modules are cached per
+(source, dtype, device) and functions per name expression and device; CuPy's
+own on-disk cache makes a second process skip NVRTC. Launches go on torch's
+current stream, with tensors passed as raw device pointers (no copies).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import importlib.util
+from typing import Any
+
+import torch
+
+from ops.cuda._kernels import ALL_KERNELS, COMPILE_OPTIONS
+from ops.cuda._launch import Launch, build_args
+
+_INCLUDE = '#include "common.cuh"'
+
+
+@functools.cache
+def cupy_importable() -> bool:
+    """Whether CuPy is installed (found, not imported)."""
+    return importlib.util.find_spec("cupy") is not None
+
+
+def kernel_source(filename: str) -> str:
+    """The text of one `.cu` file with `common.cuh` inlined (NVRTC sees one string)."""
+    folder = importlib.resources.files("ops.cuda") / "kernels"
+    text = (folder / filename).read_text(encoding="utf-8")
+    common = (folder / "common.cuh").read_text(encoding="utf-8").replace("#pragma once\n", "")
+    return text.replace(_INCLUDE, common, 1)
+
+
+@functools.cache
+def _module(source: str, dtype: torch.dtype, device_index: int) -> Any:
+    import cupy
+
+    expressions = [
+        expr for k in ALL_KERNELS if k.source == source for expr in k.name_expressions(dtype)
+    ]
+    with cupy.cuda.Device(device_index):
+        module = cupy.RawModule(
+            code=kernel_source(source), options=COMPILE_OPTIONS, name_expressions=expressions
+        )
+        module.compile()
+    return module
+
+
+@functools.cache
+def _function(source: str, dtype: torch.dtype, expression: str, device_index: int) -> Any:
+    import cupy
+
+    with cupy.cuda.Device(device_index):
+        return _module(source, dtype, device_index).get_function(expression)
+
+
+def run(launch: Launch) -> None:
+    """Launch one kernel on the current torch stream of its tensors' device."""
+    import cupy
+
+    args = build_args(launch)
+    device = next(v.device for v in launch.values.values() if isinstance(v, torch.Tensor))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    fn = _function(launch.kernel.source, launch.dtype, launch.name_expression, index)
+    stream = torch.cuda.current_stream(index).cuda_stream
+    with cupy.cuda.Device(index), cupy.cuda.ExternalStream(stream, index):
+        fn(launch.grid, launch.block, args)

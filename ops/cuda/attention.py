@@ -1,0 +1,178 @@
+"""CUDA launches of paged attention (see kernels/attention.cu).
+
+A decode block serves up to `GQA_TILE` query heads of one kv head (K/V rows
+loaded once for all of them). Decode picks between one pass (a block per (head,
+sequence) over the whole context) and split-K: partitions of `PARTITION_SIZE`
+tokens merged by a reduce kernel. Split-K pays when the context is long and there are too few
+(head, sequence) blocks to fill the GPU; the rule is vLLM's: one pass up to 8192
+tokens unless a single partition would do or more than 512 blocks already exist.
+The context bound is the block table's capacity (`max_blocks * block_size`), not
+`seq_lens.max()`, so a launch never waits for the device: partitions past a
+sequence's end do no work.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ops.cuda._kernels import (
+    PAGED_ATTENTION_DECODE,
+    PAGED_ATTENTION_PREFILL,
+    PAGED_ATTENTION_REDUCE,
+)
+from ops.cuda._launch import Launch, with_contiguous_heads
+from ops.cuda._module import run
+
+THREADS = 128  # ATTN_THREADS in attention.cu
+GQA_TILE = 4  # query heads a decode block serves (GQA_TILE in attention.cu)
+PARTITION_SIZE = 512
+
+
+def _int32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.int32).contiguous()
+
+
+def use_split_k(num_seqs: int, num_heads: int, max_seq_len: int) -> bool:
+    partitions = -(-max_seq_len // PARTITION_SIZE)
+    one_pass = max_seq_len <= 8192 and (partitions == 1 or num_seqs * num_heads > 512)
+    return not one_pass
+
+
+def plan_paged_attention_decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    max_seq_len: int,
+) -> tuple[torch.Tensor, list[Launch]]:
+    """The output `[B, Hq, D]` and the launches that fill it (one, or split-K + reduce)."""
+    query = with_contiguous_heads(query)
+    num_seqs, num_heads, head_size = query.shape
+    num_kv_heads = key_cache.shape[2]
+    out = torch.empty((num_seqs, num_heads, head_size), dtype=query.dtype, device=query.device)
+    tables = _int32(block_tables)
+    split = use_split_k(num_seqs, num_heads, max_seq_len)
+    partitions = -(-max_seq_len // PARTITION_SIZE) if split else 1
+    # Split-K scratch in float32 (empty, never read, for a single pass).
+    width = partitions if split else 0
+    stats = torch.empty((num_seqs, num_heads, width), dtype=torch.float32, device=query.device)
+    exp_sums = torch.empty_like(stats)
+    tmp_out = stats.new_empty((num_seqs, num_heads, width, head_size))
+    decode = Launch(
+        PAGED_ATTENTION_DECODE,
+        query.dtype,
+        grid=(num_kv_heads * -(-(num_heads // num_kv_heads) // GQA_TILE), num_seqs, partitions),
+        block=(THREADS, 1, 1),
+        head_size=head_size,
+        values={
+            "out": out,
+            "max_logits": stats,
+            "exp_sums": exp_sums,
+            "tmp_out": tmp_out,
+            "query": query,
+            "key_cache": key_cache.contiguous(),
+            "value_cache": value_cache.contiguous(),
+            "block_tables": tables,
+            "seq_lens": _int32(seq_lens),
+            "scale": float(scale),
+            "num_heads": num_heads,
+            "num_kv_heads": num_kv_heads,
+            "block_size": key_cache.shape[1],
+            "max_blocks_per_seq": tables.shape[1],
+            "query_stride": query.stride(0),
+            "partition_size": PARTITION_SIZE if split else max(max_seq_len, 1),
+        },
+    )
+    if not split:
+        return out, [decode]
+    reduce = Launch(
+        PAGED_ATTENTION_REDUCE,
+        query.dtype,
+        grid=(num_heads, num_seqs, 1),
+        block=(THREADS, 1, 1),
+        values={
+            "out": out,
+            "max_logits": stats,
+            "exp_sums": exp_sums,
+            "tmp_out": tmp_out,
+            "num_partitions": partitions,
+            "head_size": head_size,
+        },
+    )
+    return out, [decode, reduce]
+
+
+def paged_attention_decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    if not query.shape[0]:
+        return torch.empty_like(query)
+    max_seq_len = block_tables.shape[1] * key_cache.shape[1]  # no device sync
+    out, launches = plan_paged_attention_decode(
+        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len
+    )
+    for launch in launches:
+        run(launch)
+    return out
+
+
+def plan_paged_attention_prefill(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, Launch]:
+    query = with_contiguous_heads(query)
+    num_tokens, num_heads, head_size = query.shape
+    out = torch.empty((num_tokens, num_heads, head_size), dtype=query.dtype, device=query.device)
+    tables = _int32(block_tables)
+    launch = Launch(
+        PAGED_ATTENTION_PREFILL,
+        query.dtype,
+        grid=(num_tokens, num_heads, 1),
+        block=(THREADS, 1, 1),
+        head_size=head_size,
+        values={
+            "out": out,
+            "query": query,
+            "key_cache": key_cache.contiguous(),
+            "value_cache": value_cache.contiguous(),
+            "block_tables": tables,
+            "query_start_loc": _int32(query_start_loc),
+            "seq_lens": _int32(seq_lens),
+            "scale": float(scale),
+            "num_seqs": seq_lens.shape[0],
+            "num_kv_heads": key_cache.shape[2],
+            "block_size": key_cache.shape[1],
+            "max_blocks_per_seq": tables.shape[1],
+            "query_stride": query.stride(0),
+        },
+    )
+    return out, launch
+
+
+def paged_attention_prefill(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    out, launch = plan_paged_attention_prefill(
+        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+    )
+    if out.numel():
+        run(launch)
+    return out
