@@ -9,8 +9,11 @@ the model FLOP/s achieved as a fraction of this machine's fp32 matmul rate.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -67,13 +70,32 @@ def hf_rate(model: object, prompts: list[list[int]], batch: int, new: int) -> fl
     return tokens / (time.perf_counter() - t0)
 
 
+def run_hf(args: argparse.Namespace) -> dict[str, float]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    path = default_chat_model_path()
+    prompts = make_prompts(llmcore.load_tokenizer(path), args.prompts, args.prompt_len)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    return {
+        "batch8": hf_rate(hf, prompts, 8, args.new),
+        "batch1": hf_rate(hf, prompts[: args.hf_batch1_prompts], 1, args.new),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--hf-batch1-prompts", type=int, default=4)
+    parser.add_argument("--hf-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.hf_only:
+        print(json.dumps(run_hf(args)))
+        return
 
     llm = llmcore.LLM(kv_cache_memory=2 << 30, max_num_seqs=args.prompts)
     prompts = make_prompts(llm.tokenizer, args.prompts, args.prompt_len)
@@ -94,18 +116,16 @@ def main() -> None:
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
     rss_llmcore = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    path = default_chat_model_path()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
-    hf8 = hf_rate(hf, prompts, 8, args.new)
-    hf1 = hf_rate(hf, prompts[: args.hf_batch1_prompts], 1, args.new)
+    # HF runs in a child process: a fresh heap, with glibc's malloc as it comes.
+    command = [sys.executable, __file__, "--hf-only", "--prompts", str(args.prompts),
+               "--prompt-len", str(args.prompt_len), "--new", str(args.new),
+               "--hf-batch1-prompts", str(args.hf_batch1_prompts)]  # fmt: skip
+    hf = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
+    hf8, hf1 = hf["batch8"], hf["batch1"]
 
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"malloc tuning {'on' if tune_malloc() else 'off'} (both runs)")  # fmt: skip
+          f"malloc tuning {'on' if tune_malloc() else 'off'} (llmcore; HF in a child process "
+          "with glibc's defaults)")  # fmt: skip
     print(f"workload: {args.prompts} prompts x ~{args.prompt_len} tokens, {args.new} greedy "
           f"output tokens each; {stats.num_steps - stats0.num_steps} engine steps")  # fmt: skip
     print("| figure | value | ratio |")
