@@ -10,9 +10,10 @@ reads/writes the paged KV cache only through `ops`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ import ops
 from llmcore.config import ModelConfig
 from llmcore.errors import CorruptModelFileError, UnsupportedArchitectureError
 from llmcore.model_api import ForwardBatch, KVCache
+from ops.linear import Linear
 from ops.rotary import build_rope_cache, rope_inv_freq
 
 _GGUF_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
@@ -59,6 +61,20 @@ class _Layer:
     post_norm: torch.Tensor
     gate_up: torch.Tensor
     down: torch.Tensor
+    # The four matmuls over those weights (MKL-prepacked where that pays, ops.linear).
+    qkv_mm: Linear = field(init=False)
+    o_mm: Linear = field(init=False)
+    gate_up_mm: Linear = field(init=False)
+    down_mm: Linear = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.qkv_mm = Linear(self.qkv, self.qkv_bias)
+        self.o_mm = Linear(self.o_proj)
+        self.gate_up_mm = Linear(self.gate_up)
+        self.down_mm = Linear(self.down)
+
+    def linears(self) -> tuple[Linear, ...]:
+        return self.qkv_mm, self.o_mm, self.gate_up_mm, self.down_mm
 
 
 class LlamaForCausalLM:
@@ -88,6 +104,7 @@ class LlamaForCausalLM:
         self.embed_tokens = torch.empty(0)
         self.norm = torch.empty(0)
         self.lm_head = torch.empty(0)
+        self.lm_head_mm = Linear(self.lm_head)
 
     # ---- weights ----------------------------------------------------------------------
 
@@ -132,6 +149,18 @@ class LlamaForCausalLM:
         self.layers = [self._take_layer(i, take, w) for i in range(self.config.num_hidden_layers)]
         if w:
             raise CorruptModelFileError(f"unexpected weights: {', '.join(sorted(w)[:5])}")
+        self.lm_head_mm = Linear(self.lm_head)
+        self._enable_packing()
+
+    def _enable_packing(self) -> None:
+        """MKL-prepacked matmuls (ops.linear) when a second copy of the matmul
+        weights fits in an eighth of the machine's memory."""
+        linears = [self.lm_head_mm, *(mm for layer in self.layers for mm in layer.linears())]
+        extra = sum(mm.weight.numel() * mm.weight.element_size() for mm in linears)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if extra <= memory // 8:
+            for mm in linears:
+                mm.enable_packing()
 
     def _take_layer(
         self, i: int, take: Callable[[str], torch.Tensor], w: dict[str, torch.Tensor]
@@ -164,7 +193,7 @@ class LlamaForCausalLM:
                 x, residual = ops.fused_add_rms_norm(hidden, residual, layer.input_norm, eps)
             hidden = self._attention(layer, x, batch, kv_cache)
             x, residual = ops.fused_add_rms_norm(hidden, residual, layer.post_norm, eps)
-            hidden = F.linear(ops.silu_and_mul(F.linear(x, layer.gate_up)), layer.down)
+            hidden = layer.down_mm(ops.silu_and_mul(layer.gate_up_mm(x)))
         assert residual is not None
         hidden, _ = ops.fused_add_rms_norm(hidden, residual, self.norm, eps)
         return hidden
@@ -173,7 +202,7 @@ class LlamaForCausalLM:
         self, layer: _Layer, x: torch.Tensor, batch: ForwardBatch, kv_cache: KVCache
     ) -> torch.Tensor:
         num_tokens, d = x.shape[0], self.head_dim
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias)
+        qkv = layer.qkv_mm(x)
         q_size, kv_size = self.num_heads * d, self.num_kv_heads * d
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, d)
@@ -196,10 +225,10 @@ class LlamaForCausalLM:
                 batch.seq_lens,
                 self.scale,
             )
-        return F.linear(out.view(num_tokens, q_size), layer.o_proj)
+        return layer.o_mm(out.view(num_tokens, q_size))
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head).float()
+        return self.lm_head_mm(hidden).float()
 
 
 class MistralForCausalLM(LlamaForCausalLM):
