@@ -6,6 +6,11 @@ layers (self-attention with biases, residual, LayerNorm; a GELU MLP with exact e
 residual, LayerNorm). The batch is flat (varlen): every matmul runs on the real
 tokens only; attention alone pads to `[B, max_len]`, with a key mask, through
 torch's SDPA. There is no KV cache: each sequence is encoded whole in one pass.
+
+On the CPU, a 16-bit `dtype` applies to the matmuls only (their weights, and their
+inputs cast on the way in): embeddings, LayerNorms, attention and the residual
+stream stay float32. With AMX that is ~2x faster than float32 and within cosine
+0.99996 of it (bfloat16 throughout is slower there, and less exact).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class _Linear:
     bias: torch.Tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
 
 
 @dataclass(slots=True)
@@ -66,6 +71,9 @@ class BertModel:
         if kind != "absolute":
             raise UnsupportedArchitectureError(f"BERT position_embedding_type {kind!r}")
         self.config, self.dtype, self.device = config, dtype, device
+        # the dtype of everything but the matmul weights (see the module's comment)
+        self.activation_dtype = torch.float32 if device.type == "cpu" else dtype
+        self.weights_dtype = torch.float32  # the loader hands weights over in float32
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // self.num_heads
         self.eps = float(raw.get("layer_norm_eps", 1e-12))
@@ -81,7 +89,7 @@ class BertModel:
             name = name.removeprefix("bert.")
             if name.startswith(_IGNORED_PREFIXES) or name.endswith("position_ids"):
                 continue
-            w[name] = tensor.to(device=self.device, dtype=self.dtype)
+            w[name] = tensor.to(device=self.device, dtype=self.activation_dtype)
 
         def take(name: str) -> torch.Tensor:
             if name not in w:
@@ -90,6 +98,12 @@ class BertModel:
 
         def linear(prefix: str) -> _Linear:
             return _Linear(take(prefix + ".weight"), take(prefix + ".bias"))
+
+        def matmul(weight: torch.Tensor, bias: torch.Tensor) -> _Linear:
+            return _Linear(weight.to(self.dtype), bias.to(self.dtype))
+
+        def dense(prefix: str) -> _Linear:
+            return matmul(take(prefix + ".weight"), take(prefix + ".bias"))
 
         def norm(prefix: str) -> _Norm:
             return _Norm(take(prefix + ".weight"), take(prefix + ".bias"), self.eps)
@@ -104,14 +118,14 @@ class BertModel:
             q, k, v = (linear(f"{p}attention.self.{n}") for n in ("query", "key", "value"))
             self.layers.append(
                 _Layer(
-                    qkv=_Linear(
+                    qkv=matmul(
                         torch.cat([q.weight, k.weight, v.weight]),
                         torch.cat([q.bias, k.bias, v.bias]),
                     ),
-                    attn_out=linear(p + "attention.output.dense"),
+                    attn_out=dense(p + "attention.output.dense"),
                     attn_norm=norm(p + "attention.output.LayerNorm"),
-                    intermediate=linear(p + "intermediate.dense"),
-                    output=linear(p + "output.dense"),
+                    intermediate=dense(p + "intermediate.dense"),
+                    output=dense(p + "output.dense"),
                     output_norm=norm(p + "output.LayerNorm"),
                 )
             )

@@ -53,6 +53,15 @@ def test_single_embeddings_match_sentence_transformers(
     assert _cosines(outputs, reference).min() >= MIN_COSINE
 
 
+def test_bfloat16_matmuls_stay_within_the_bound(
+    minilm_dir: Path, minilm_sentences: list[str], minilm_reference: Any
+) -> None:
+    """`dtype="bfloat16"` on the CPU: 16-bit matmul weights, float32 everything else."""
+    reference, _ = minilm_reference
+    outputs = llmcore.LLM(minilm_dir, dtype="bfloat16").embed(minilm_sentences)
+    assert _cosines(outputs, reference).min() >= MIN_COSINE
+
+
 def test_too_long_input_is_refused(minilm_llm: llmcore.LLM) -> None:
     with pytest.raises(llmcore.ContextLengthExceededError, match="256"):
         minilm_llm.embed("word " * 300)
