@@ -80,14 +80,25 @@ def test_pool_methods() -> None:
     assert pool(hidden, starts, PoolingMethod.MAX).tolist() == [[2, 3], [8, 9], [10, 11]]
 
 
-def test_decoder_embeds_with_last_token_pooling(smollm2_path: Path, hf_smollm2: Any) -> None:
-    llm = llmcore.LLM(smollm2_path, task="embed", max_num_batched_tokens=64)
+def test_decoder_embeds_with_last_token_pooling(
+    smollm2: llmcore.LoadedModel, hf_smollm2: Any
+) -> None:
+    from llmcore.engine.core import EngineCore
+
+    tokenizer = llmcore.load_tokenizer(smollm2.path)
+    config = llmcore.EngineConfig(task="embed", max_num_batched_tokens=64)
+    core = EngineCore(smollm2, tokenizer, config)
     texts = ["The capital of France is Paris.", "Embeddings from a decoder", "x"]
-    outputs = llm.embed(texts)  # three in one step; a step's scratch blocks are reused
+    requests = [core.make_pooling_request(tokenizer.encode(t), PoolingParams(), str(i))
+                for i, t in enumerate(texts)]  # fmt: skip
+    for request in requests:
+        core.add_pooling(request)
+    outputs: dict[str, Any] = {}
+    while core.has_work():  # three in one step; a step's scratch blocks are reused
+        outputs.update((o.request_id, o) for o in core.step())
     model, _ = hf_smollm2
-    for text, out in zip(texts, outputs, strict=True):
-        ids = torch.tensor([llm.tokenizer.encode(text)])
+    for request in requests:
         with torch.no_grad():
-            last = model.model(ids).last_hidden_state[0, -1]
+            last = model.model(torch.tensor([request.prompt_token_ids])).last_hidden_state[0, -1]
         ref = torch.nn.functional.normalize(last.float(), dim=-1)
-        assert float(out.data @ ref) >= 0.999
+        assert float(outputs[request.request_id].data @ ref) >= 0.999
