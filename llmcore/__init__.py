@@ -33,6 +33,7 @@ from llmcore.openai import (
     ServiceStream,
 )
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
+from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.registry import supported_architectures
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.detokenizer import IncrementalDetokenizer
@@ -61,6 +62,8 @@ __all__ = [
     "ModelNotFoundError",
     "ModelRunner",
     "OpenAIService",
+    "PoolingOutput",
+    "PoolingParams",
     "RequestOutput",
     "SamplingParams",
     "SequenceChunk",

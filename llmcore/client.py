@@ -1,12 +1,13 @@
 """`llmcore.Client` (async) and `llmcore.SyncClient`: the OpenAI client's shape,
 in process, over the same `OpenAIService` the HTTP server uses.
 
-`client.chat.completions.create(**kwargs)` and `client.completions.create(**kwargs)`
-take the request body's fields as keyword arguments and return the very Structs
-the HTTP transport encodes (a response, or an async iterator of chunks when
-`stream=True`). The keyword arguments go through the same JSON decoder as an HTTP
-body, so validation, defaults and errors are the server's, byte for byte; errors
-are raised as `llmcore.errors` exceptions (with `.status`) instead of returned.
+`client.chat.completions.create(**kwargs)`, `client.completions.create(**kwargs)`
+and `client.embeddings.create(**kwargs)` take the request body's fields as keyword
+arguments and return the very Structs the HTTP transport encodes (a response, or an
+async iterator of chunks when `stream=True`). The keyword arguments go through the
+same JSON decoder as an HTTP body, so validation, defaults and errors are the
+server's, byte for byte; errors are raised as `llmcore.errors` exceptions (with
+`.status`) instead of returned.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from llmcore.openai import OpenAIService
 from llmcore.openai.protocol import (
     CHAT_DECODER,
     COMPLETION_DECODER,
+    EMBEDDING_DECODER,
     ChatCompletionChunk,
     ChatCompletionResponse,
     CompletionChunk,
     CompletionResponse,
+    EmbeddingResponse,
 )
 
 T = TypeVar("T")
@@ -75,6 +78,16 @@ class _Completions:
         )
 
 
+class _Embeddings:
+    def __init__(self, service: OpenAIService) -> None:
+        self._service = service
+
+    async def create(self, **kwargs: Any) -> EmbeddingResponse:
+        """POST /v1/embeddings; `request_id=` sets the response id's suffix."""
+        request_id = _request_id(kwargs)
+        return await self._service.create_embedding(_decode(EMBEDDING_DECODER, kwargs), request_id)
+
+
 class Client:
     """The async in-process client: `await Client.from_pretrained()` or wrap a service."""
 
@@ -82,6 +95,7 @@ class Client:
         self.service = service
         self.chat = _Chat(service)
         self.completions = _Completions(service)
+        self.embeddings = _Embeddings(service)
 
     @classmethod
     async def from_pretrained(
@@ -121,6 +135,7 @@ class SyncClient:
         self._client = self._run(Client.from_pretrained(model, **options))
         self.chat = _SyncNamespace(self, self._client.chat.completions.create)
         self.completions = _SyncNamespace(self, self._client.completions.create).completions
+        self.embeddings = _SyncNamespace(self, self._client.embeddings.create).completions
 
     @property
     def service(self) -> OpenAIService:

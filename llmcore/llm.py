@@ -3,7 +3,8 @@
 `generate` submits every prompt at once, so the scheduler batches them, steps the
 engine until all are done, and returns one cumulative `RequestOutput` per prompt,
 in input order. `chat` renders each conversation with the model's chat template
-first.
+first. `embed` pools each prompt on an embed-task model (submitted shortest first,
+so each step batches inputs of similar length), one `PoolingOutput` per prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from llmcore.chat_template import ChatTemplate, require_template
 from llmcore.engine.async_engine import build_core
 from llmcore.outputs import CompletionOutput, RequestOutput
+from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 
 Prompt = str | Sequence[int]
@@ -98,8 +100,31 @@ class LLM:
             self.core.add(group)
         while self.core.has_work():
             for delta in self.core.step():
+                assert isinstance(delta, RequestOutput)
                 _accumulate(results[delta.request_id], delta)
         return [results[i] for i in ids]
+
+    def embed(
+        self, prompts: Prompt | Sequence[Prompt], pooling_params: PoolingParams | None = None
+    ) -> list[PoolingOutput]:
+        """Pool every prompt (a string or token ids) on an embed-task model (e.g.
+        `LLM(minilm_folder)` or `LLM(path, task="embed")`); input order kept."""
+        batch = _as_list(prompts)
+        params = pooling_params or PoolingParams()
+        token_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in batch]
+        requests = []
+        for prompt in token_ids:
+            self._counter += 1
+            request_id = f"offline-{self._counter}"
+            requests.append(self.core.make_pooling_request(prompt, params, request_id))
+        for request in sorted(requests, key=lambda r: r.num_tokens):
+            self.core.add_pooling(request)
+        results: dict[str, PoolingOutput] = {}
+        while self.core.has_work():
+            for out in self.core.step():
+                assert isinstance(out, PoolingOutput)
+                results[out.request_id] = out
+        return [results[r.request_id] for r in requests]
 
 
 def _accumulate(total: RequestOutput, delta: RequestOutput) -> None:

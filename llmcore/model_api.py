@@ -70,3 +70,35 @@ class CausalLMClass(Protocol):
     ) -> tuple[str, torch.Tensor]:
         """Translate one GGUF tensor to its Hugging Face name and layout."""
         ...
+
+
+@dataclass(slots=True)
+class EncoderBatch:
+    """Whole sequences for a bidirectional encoder (no KV cache), laid out flat as
+    in `ForwardBatch`: sequence `i` is rows `query_start_loc[i]:query_start_loc[i+1]`.
+    Attention pads the batch to `[B, max_len]`: `pad_index[t]` is token `t`'s row in
+    the padded `[B * max_len]` layout, `attention_mask` (`[B, 1, 1, max_len]`, True =
+    a real token) hides the padding; every other op runs on the flat tokens only."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    token_type_ids: torch.Tensor  # [T] int64
+    query_start_loc: torch.Tensor  # [B + 1] int64
+    pad_index: torch.Tensor  # [T] int64
+    attention_mask: torch.Tensor  # [B, 1, 1, max_len] bool
+    max_len: int
+
+
+class EncoderModel(Protocol):
+    """What a bidirectional encoder plugin (BERT family) provides: `is_encoder = True`."""
+
+    config: ModelConfig
+    dtype: torch.dtype
+    device: torch.device
+    is_encoder: bool
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def encode(self, batch: EncoderBatch) -> torch.Tensor:
+        """Last hidden states `[T, hidden_size]` of the batch's tokens."""
+        ...

@@ -88,5 +88,8 @@ def _load_hf(path: Path, dtype: str, device: torch.device) -> LoadedModel:
     config = hf_folder.read_config(path, raw)
     torch_dtype = resolve_dtype(dtype, device, config.torch_dtype)
     model = cls(config, torch_dtype, device)
-    model.load_weights(hf_folder.iter_tensors(path, torch_dtype))
+    # a plugin may take its weights in another dtype and convert them itself (BERT
+    # keeps its norms and embeddings in float32 under a 16-bit matmul dtype)
+    load_dtype = getattr(model, "weights_dtype", torch_dtype)
+    model.load_weights(hf_folder.iter_tensors(path, load_dtype))
     return LoadedModel(path, config, model, torch_dtype, device)

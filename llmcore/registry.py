@@ -15,6 +15,7 @@ from typing import Any
 from llmcore.errors import UnsupportedArchitectureError
 
 _BUILTIN_MODELS: dict[str, str] = {
+    "BertModel": "plugins.models.bert:BertModel",
     "LlamaForCausalLM": "plugins.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "plugins.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "plugins.models.llama:Qwen2ForCausalLM",

@@ -54,6 +54,52 @@ def minilm_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+def _varied_sentences() -> list[str]:
+    """200 sentences of varied length, script, case, digits and punctuation."""
+    subjects = ["The cat", "A young engineer", "Our neighbour's dog", "The committee",
+                "Marie Curie", "A tiny robot", "The stock market", "My grandmother",
+                "The orchestra", "A migrating flock of geese"]  # fmt: skip
+    verbs = ["quietly watched", "argued about", "celebrated", "ignored", "painted",
+             "calculated", "dreamed of", "repaired"]  # fmt: skip
+    objects = ["the rain.", "a broken bicycle in the garage.", "quantum entanglement!",
+               "the 3 o'clock train to Zürich?", "prices rising by 4.5% in 2024.",
+               "an old, dusty photograph of the sea", "THE ANNUAL REPORT",
+               "café au lait"]  # fmt: skip
+    specials = [
+        "Hello world!", "a", "?", "naïve résumé façade", "Привет, как дела?",
+        "日本語のテキストと中文文本。", "def main():\n    return 42", "🙂 emoji 🚀 test",
+        "e-mail: someone@example.com, url: https://example.org/path?q=1",
+        "1234567890 0987654321", "Don't stop-believing; it's (mostly) fine...",
+        " ".join(["a long sentence that keeps going"] * 12),
+        "The mitochondria is the powerhouse of the cell, and ATP is its currency.",
+    ]  # fmt: skip
+    out = list(specials)
+    i = 0
+    while len(out) < 200:
+        s, v, o = subjects[i % 10], verbs[(i // 10) % 8], objects[(i * 7 + i // 80) % 8]
+        out.append(f"{s} {v} {o}" if i % 3 else f"{s} {v} {o} " + " and then ".join([o] * (i % 5)))
+        i += 1
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_sentences() -> list[str]:
+    return _varied_sentences()
+
+
+@pytest.fixture(scope="session")
+def minilm_reference(minilm_dir: Path, minilm_sentences: list[str]) -> Any:
+    """sentence-transformers' normalized embeddings of `minilm_sentences` (float32
+    numpy `[200, 384]`), and a function embedding more texts the same way."""
+    st = pytest.importorskip("sentence_transformers")
+    model = st.SentenceTransformer(str(minilm_dir), device="cpu")
+
+    def encode(texts: list[str]) -> Any:
+        return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+    return encode(minilm_sentences), encode
+
+
 SPM_TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog.",
     "Pack my box with five dozen liquor jugs!",

@@ -2,7 +2,8 @@
 
 One step-loop task per engine runs `EngineCore.step` in a single worker thread,
 so the event loop stays free while the model computes; each request has its own
-`asyncio.Queue` of outputs. If the step loop dies, every waiting request gets an
+`asyncio.Queue` of outputs (`encode` waits for the one output of a pooling
+request). If the step loop dies, every waiting request gets an
 `EngineDeadError`, new ones are refused, and `check_health()` raises.
 """
 
@@ -20,6 +21,7 @@ from llmcore.engine.config import EngineConfig
 from llmcore.engine.core import EngineCore, EngineStatistics
 from llmcore.errors import EngineDeadError, InvalidRequestError
 from llmcore.outputs import RequestOutput
+from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 
 log = logging.getLogger("llmcore.engine")
@@ -33,7 +35,7 @@ class AsyncEngine:
         that loaded the model (`AsyncEngine.load` does) so all torch work stays on it."""
         self.core = core
         self._executor = executor or _step_executor()
-        self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._queues: dict[str, asyncio.Queue[RequestOutput | PoolingOutput | BaseException]] = {}
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._dead: EngineDeadError | None = None
@@ -89,7 +91,7 @@ class AsyncEngine:
         requests = self.core.make_requests(
             prompt_token_ids, params, request_id, priority=priority, cache_salt=cache_salt
         )
-        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[RequestOutput | PoolingOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
         self.core.add(requests)
         self._kick()
@@ -99,11 +101,38 @@ class AsyncEngine:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                assert isinstance(item, RequestOutput)
                 finished = item.finished
                 yield item
         finally:
             self._queues.pop(request_id, None)
             if not finished:
+                self.abort(request_id)
+
+    async def encode(
+        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+    ) -> PoolingOutput:
+        """Pool one input (embed-task models); raises InvalidRequestError (bad
+        parameters, too long) at once. Cancelling the call aborts the request."""
+        self._check_alive()
+        if request_id in self._queues:
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        request = self.core.make_pooling_request(prompt_token_ids, params, request_id)
+        queue: asyncio.Queue[RequestOutput | PoolingOutput | BaseException] = asyncio.Queue()
+        self._queues[request_id] = queue
+        self.core.add_pooling(request)
+        self._kick()
+        done = False
+        try:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, PoolingOutput)
+            done = True
+            return item
+        finally:
+            self._queues.pop(request_id, None)
+            if not done:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:

@@ -23,6 +23,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     max_logprobs: int = 20
     seed: int | None = None  # of the shared generator for unseeded requests
+    task: str = "auto"  # "generate" | "embed"; auto: embed for encoders, else generate
 
     def kv_bytes_per_token(self, model: ModelConfig, dtype_size: int) -> int:
         return 2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim * dtype_size

@@ -4,7 +4,9 @@ A step drains the inbox (requests added or aborted from other threads), asks the
 scheduler for the running set, runs one forward pass over it, samples a token for
 every request whose known tokens are now all computed, appends it, detokenizes,
 applies stop conditions, and returns one `RequestOutput` delta per request group
-that progressed. Everything here runs on one thread (the engine's worker); other
+that progressed. Pooling requests (`encode`) scheduled in the same step run as one
+more forward pass of their own (`PoolingRunner`) and finish in that step.
+Everything here runs on one thread (the engine's worker); other
 threads only touch the inbox, a deque whose appends and pops are atomic.
 """
 
@@ -20,6 +22,13 @@ import torch
 
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.kv_cache_manager import KVCacheManager
+from llmcore.engine.pooling_runner import (
+    PoolingRequest,
+    PoolingRunner,
+    Task,
+    resolve_task,
+    scratch_blocks,
+)
 from llmcore.engine.request import FinishReason, Request, RequestStatus
 from llmcore.engine.sampler import Sampler, SamplingRow, TokenLogprobs, logprobs_of
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
@@ -27,6 +36,7 @@ from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.model_loader import LoadedModel
 from llmcore.model_runner import ModelRunner, SequenceChunk
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
+from llmcore.pooling import PoolingConfig, PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.detokenizer import IncrementalDetokenizer
 from llmcore.tokenization.tokenizer import Tokenizer
@@ -65,10 +75,16 @@ class EngineCore:
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig) -> None:
         self.loaded, self.tokenizer, self.config = loaded, tokenizer, config
         dtype_size = torch.tensor([], dtype=loaded.dtype).element_size()
-        num_blocks = config.num_blocks(loaded.config, dtype_size)
-        capacity = num_blocks * config.block_size
+        self.task = resolve_task(loaded, config.task)
+        self.pooling_config: PoolingConfig | None = None
+        if self.task is Task.GENERATE:
+            num_blocks = config.num_blocks(loaded.config, dtype_size)
+            capacity = num_blocks * config.block_size
+        else:
+            num_blocks, capacity = self._embed_blocks(loaded, config)
         self.max_model_len = min(loaded.max_model_len, config.max_model_len or capacity, capacity)
-        if self.max_model_len < (config.max_model_len or loaded.max_model_len):
+        capped = self.max_model_len < (config.max_model_len or loaded.max_model_len)
+        if capped and self.task is Task.GENERATE:
             log.warning("max_model_len capped to %d tokens by the KV cache size", capacity)
         self.runner = ModelRunner(loaded, num_blocks, config.block_size)
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
@@ -79,6 +95,11 @@ class EngineCore:
             enable_chunked_prefill=config.enable_chunked_prefill,
         )
         self.sampler = Sampler(loaded.config.vocab_size, seed=config.seed)
+        self.pooler = (
+            PoolingRunner(loaded, self.runner, self.pooling_config)
+            if self.pooling_config is not None
+            else None
+        )
         self.vocab_size = loaded.config.vocab_size
         eos = set(loaded.config.eos_token_ids)
         if tokenizer.eos_token_id is not None:
@@ -92,6 +113,21 @@ class EngineCore:
         self._num_generated = 0
         self._num_steps = 0
 
+    def _embed_blocks(self, loaded: LoadedModel, config: EngineConfig) -> tuple[int, int]:
+        """KV blocks and token capacity of an embed engine: scratch space for one
+        step (decoders), nothing (encoders); the context is capped at sentence-
+        transformers' `max_seq_length`."""
+        self.pooling_config = PoolingConfig.from_folder(
+            loaded.path, is_encoder=bool(getattr(loaded.model, "is_encoder", False))
+        )
+        max_len = min(loaded.max_model_len, config.max_model_len or loaded.max_model_len)
+        max_len = min(max_len, self.pooling_config.max_seq_length or max_len)
+        if getattr(loaded.model, "is_encoder", False):
+            return 1, max_len
+        bs = config.block_size
+        blocks = scratch_blocks(config.max_num_batched_tokens, config.max_num_seqs, max_len, bs)
+        return blocks, max_len
+
     # ---- requests (callable from any thread) ---------------------------------------------
 
     def make_requests(
@@ -104,13 +140,11 @@ class EngineCore:
         cache_salt: str | None = None,
     ) -> list[Request]:
         """Validate and build the engine requests for one caller request (n of them)."""
-        prompt = list(prompt_token_ids)
-        if not prompt:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        if any(not 0 <= t < self.vocab_size for t in prompt):
+        if self.task is not Task.GENERATE:
             raise InvalidRequestError(
-                f"prompt token ids must be in [0, {self.vocab_size})", param="prompt"
+                "this model is served for embeddings (task embed), not for generation"
             )
+        prompt = self._checked_prompt(prompt_token_ids)
         params.validate(self.vocab_size, self.config.max_logprobs)
         max_tokens = self._max_tokens(len(prompt), params)
         bad_words = self._bad_words_ids(params.bad_words or [])
@@ -142,6 +176,38 @@ class EngineCore:
             )
             for i in range(params.n)
         ]
+
+    def _checked_prompt(self, prompt_token_ids: Sequence[int]) -> list[int]:
+        prompt = list(prompt_token_ids)
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        if any(not 0 <= t < self.vocab_size for t in prompt):
+            raise InvalidRequestError(
+                f"prompt token ids must be in [0, {self.vocab_size})", param="prompt"
+            )
+        return prompt
+
+    def make_pooling_request(
+        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+    ) -> PoolingRequest:
+        """Validate and build the pooling request of one input."""
+        if self.pooling_config is None:
+            raise InvalidRequestError(
+                "this model is served for generation (task generate), not for embeddings"
+            )
+        prompt = self._checked_prompt(prompt_token_ids)
+        if len(prompt) > self.max_model_len:
+            raise ContextLengthExceededError(
+                f"this model's maximum input length is {self.max_model_len} tokens; the input "
+                f"has {len(prompt)} tokens (set truncate_prompt_tokens to truncate it)",
+                param="input",
+            )
+        params.validate(self.loaded.config.hidden_size, self.pooling_config)
+        return PoolingRequest(request_id, prompt, params, time.monotonic())
+
+    def add_pooling(self, request: PoolingRequest) -> None:
+        """Queue a pooling request (from `make_pooling_request`) for the next step."""
+        self._inbox.append(("pool", request))
 
     def _max_tokens(self, num_prompt: int, params: SamplingParams) -> int:
         room = self.max_model_len - num_prompt
@@ -183,13 +249,20 @@ class EngineCore:
     def has_work(self) -> bool:
         return bool(self._inbox) or self.scheduler.has_unfinished()
 
-    def step(self) -> list[RequestOutput]:
-        outputs = self._drain_inbox()
+    def step(self) -> list[RequestOutput | PoolingOutput]:
+        outputs: list[RequestOutput | PoolingOutput] = []
+        outputs.extend(self._drain_inbox())
         plan = self.scheduler.schedule()
         if plan.scheduled:
             self._num_steps += 1
             self._run(plan.scheduled)
         outputs.extend(self._collect_outputs([s.request.group_id for s in plan.scheduled]))
+        if plan.pooling:
+            assert self.pooler is not None
+            if not plan.scheduled:
+                self._num_steps += 1
+            self._num_prompt_tokens += sum(r.num_tokens for r in plan.pooling)
+            outputs.extend(self.pooler.run(plan.pooling))
         return outputs
 
     def _drain_inbox(self) -> list[RequestOutput]:
@@ -202,8 +275,13 @@ class EngineCore:
                 self._groups[group_id] = _Group(group_id, item[0].prompt_token_ids, item)
                 for request in item:
                     self.scheduler.add(request)
+            elif kind == "pool":
+                assert isinstance(item, PoolingRequest)
+                self.scheduler.add_pooling(item)
             elif kind == "abort":
                 assert isinstance(item, str)
+                if self.scheduler.abort_pooling(item):
+                    continue
                 out = self._abort(item)
                 if out is not None:
                     aborted.append(out)

@@ -1,7 +1,7 @@
 """The `Engine` protocol: the contract between the OpenAI service (and every
 transport above it) and whatever runs the model. `AsyncEngine` is the local
 implementation; a remote or multi-process engine would implement the same.
-Pooling (`encode`) joins it with the embeddings issue."""
+`generate` serves decoder (generate-task) models, `encode` embed-task ones."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Protocol
 
 from llmcore.engine.core import EngineStatistics
 from llmcore.outputs import RequestOutput
+from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 
 
@@ -26,6 +27,14 @@ class Engine(Protocol):
         """Output deltas of one request until `finished`; raises InvalidRequestError
         (bad parameters, too long) before the first output, EngineDeadError if the
         engine dies. Stopping the iteration early aborts the request."""
+        ...
+
+    async def encode(
+        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+    ) -> PoolingOutput:
+        """The pooled vector of one input (embeddings, score, rerank); raises
+        InvalidRequestError (bad parameters, too long, a generate-task model) at once,
+        EngineDeadError if the engine dies. Cancelling the call aborts the request."""
         ...
 
     def abort(self, request_id: str) -> None:

@@ -9,6 +9,10 @@ request is preempted (its blocks freed, its tokens recomputed later: its output 
 unchanged). Waiting requests are admitted in (priority, arrival) order, reusing
 prefix-cache hits, until the budget, the sequence cap or the free blocks run out.
 
+Pooling requests (`encode`) wait in their own FCFS queue and take what the step's
+token budget leaves after generation: each runs whole in one pass (no chunking, no
+KV blocks kept), at least one per step when nothing else runs.
+
 Invariant: every running request holds blocks for all its computed tokens, and
 `waiting` and `running` stay sorted by `Request.sort_key`.
 """
@@ -16,10 +20,12 @@ Invariant: every running request holds blocks for all its computed tokens, and
 from __future__ import annotations
 
 import bisect
+import collections
 from dataclasses import dataclass, field
 
 from llmcore.engine.block_pool import KVBlock
 from llmcore.engine.kv_cache_manager import KVCacheManager
+from llmcore.engine.pooling_runner import PoolingRequest
 from llmcore.engine.request import FinishReason, Request, RequestStatus
 
 
@@ -39,6 +45,7 @@ class ScheduledRequest:
 class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    pooling: list[PoolingRequest] = field(default_factory=list)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -63,6 +70,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self._group_leaders: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.pooling_waiting: collections.deque[PoolingRequest] = collections.deque()
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -90,7 +98,18 @@ class Scheduler:
             del self._group_leaders[request.group_id]
 
     def has_unfinished(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests) or bool(self.pooling_waiting)
+
+    def add_pooling(self, request: PoolingRequest) -> None:
+        self.pooling_waiting.append(request)
+
+    def abort_pooling(self, request_id: str) -> bool:
+        """Drop a waiting pooling request; False if it is not waiting."""
+        for request in self.pooling_waiting:
+            if request.request_id == request_id:
+                self.pooling_waiting.remove(request)
+                return True
+        return False
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -100,7 +119,17 @@ class Scheduler:
         budget = self._schedule_running(out, budget)
         if not out.preempted:
             self._schedule_waiting(out, budget)
+        self._schedule_pooling(out, self.max_num_batched_tokens - out.num_batched_tokens)
         return out
+
+    def _schedule_pooling(self, out: SchedulerOutput, budget: int) -> None:
+        queue = self.pooling_waiting
+        while queue and len(out.pooling) < self.max_num_seqs:
+            size = queue[0].num_tokens
+            if size > budget and (out.pooling or out.scheduled):
+                break  # an input longer than the budget runs alone, in a step of its own
+            out.pooling.append(queue.popleft())
+            budget -= size
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         i = 0
@@ -164,6 +193,6 @@ class Scheduler:
     def statistics(self) -> dict[str, int]:
         return {
             "num_running": len(self.running),
-            "num_waiting": len(self.waiting),
+            "num_waiting": len(self.waiting) + len(self.pooling_waiting),
             "num_preemptions": self.num_preemptions,
         }

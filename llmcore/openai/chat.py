@@ -66,7 +66,7 @@ def _generation_prompt_flags(req: ChatCompletionRequest) -> tuple[bool, bool]:
 
 
 def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str) -> _Plan:
-    model = ctx.model(req.model)
+    model = ctx.model_for(req.model, "generate", "chat completions")
     check_chat(req)
     check_logprobs("top_logprobs", req.top_logprobs, ctx.limits)
     if req.top_logprobs is not None and not req.logprobs:

@@ -53,7 +53,7 @@ class _Plan:
 
 
 def _plan(ctx: ServiceContext, req: CompletionRequest, request_id: str) -> _Plan:
-    model = ctx.model(req.model)
+    model = ctx.model_for(req.model, "generate", "completions")
     check_completion(req)
     check_logprobs("logprobs", req.logprobs, ctx.limits)
     prompts = completion_prompts(model, req.prompt, req.add_special_tokens is not False)

@@ -1,15 +1,17 @@
 """What every endpoint of one service shares: the served models (by name), the
 limits, the generation runner and each model's token-string cache.
 
-Invariant: a request names a served model or none (the first one); any other name
-is a 404 that lists the served names.
+Invariant: a request names a served model or none (the first one that can do what
+it asks); any other name is a 404 that lists the served names, and a model that
+cannot do what is asked (chat from an embedding model, embeddings from a chat
+model) is a 400 that names the models that can.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmcore.errors import NotFoundError
+from llmcore.errors import InvalidRequestError, NotFoundError
 from llmcore.openai.generation import Runner
 from llmcore.openai.interface import ServedModel
 from llmcore.openai.logprobs import TokenStrings
@@ -40,6 +42,20 @@ class ServiceContext:
                 f"the model {name!r} does not exist; served models: {served}",
                 param="model",
                 code="model_not_found",
+            )
+        return model
+
+    def model_for(self, name: str | None, task: str, what: str) -> ServedModel:
+        """The served model called `name` (None: the first of `task`), which must
+        serve `task` ("generate" or "embed"); `what` names the endpoint in errors."""
+        able = [m for m in self.models if m.task == task]
+        model = self.model(name) if name is not None else (able[0] if able else self.models[0])
+        if model.task != task:
+            names = ", ".join(repr(m.name) for m in able)
+            raise InvalidRequestError(
+                f"the model {model.name!r} does not serve {what}; "
+                + (f"models that do: {names}" if able else "no served model does"),
+                param="model",
             )
         return model
 

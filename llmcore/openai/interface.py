@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmcore.chat_template import ChatTemplate
-from llmcore.default_model import DEFAULT_CHAT_FILE, DEFAULT_CHAT_NAME
+from llmcore.default_model import (
+    DEFAULT_CHAT_FILE,
+    DEFAULT_CHAT_NAME,
+    DEFAULT_EMBEDDING_NAME,
+    DEFAULT_EMBEDDING_PACKAGE,
+)
 from llmcore.engine.protocol import Engine
 from llmcore.tokenization.tokenizer import Tokenizer
 
@@ -68,6 +73,7 @@ class ServedModel:
     chat_template: ChatTemplate | None
     max_model_len: int  # at most the engine's; a smaller value caps requests here
     created: int = field(default_factory=lambda: int(time.time()))
+    task: str = "generate"  # "generate" (chat, completions) or "embed" (embeddings, ...)
 
 
 def default_name(path: str | os.PathLike[str] | None) -> str:
@@ -78,6 +84,8 @@ def default_name(path: str | os.PathLike[str] | None) -> str:
     p = Path(path)
     if p.name == DEFAULT_CHAT_FILE:
         return DEFAULT_CHAT_NAME
+    if p.name == "model" and p.parent.name == DEFAULT_EMBEDDING_PACKAGE:
+        return DEFAULT_EMBEDDING_NAME
     if p.suffix == ".gguf":
         return p.stem
     return p.name or str(path)

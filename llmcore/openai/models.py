@@ -1,5 +1,6 @@
 """GET /v1/models and /v1/models/{model}: the served models, in OpenAI's shape
-(with vLLM's `root` and `max_model_len`).
+(with vLLM's `root` and `max_model_len`, and llmcore's `task` and `capabilities`:
+the endpoints each model answers).
 
 Invariant: the list is in serving order (the first is the default model) and a card
 never differs from what `/v1/models/{model}` returns for the same model.
@@ -12,6 +13,12 @@ from llmcore.openai.interface import ServedModel
 from llmcore.openai.protocol import ModelCard, ModelList
 
 
+def capabilities(model: ServedModel) -> list[str]:
+    if model.task == "embed":
+        return ["embeddings", "pooling", "score", "rerank", "tokenize"]
+    return ["completions", *(["chat"] if model.chat_template else []), "tokenize"]
+
+
 def model_card(model: ServedModel) -> ModelCard:
     return ModelCard(
         id=model.name,
@@ -20,6 +27,8 @@ def model_card(model: ServedModel) -> ModelCard:
         owned_by="llmcore",
         root=model.name,
         max_model_len=model.max_model_len,
+        task=model.task,
+        capabilities=capabilities(model),
     )
 
 

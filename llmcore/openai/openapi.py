@@ -46,15 +46,24 @@ def _success(spec: RouteSpec) -> dict[str, Any]:
     return {"description": "OK", "content": content}
 
 
+def _operation_id(spec: RouteSpec) -> str:
+    """The operation name, made unique where several routes share it (/ping's two
+    methods; /score and /v1/score, ...)."""
+    if spec.path == "/ping":
+        return f"{spec.operation}_{spec.method.lower()}"
+    first = next(r for r in ROUTES if r.operation == spec.operation)
+    if first is spec:
+        return spec.operation
+    return f"{spec.operation}_{spec.path.strip('/').replace('/', '_')}"
+
+
 def _operation(spec: RouteSpec) -> dict[str, Any]:
     error = {
         "description": "Error",
         "content": {"application/json": {"schema": _ref(ErrorResponse)}},
     }
     operation: dict[str, Any] = {
-        "operationId": f"{spec.operation}_{spec.method.lower()}"
-        if spec.path == "/ping"
-        else spec.operation,
+        "operationId": _operation_id(spec),
         "summary": spec.summary,
         "responses": {"200": _success(spec), "default": error},
     }

@@ -66,22 +66,22 @@ def check_context(model: ServedModel, num_prompt: int, max_tokens: int | None, w
 
 
 def completion_prompts(
-    model: ServedModel, prompt: PromptInput, add_special_tokens: bool
+    model: ServedModel, prompt: PromptInput, add_special_tokens: bool, param: str = "prompt"
 ) -> list[Prompt]:
     """One `Prompt` per prompt of the request, tokenized and checked."""
     tokenizer = model.tokenizer
     prompts = []
-    for item in _prompt_items(prompt):
+    for item in prompt_items(prompt, param):
         if isinstance(item, str):
             ids = tokenizer.encode(item, add_special_tokens=add_special_tokens)
             prompts.append(Prompt(ids, item))
         else:
             prompts.append(Prompt(list(item)))
-        check_token_ids(prompts[-1].token_ids, tokenizer.vocab_size, "prompt")
+        check_token_ids(prompts[-1].token_ids, tokenizer.vocab_size, param)
     return prompts
 
 
-def _prompt_items(prompt: PromptInput) -> list[str | list[int]]:
+def prompt_items(prompt: PromptInput, param: str = "prompt") -> list[str | list[int]]:
     if isinstance(prompt, str):
         return [prompt]
     if prompt and all(isinstance(p, int) for p in prompt):
@@ -91,9 +91,9 @@ def _prompt_items(prompt: PromptInput) -> list[str | list[int]]:
     if prompt and all(isinstance(p, list) for p in prompt):
         return cast(list[str | list[int]], prompt)
     raise InvalidRequestError(
-        "prompt: must be a string, a list of strings, a list of token ids or a list of "
+        f"{param}: must be a string, a list of strings, a list of token ids or a list of "
         "token-id lists (not mixed, not empty)",
-        param="prompt",
+        param=param,
     )
 
 

@@ -17,9 +17,17 @@ from llmcore.openai.protocol import (
     CompletionResponse,
     DetokenizeRequest,
     DetokenizeResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     LoadResponse,
     ModelCard,
     ModelList,
+    PoolingRequest,
+    PoolingResponse,
+    RerankRequest,
+    RerankResponse,
+    ScoreRequest,
+    ScoreResponse,
     TokenizeRequest,
     TokenizeResponse,
     VersionResponse,
@@ -58,6 +66,25 @@ ROUTES: tuple[RouteSpec, ...] = (
         CompletionRequest,
         CompletionResponse,
         CompletionChunk,
+    ),
+    RouteSpec(
+        "/v1/embeddings",
+        "POST",
+        "create_embedding",
+        "Create embeddings",
+        EmbeddingRequest,
+        EmbeddingResponse,
+    ),
+    RouteSpec(
+        "/pooling", "POST", "pooling", "Pooled model output", PoolingRequest, PoolingResponse
+    ),
+    *(
+        RouteSpec(path, "POST", "score", "Score text pairs", ScoreRequest, ScoreResponse)
+        for path in ("/score", "/v1/score")
+    ),
+    *(
+        RouteSpec(path, "POST", "rerank", "Rerank documents", RerankRequest, RerankResponse)
+        for path in ("/rerank", "/v1/rerank", "/v2/rerank")
     ),
     RouteSpec("/v1/models", "GET", "list_models", "List the served models", None, ModelList),
     RouteSpec(

@@ -22,7 +22,7 @@ from llmcore.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from llmcore.openai import chat, completions, models, tokens
+from llmcore.openai import chat, completions, embeddings, models, score, tokens
 from llmcore.openai.context import ServiceContext
 from llmcore.openai.errors import error_body, error_headers
 from llmcore.openai.generation import Runner
@@ -34,6 +34,10 @@ from llmcore.openai.protocol import (
     CHAT_DECODER,
     COMPLETION_DECODER,
     DETOKENIZE_DECODER,
+    EMBEDDING_DECODER,
+    POOLING_DECODER,
+    RERANK_DECODER,
+    SCORE_DECODER,
     TOKENIZE_DECODER,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -41,6 +45,8 @@ from llmcore.openai.protocol import (
     CompletionChunk,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     LoadResponse,
     VersionResponse,
 )
@@ -97,6 +103,10 @@ class OpenAIService:
         self._handlers: dict[str, Handler] = {
             "create_chat_completion": self._chat,
             "create_completion": self._completion,
+            "create_embedding": self._embedding,
+            "pooling": self._pooling,
+            "score": self._score,
+            "rerank": self._rerank,
             "list_models": self._list_models,
             "retrieve_model": self._retrieve_model,
             "tokenize": self._tokenize,
@@ -174,6 +184,10 @@ class OpenAIService:
         """As `create_chat_completion`, for /v1/completions."""
         return await completions.create_completion(self.ctx, req, request_id)
 
+    async def create_embedding(self, req: EmbeddingRequest, request_id: str) -> EmbeddingResponse:
+        """As `create_chat_completion`, for /v1/embeddings."""
+        return await embeddings.create_embedding(self.ctx, req, request_id)
+
     # ---- handlers -----------------------------------------------------------------------
 
     async def _chat(self, request: ServiceRequest, path: str) -> Answer:
@@ -183,6 +197,22 @@ class OpenAIService:
     async def _completion(self, request: ServiceRequest, path: str) -> Answer:
         req = COMPLETION_DECODER.decode(request.body)
         return _answer(await completions.create_completion(self.ctx, req, request.request_id))
+
+    async def _embedding(self, request: ServiceRequest, path: str) -> Answer:
+        req = EMBEDDING_DECODER.decode(request.body)
+        return _json(await embeddings.create_embedding(self.ctx, req, request.request_id))
+
+    async def _pooling(self, request: ServiceRequest, path: str) -> Answer:
+        req = POOLING_DECODER.decode(request.body)
+        return _json(await embeddings.create_pooling(self.ctx, req, request.request_id))
+
+    async def _score(self, request: ServiceRequest, path: str) -> Answer:
+        req = SCORE_DECODER.decode(request.body)
+        return _json(await score.score(self.ctx, req, request.request_id))
+
+    async def _rerank(self, request: ServiceRequest, path: str) -> Answer:
+        req = RERANK_DECODER.decode(request.body)
+        return _json(await score.rerank(self.ctx, req, request.request_id))
 
     async def _list_models(self, request: ServiceRequest, path: str) -> Answer:
         return _json(models.list_models(self.ctx))

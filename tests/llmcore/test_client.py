@@ -99,3 +99,5 @@ def test_sync_client_on_the_default_model() -> None:
             max_tokens=20, temperature=0, stream=True))  # fmt: skip
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert "4" in text
+        vectors = client.embeddings.create(input=["a cat", "a dog"])  # the default's 2nd model
+        assert vectors.model == "all-MiniLM-L6-v2" and len(vectors.data[1].embedding) == 384

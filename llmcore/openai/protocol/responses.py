@@ -145,6 +145,8 @@ class ModelCard(_Response):
     owned_by: str
     root: str
     max_model_len: int
+    task: str  # llmcore: "generate" or "embed"
+    capabilities: list[str]  # llmcore: the endpoints this model answers
     parent: str | None = None
 
 

@@ -128,7 +128,7 @@ def test_openapi_document(client: Any) -> None:
 
 
 def test_404_405_413_415(client: Any, make_client: Any, make_served: Any, engine: Any) -> None:
-    status, data = client.call("GET", "/v1/embeddings")
+    status, data = client.call("GET", "/v1/audio/speech")
     assert status == 404 and set(data["error"]) == {"message", "type", "param", "code"}
     answer = client.request("GET", "/v1/chat/completions")
     assert isinstance(answer, ServiceResponse) and answer.status == 405

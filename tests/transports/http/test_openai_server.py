@@ -1,10 +1,13 @@
 """A real `python -m llmcore.http` process on loopback, driven by the official
 `openai` client (sync and async, streaming and not) and by raw sockets for what a
-client library hides (disconnects, auth on every route, graceful shutdown)."""
+client library hides (disconnects, auth on every route, graceful shutdown). It is
+the default server: SmolLM2 for chat and all-MiniLM-L6-v2 for embeddings, one
+process answering both."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -24,6 +27,7 @@ openai = pytest.importorskip("openai")
 
 API_KEY = "test-key-1"
 MODEL = "SmolLM2-135M-Instruct"
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 
 class ServerProcess:
@@ -98,8 +102,31 @@ def _metric(server: ServerProcess, name: str) -> float:
 
 def test_models(client: Any) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, EMBEDDING_MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_embeddings_beside_chat_through_the_client(client: Any, minilm_reference: Any) -> None:
+    import numpy as np
+
+    _, encode = minilm_reference
+    texts = ["The default server embeds.", "It chats too, in the same process."]
+    expected = encode(texts)
+    default = client.embeddings.create(model=EMBEDDING_MODEL, input=texts)  # base64 inside
+    got = np.array([d.embedding for d in default.data])
+    assert default.model == EMBEDDING_MODEL and default.usage.prompt_tokens > 0
+    assert ((got * expected).sum(1) >= 0.9999).all()
+    floats = client.embeddings.create(model=EMBEDDING_MODEL, input=texts, encoding_format="float")
+    assert np.allclose(np.array([d.embedding for d in floats.data]), got, atol=1e-6)
+    b64 = client.embeddings.create(model=EMBEDDING_MODEL, input=texts, encoding_format="base64")
+    raw = [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in b64.data]
+    assert np.array_equal(np.stack(raw), got.astype(np.float32))
+    with pytest.raises(openai.BadRequestError, match=EMBEDDING_MODEL):
+        client.embeddings.create(model=MODEL, input="hi")
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content
 
 
 def test_chat_streamed_equals_non_streamed(client: Any) -> None:

@@ -296,7 +296,9 @@ def test_real_server_replaced_the_stale_socket_with_a_0600_one(
 
 
 def test_real_server_models_and_chat(client: Any) -> None:
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert [m.id for m in client.models.list().data] == [MODEL, "all-MiniLM-L6-v2"]
+    vectors = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a", "b"])
+    assert [len(d.embedding) for d in vectors.data] == [384, 384]
     messages = [{"role": "user", "content": "Name a colour."}]
     full = client.chat.completions.create(
         model=MODEL, messages=messages, max_tokens=8, temperature=0
