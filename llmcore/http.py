@@ -272,12 +272,22 @@ def _served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> 
     )
 
 
-async def _serve(service: Any, engine: Any, config: Any, name: str, grace: float) -> None:
+async def _serve(args: argparse.Namespace, config: Any) -> None:
+    """Bind, then load the models (on a thread, so a taken address or a live
+    Unix socket is refused before minutes of loading), then serve until a signal."""
     import anyio
+    import anyio.to_thread
 
-    from transports.http import HTTPServer
+    from transports.http import HTTPServer, open_listeners
 
-    server = HTTPServer(service, config)
+    listeners = await open_listeners(config)
+    try:
+        service, engine, name = await anyio.to_thread.run_sync(build_service, args)
+    except BaseException:
+        await listeners.aclose()
+        raise
+    server = HTTPServer(service, config, listeners=listeners)
+    grace = args.shutdown_grace
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
             urls = await server.start(tg)
@@ -296,18 +306,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m llmcore.http"
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        config = _http_config(args)
-        service, engine, name = build_service(args)
-    except (LLMCoreError, ValueError, OSError) as exc:
-        print(f"llmcore: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
-        return 2
     import anyio
 
     try:
-        anyio.run(_serve, service, engine, config, name, args.shutdown_grace, backend="asyncio")
-    except OSError as exc:  # the address is taken, the socket path is live, ...
-        print(f"llmcore: error: {exc}", file=sys.stderr)
+        config = _http_config(args)
+        anyio.run(_serve, args, config, backend="asyncio")
+    except (LLMCoreError, ValueError, OSError) as exc:  # a bad model or flag, a taken address
+        print(f"llmcore: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     except ExceptionGroup as group:  # the same, raised inside _serve's task group
         if not all(isinstance(exc, OSError) for exc in group.exceptions):

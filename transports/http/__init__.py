@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from transports.http.config import HTTPConfig
-from transports.http.listeners import AddressInUseError
+from transports.http.listeners import AddressInUseError, Listeners, open_listeners
 from transports.http.server import HTTPServer, ServerStatistics, run, serve
 from transports.http.service import (
     HTTPRequest,
@@ -21,11 +21,13 @@ __all__ = [
     "HTTPConfig",
     "HTTPRequest",
     "HTTPServer",
+    "Listeners",
     "RequestFactory",
     "ServerStatistics",
     "Service",
     "ServiceResponseLike",
     "ServiceStreamLike",
+    "open_listeners",
     "run",
     "serve",
 ]

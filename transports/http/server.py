@@ -59,8 +59,12 @@ class HTTPServer:
         config: HTTPConfig | None = None,
         *,
         request_factory: RequestFactory = HTTPRequest,
+        listeners: Listeners | None = None,
     ) -> None:
+        """`listeners`: sockets already bound by `open_listeners(config)` (bind first,
+        then load the model, so a taken address fails fast); by default `start` binds."""
         self._service = service
+        self._bound = listeners
         self._config = config or HTTPConfig()
         self._factory = request_factory
         self._admission = RequestAdmission(self._config)
@@ -148,7 +152,8 @@ class HTTPServer:
     # -- serving ----------------------------------------------------------------------
 
     async def _run(self, *, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
-        listeners = self._listeners = await open_listeners(self._config)
+        listeners = self._bound or await open_listeners(self._config)
+        self._listeners, self._bound = listeners, None
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg

@@ -325,8 +325,10 @@ def test_real_server_logs_the_peer(real_server: UnixServer, client: Any) -> None
 
 
 def test_a_second_server_on_the_live_socket_exits_2(real_server: UnixServer) -> None:
+    """The socket is bound before any model loads: the live socket is the error even
+    though the second server's model path does not exist."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LLMCORE_")}
-    argv = ["--uds", str(real_server.path), "--kv-cache-memory", "256MiB"]
+    argv = ["/nonexistent/model.gguf", "--uds", str(real_server.path)]
     second = subprocess.run(
         [sys.executable, "-m", "llmcore.http", *argv],
         capture_output=True,
