@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -31,10 +32,14 @@ class AsyncEngine:
     def __init__(
         self, core: EngineCore, executor: concurrent.futures.ThreadPoolExecutor | None = None
     ) -> None:
-        """Wrap a built core. `executor` (one thread) is the step thread; pass the one
-        that loaded the model (`AsyncEngine.load` does) so all torch work stays on it."""
+        """Wrap a built core. `executor` (one thread) runs its steps; by default the
+        process's shared step thread, on which `AsyncEngine.load` also loads models,
+        so that all torch work of all engines stays on one thread."""
         self.core = core
-        self._executor = executor or _step_executor()
+        self._shared_thread = executor is None or executor is _STEP_THREAD.executor
+        self._executor = (
+            _STEP_THREAD.acquire() if self._shared_thread or executor is None else executor
+        )
         self._queues: dict[str, asyncio.Queue[RequestOutput | PoolingOutput | BaseException]] = {}
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -61,17 +66,17 @@ class AsyncEngine:
     ) -> AsyncEngine:
         """Blocking `from_pretrained`. The model is loaded on the thread that will run
         its steps: torch work split between two threads (load on one, steps on
-        another) ran the serving benchmark on ~1.5 of 2 cores instead of 2."""
-        executor = _step_executor()
+        another) ran the serving benchmark on ~1.5 of 2 cores instead of 2, and two
+        engines stepping on two threads (chat beside embeddings) cost the same."""
+        executor = _STEP_THREAD.acquire()
         try:
             core = executor.submit(
                 build_core, model, tokenizer=tokenizer, dtype=dtype, device=device,
                 **engine_options,
             ).result()  # fmt: skip
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(core, executor)
+            return cls(core, executor)
+        finally:
+            _STEP_THREAD.release()  # cls() took its own reference
 
     # ---- the Engine protocol -------------------------------------------------------------
 
@@ -148,6 +153,8 @@ class AsyncEngine:
         return self.core.statistics()
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -155,7 +162,12 @@ class AsyncEngine:
                 await self._loop_task
             except (asyncio.CancelledError, Exception):
                 pass
-        self._executor.shutdown(wait=True)
+        if self._shared_thread:
+            # A step in flight finishes before this returns: the thread runs in order.
+            await asyncio.get_running_loop().run_in_executor(self._executor, _nothing)
+            _STEP_THREAD.release()
+        else:
+            self._executor.shutdown(wait=True)
 
     # ---- the step loop -------------------------------------------------------------------
 
@@ -198,8 +210,37 @@ class AsyncEngine:
             log.error("engine step loop died", exc_info=exc)
 
 
-def _step_executor() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llmcore-step")
+def _nothing() -> None:
+    return None
+
+
+class _SharedStepThread:
+    """One worker thread for the torch work of every engine in the process, made on
+    first use and shut down when its last engine closes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._users = 0
+
+    def acquire(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self.executor is None:
+                self.executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="llmcore-step"
+                )
+            self._users += 1
+            return self.executor
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self.executor is not None:
+                self.executor.shutdown(wait=False)
+                self.executor = None
+
+
+_STEP_THREAD = _SharedStepThread()
 
 
 def build_core(

@@ -319,6 +319,30 @@ def test_dead_step_loop_fails_waiting_requests(
     asyncio.run(scenario())
 
 
+def test_engines_share_one_step_thread_until_the_last_closes(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    """All torch work of all engines runs on one thread (two stepping threads cost
+    a JSON-lines batch 0.78x of offline against 0.93x on one); closing one engine
+    leaves the other serving."""
+
+    async def scenario() -> None:
+        first = AsyncEngine(make_core(smollm2, tokenizer))
+        second = AsyncEngine(make_core(smollm2, tokenizer))
+        assert first._executor is second._executor
+        await first.aclose()
+        await first.aclose()  # twice is harmless
+        outs = [o async for o in second.generate([1, 2, 3], GREEDY, "after")]
+        assert outs[-1].finished
+        thread = second._executor
+        await second.aclose()
+        third = AsyncEngine(make_core(smollm2, tokenizer))
+        assert third._executor is not thread  # the last close shut the thread down
+        await third.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_llm_offline_api(smollm2: llmcore.LoadedModel) -> None:
     llm = llmcore.LLM(smollm2.path, kv_cache_memory=64 << 20)
     outs = llm.generate(["The capital of France is", [1, 2, 3]], SamplingParams(temperature=0))
