@@ -55,7 +55,8 @@ WORDS = (
 ).split()
 KV_CACHE = "1GiB"
 SERVER_ARGS = f"-m llmcore.http --port 0 --kv-cache-memory {KV_CACHE} --dtype float32".split()
-READY = re.compile(r"llmcore serving (\S+) at (http://\S+)")
+# "llmcore serving NAME[, NAME...] at URL": the chat model is named first.
+READY = re.compile(r"llmcore serving ([^,\s]+)\S*(?:, \S+)* at (http://\S+)")
 STARTUP_TIMEOUT = 300.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
