@@ -36,10 +36,8 @@ class AsyncEngine:
         process's shared step thread, on which `AsyncEngine.load` also loads models,
         so that all torch work of all engines stays on one thread."""
         self.core = core
-        self._shared_thread = executor is None or executor is _STEP_THREAD.executor
-        self._executor = (
-            _STEP_THREAD.acquire() if self._shared_thread or executor is None else executor
-        )
+        self._shared_thread = executor is None
+        self._executor = _STEP_THREAD.acquire() if executor is None else executor
         self._queues: dict[str, asyncio.Queue[RequestOutput | PoolingOutput | BaseException]] = {}
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -74,7 +72,7 @@ class AsyncEngine:
                 build_core, model, tokenizer=tokenizer, dtype=dtype, device=device,
                 **engine_options,
             ).result()  # fmt: skip
-            return cls(core, executor)
+            return cls(core)  # steps on the same shared thread
         finally:
             _STEP_THREAD.release()  # cls() took its own reference
 
