@@ -147,12 +147,7 @@ class Runner:
                     else:
                         itl.observe(now - last)
                     last = now
-                    outputs_ = item[1].outputs
-                    generation_tokens.inc(
-                        len(outputs_[0].token_ids)
-                        if len(outputs_) == 1
-                        else sum(len(c.token_ids) for c in outputs_)
-                    )
+                    generation_tokens.inc(sum(len(c.token_ids) for c in item[1].outputs))
                     yield item
         finally:
             self.load.finished(started)
