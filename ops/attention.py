@@ -10,8 +10,10 @@ tokens of sequence `i` are the last `q_len` of its `seq_lens[i]` tokens, and eac
 attends causally to every token at or before its own position.
 `paged_attention_decode` is the one-token-per-sequence case.
 
-Both gather every sequence's keys and values token by token (one `index_select`
-per cache) into a padded batch and make one attention call. Positions past a
+On the CPU at float32, with the C kernels of `ops/cpu` built, a kernel that reads
+the cache in place computes both (see ops/cpu/kernels/attention.c). Otherwise both
+gather every sequence's keys and values token by token (one `index_select` per
+cache) into a padded batch and make one attention call. Positions past a
 sequence's end gather a copy of its last token instead of an unwritten slot, so
 whatever those slots hold (even NaN) never reaches the arithmetic; the mask then
 gives the copies zero weight.
@@ -22,11 +24,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ops import cpu as _cpu
 from ops import cuda as _cuda
 
 # A batched prefill pads every sequence's query rows to the longest; past this much
 # padding (padded rows / real rows) one call per sequence does less work.
 _MAX_QUERY_PADDING = 2.0
+
+
+def _cpu_kernel(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
+    _, block_size, num_kv_heads, head_dim = key_cache.shape
+    return _cpu.available(query, key_cache, value_cache) and _cpu.attention_supported(
+        query.shape[1], num_kv_heads, head_dim, block_size
+    )
 
 
 def _gather_padded(
@@ -68,6 +78,10 @@ def paged_attention_decode(
         return _cuda.paged_attention_decode(
             query, key_cache, value_cache, block_tables, seq_lens, scale
         )
+    if _cpu_kernel(query, key_cache, value_cache):
+        return _cpu.paged_attention(
+            query, key_cache, value_cache, block_tables, None, seq_lens, scale
+        )
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -101,6 +115,10 @@ def paged_attention_prefill(
     padding would more than double the work."""
     if query.is_cuda and _cuda.available(query, key_cache, value_cache, head_size=query.shape[-1]):
         return _cuda.paged_attention_prefill(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
+        )
+    if _cpu_kernel(query, key_cache, value_cache):
+        return _cpu.paged_attention(
             query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
         )
     starts = query_start_loc.long()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ops import cpu as _cpu
 from ops import cuda as _cuda
 
 
@@ -23,6 +24,12 @@ def reshape_and_cache(
     at `slot_mapping` (`[num_tokens]`, int64), in place."""
     if key.is_cuda and _cuda.available(key, value, key_cache, value_cache):
         return _cuda.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    if (
+        _cpu.available(key, value, key_cache, value_cache)
+        and key_cache.is_contiguous()
+        and value_cache.is_contiguous()
+    ):
+        return _cpu.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
     num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
     key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
     value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)

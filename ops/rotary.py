@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ops import cpu as _cpu
 from ops import cuda as _cuda
 
 
@@ -70,6 +71,13 @@ def rotary_embedding(
     (partial rotary leaves the rest untouched)."""
     if query.is_cuda and _cuda.available(query, key):
         return _cuda.rotary_embedding(positions, query, key, cos_sin_cache, is_neox)
+    if (
+        _cpu.available(query, key, cos_sin_cache)
+        and query.stride(-1) == 1
+        and key.stride(-1) == 1
+        and positions.device.type == "cpu"
+    ):
+        return _cpu.rotary_embedding(positions, query, key, cos_sin_cache, is_neox)
     cos_sin = cos_sin_cache.index_select(0, positions)
     half = cos_sin.shape[-1] // 2
     cos = cos_sin[:, None, :half]

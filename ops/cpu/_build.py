@@ -1,0 +1,149 @@
+"""Compiling the C kernels of `ops/cpu/kernels/` once per machine and loading them.
+
+The sources are package data. The first call compiles them with the machine's C
+compiler (`$CC`, else `cc`, `gcc` or `clang`) for its own CPU (`-march=native`)
+into one shared library, cached under `$LLMCORE_CACHE_DIR` (default
+`$XDG_CACHE_HOME/llmcore`, else `~/.cache/llmcore`) in a file named by a hash of
+the sources, the flags, the compiler and the CPU, and loads it with ctypes.
+Later processes load the cached file. ctypes releases the GIL during a call.
+
+The library is built with `-fopenmp` and names `libgomp.so.1`; torch has already
+loaded its own copy of that library, so the dynamic linker binds ours to it and
+the kernels run on torch's OpenMP threads instead of a second, competing pool.
+
+No compiler, a failed build or `LLMCORE_CPU_KERNELS=0` leaves `library()` None:
+every op then takes its torch path, which gives the same results.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.resources
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("llmcore.ops")
+
+SOURCES = ("activation.c", "attention.c", "kv_cache.c", "norm.c", "rotary.c")
+HEADERS = ("vec.h",)
+# No floating-point contraction: the kernels write each fused multiply-add they
+# mean, and the others round as torch does (see docs/ops.md).
+FLAGS = (
+    "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off",
+    "-std=gnu11", "-shared", "-fPIC",
+)  # fmt: skip
+
+
+def enabled() -> bool:
+    return os.environ.get("LLMCORE_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "no")
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("LLMCORE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llmcore"
+
+
+def compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _sources() -> dict[str, str]:
+    folder = importlib.resources.files("ops.cpu") / "kernels"
+    return {name: (folder / name).read_text(encoding="utf-8") for name in SOURCES + HEADERS}
+
+
+def _cpu_signature() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _library_path(cc: str, sources: dict[str, str]) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    digest = hashlib.sha256()
+    for part in (*sources.values(), " ".join(FLAGS), version, _cpu_signature(), platform.machine()):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return cache_dir() / f"cpu-kernels-{digest.hexdigest()[:20]}.so"
+
+
+def build(cc: str) -> Path:
+    """Compile the kernels (unless cached) and return the library's path."""
+    sources = _sources()
+    target = _library_path(cc, sources)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        files = []
+        for name, text in sources.items():
+            path = Path(tmp) / name
+            path.write_text(text, encoding="utf-8")
+            if name in SOURCES:
+                files.append(str(path))
+        out = Path(tmp) / target.name
+        result = subprocess.run(
+            [cc, *FLAGS, "-o", str(out), *files], capture_output=True, text=True, timeout=300
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(out, target)  # atomic: a concurrent builder loads one or the other
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (disabled, no compiler, or the build failed)."""
+    if not enabled():
+        return None
+    cc = compiler()
+    if cc is None:
+        logger.info("no C compiler found: CPU ops take their torch paths")
+        return None
+    try:
+        import torch  # noqa: F401  (its libgomp must be loaded first: see the module doc)
+
+        lib = ctypes.CDLL(str(build(cc)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        logger.warning("CPU kernels unavailable, torch paths used instead: %s", exc)
+        return None
+    _declare(lib)
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
+    fn = lib.llmcore_paged_attention_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, i64, i64, p, p, p, i64, p, p, i32, i32, i32, i32, i32, f32, p, i64, i64]
+    fn = lib.llmcore_reshape_and_cache_f32
+    fn.restype = None
+    fn.argtypes = [p, i64, p, i64, p, p, p, i64, i64]
+    fn = lib.llmcore_rotary_embedding_f32
+    fn.restype = None
+    fn.argtypes = [p, p, i64, i64, i32, p, i64, i64, i32, p, i32, i64, i32]
+    fn = lib.llmcore_rms_norm_f32
+    fn.restype = None
+    fn.argtypes = [p, i64, p, f32, p, i64, i64, i64]
+    fn = lib.llmcore_fused_add_rms_norm_f32
+    fn.restype = None
+    fn.argtypes = [p, i64, p, i64, p, f32, p, p, i64, i64]
+    fn = lib.llmcore_silu_and_mul_f32
+    fn.restype = None
+    fn.argtypes = [p, i64, p, i64, i64]

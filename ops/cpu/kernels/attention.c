@@ -1,0 +1,195 @@
+/* Paged attention on the CPU, float32, reading the KV cache where it lies.
+ *
+ * The torch path gathers every sequence's keys and values into a padded batch
+ * before one attention call: three passes over the cache bytes where one will
+ * do. Here each (query token, kv head) pair walks its sequence's block table and
+ * keeps an online softmax (running max, running sum, rescaled accumulator), so a
+ * cached key or value is read once per step and nothing is written but `out`.
+ *
+ * Every pair is computed alone, in a fixed order, by one thread: the result for a
+ * sequence does not depend on what else is in the batch.
+ *
+ * Layout (as ops/attention.py): a cache is [num_blocks, block_size, num_kv_heads,
+ * head_dim], contiguous; query and out are [tokens, num_heads, head_dim] with the
+ * given token and head strides (the head dim contiguous). Sequence s owns query
+ * rows query_start_loc[s] .. query_start_loc[s + 1] - 1, which are the last q_len
+ * of its seq_lens[s] tokens; row j attends to positions 0 .. seq_lens[s] - q_len + j.
+ * A NULL query_start_loc means one query row per sequence (decode).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "vec.h"
+
+#define MAX_GROUP 16
+#define MAX_HEAD_DIM 256
+#define TILE 16 /* keys per online-softmax step: one vector of scores */
+
+/* Sixteen vectors in, one out: lane t is the sum of the lanes of s[t]. A shuffle
+ * tree (15 pairs of two-source shuffles and adds) instead of sixteen reductions. */
+static inline vf sum16(const vf s[TILE]) {
+    vf a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = SHUFFLE(s[2 * i], s[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21,
+                       22, 23) +
+               SHUFFLE(s[2 * i], s[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28,
+                       29, 30, 31);
+    /* a[i]: 8 partial sums of s[2i], then 8 of s[2i+1] */
+    for (int i = 0; i < 4; i++)
+        b[i] = SHUFFLE(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25,
+                       26, 27) +
+               SHUFFLE(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28,
+                       29, 30, 31);
+    /* b[i]: 4 partials each of s[4i .. 4i+3] */
+    for (int i = 0; i < 2; i++)
+        c[i] = SHUFFLE(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25,
+                       28, 29) +
+               SHUFFLE(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26,
+                       27, 30, 31);
+    /* c[i]: 2 partials each of s[8i .. 8i+7] */
+    return SHUFFLE(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           SHUFFLE(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+/* One (query row, kv head): the `group` query heads that share the kv head, over
+ * keys 0 .. num_keys - 1, a tile of up to 16 keys at a time (a tile never crosses a
+ * block). Always inlined into callers that fix head_dim, so the loops over the
+ * head's vectors unroll. */
+static inline __attribute__((always_inline)) void attend(
+    const float *restrict query, int64_t q_stride_h, const float *restrict key_cache,
+    const float *restrict value_cache, const int32_t *restrict table, int num_keys, int kv_head,
+    int group, int num_kv_heads, const int head_dim, int block_size, float scale,
+    float *restrict out, int64_t out_stride_h) {
+    const int nv = head_dim / W;
+    vf q[MAX_GROUP][MAX_HEAD_DIM / W];
+    vf acc[MAX_GROUP][MAX_HEAD_DIM / W];
+    vf prob[MAX_GROUP];
+    float run_max[MAX_GROUP], run_sum[MAX_GROUP];
+    const int64_t token_stride = (int64_t)num_kv_heads * head_dim;
+    const int64_t block_stride = (int64_t)block_size * token_stride;
+
+    for (int g = 0; g < group; g++) {
+        const float *src = query + (int64_t)(kv_head * group + g) * q_stride_h;
+        for (int c = 0; c < nv; c++) {
+            q[g][c] = load(src + c * W) * scale;
+            acc[g][c] = splat(0.0f);
+        }
+        run_max[g] = -INFINITY;
+        run_sum[g] = 0.0f;
+    }
+    for (int start = 0, n = 0; start < num_keys; start += n) {
+        const int in_block = start % block_size;
+        const int left = num_keys - start < TILE ? num_keys - start : TILE;
+        n = left < block_size - in_block ? left : block_size - in_block;
+        const int64_t base = (int64_t)table[start / block_size] * block_stride +
+                             (int64_t)in_block * token_stride + kv_head * head_dim;
+        const float *k = key_cache + base;
+        const float *v = value_cache + base;
+        if (in_block + n == block_size && start + n < num_keys) {
+            /* The next block is elsewhere in memory: ask for its first rows now, so
+             * they arrive while this tile is computed. */
+            const int64_t next =
+                (int64_t)table[start / block_size + 1] * block_stride + kv_head * head_dim;
+            const int ahead = block_size < TILE ? block_size : TILE;
+            for (int t = 0; t < ahead; t++)
+                for (int c = 0; c < nv; c++) {
+                    __builtin_prefetch(key_cache + next + t * token_stride + c * W);
+                    __builtin_prefetch(value_cache + next + t * token_stride + c * W);
+                }
+        }
+        /* Scores: per head, sixteen lane-wise products summed by one shuffle tree. */
+        for (int g = 0; g < group; g++) {
+            vf partial[TILE];
+            for (int t = 0; t < TILE; t++) {
+                vf d = splat(0.0f);
+                if (t < n) {
+                    const float *kt = k + t * token_stride;
+                    for (int c = 0; c < nv; c++) d = vfma(q[g][c], load(kt + c * W), d);
+                }
+                partial[t] = d;
+            }
+            vf s = sum16(partial);
+            for (int t = n; t < TILE; t++) s[t] = -INFINITY;
+            float tile_max = s[0];
+            for (int t = 1; t < TILE; t++) tile_max = s[t] > tile_max ? s[t] : tile_max;
+            if (tile_max > run_max[g]) {
+                const float correction = expf(run_max[g] - tile_max);
+                run_sum[g] *= correction;
+                for (int c = 0; c < nv; c++) acc[g][c] *= correction;
+                run_max[g] = tile_max;
+            }
+            const vf p = vexp(s - run_max[g]);
+            float tile_sum = 0.0f;
+            for (int t = 0; t < TILE; t++) tile_sum += p[t];
+            run_sum[g] += tile_sum;
+            prob[g] = p;
+        }
+        /* acc += p V: one vector of the head at a time, kept in a register across
+         * the tile's keys. */
+        for (int c = 0; c < nv; c++)
+            for (int g = 0; g < group; g++) {
+                vf a = acc[g][c];
+                for (int t = 0; t < n; t++)
+                    a = vfma(splat(prob[g][t]), load(v + t * token_stride + c * W), a);
+                acc[g][c] = a;
+            }
+    }
+    for (int g = 0; g < group; g++) {
+        float *dst = out + (int64_t)(kv_head * group + g) * out_stride_h;
+        const float inv = 1.0f / run_sum[g];
+        for (int c = 0; c < nv; c++) store(dst + c * W, acc[g][c] * inv);
+    }
+}
+
+#define ATTEND_ARGS                                                                            \
+    const float *restrict query, int64_t q_stride_h, const float *restrict key_cache,          \
+        const float *restrict value_cache, const int32_t *restrict table, int num_keys,        \
+        int kv_head, int group, int num_kv_heads, int head_dim, int block_size, float scale,   \
+        float *restrict out, int64_t out_stride_h
+#define ATTEND_PASS(HEAD_DIM)                                                                  \
+    query, q_stride_h, key_cache, value_cache, table, num_keys, kv_head, group, num_kv_heads,  \
+        HEAD_DIM, block_size, scale, out, out_stride_h
+
+static void attend_64(ATTEND_ARGS) { (void)head_dim; attend(ATTEND_PASS(64)); }
+static void attend_128(ATTEND_ARGS) { (void)head_dim; attend(ATTEND_PASS(128)); }
+static void attend_any(ATTEND_ARGS) { attend(ATTEND_PASS(head_dim)); }
+
+/* Returns 0, or -1 if a size is past the stack buffers (the caller checks first). */
+int llmcore_paged_attention_f32(const float *query, int64_t q_stride_t, int64_t q_stride_h,
+                                const float *key_cache, const float *value_cache,
+                                const int32_t *block_tables, int64_t table_stride,
+                                const int32_t *seq_lens, const int32_t *query_start_loc,
+                                int32_t num_seqs, int32_t num_heads, int32_t num_kv_heads,
+                                int32_t head_dim, int32_t block_size, float scale, float *out,
+                                int64_t out_stride_t, int64_t out_stride_h) {
+    const int group = num_heads / num_kv_heads;
+    if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM || head_dim % W != 0 || block_size < 1)
+        return -1;
+    const int num_tokens = query_start_loc != NULL ? query_start_loc[num_seqs] : num_seqs;
+    int32_t *token_seq = malloc(sizeof(int32_t) * (num_tokens > 0 ? num_tokens : 1));
+    if (token_seq == NULL) return -1;
+    for (int s = 0; s < num_seqs; s++) {
+        const int first = query_start_loc != NULL ? query_start_loc[s] : s;
+        const int end = query_start_loc != NULL ? query_start_loc[s + 1] : s + 1;
+        for (int t = first; t < end; t++) token_seq[t] = s;
+    }
+    const int64_t items = (int64_t)num_tokens * num_kv_heads;
+    void (*attend_fn)(ATTEND_ARGS) =
+        head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
+
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; item++) {
+        const int t = (int)(item / num_kv_heads);
+        const int kv_head = (int)(item % num_kv_heads);
+        const int s = token_seq[t];
+        const int first = query_start_loc != NULL ? query_start_loc[s] : s;
+        const int q_len = query_start_loc != NULL ? query_start_loc[s + 1] - first : 1;
+        const int num_keys = seq_lens[s] - q_len + (t - first) + 1;
+        attend_fn(query + t * q_stride_t, q_stride_h, key_cache, value_cache,
+                  block_tables + s * table_stride, num_keys, kv_head, group, num_kv_heads,
+                  head_dim, block_size, scale, out + t * out_stride_t, out_stride_h);
+    }
+    free(token_seq);
+    return 0;
+}
