@@ -58,7 +58,11 @@ def paged_attention(
     starts = None if query_start_loc is None else _int32(query_start_loc)
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    out = torch.empty(num_tokens, num_heads, head_dim, dtype=query.dtype)
+    # Rows before query_start_loc[0] belong to no sequence: the kernel skips them.
+    skipped = starts is not None and int(starts[0]) != 0
+    out = (torch.zeros if skipped else torch.empty)(
+        num_tokens, num_heads, head_dim, dtype=query.dtype
+    )
     rc = lib.llmcore_paged_attention_f32(
         query.data_ptr(), query.stride(0), query.stride(1),
         key_cache.data_ptr(), value_cache.data_ptr(),
@@ -89,6 +93,18 @@ def reshape_and_cache(
     """As `ops.reshape_and_cache` (caches must be contiguous)."""
     lib = library()
     assert lib is not None and key_cache.is_contiguous() and value_cache.is_contiguous()
+    slot_shape = key_cache.shape[2:]
+    if (
+        key.dim() != 3
+        or key.shape[1:] != slot_shape
+        or value.shape != key.shape
+        or value_cache.shape != key_cache.shape
+        or slot_mapping.shape != (key.shape[0],)
+    ):
+        raise ValueError(
+            f"reshape_and_cache: key {tuple(key.shape)}, value {tuple(value.shape)} and "
+            f"slot_mapping {tuple(slot_mapping.shape)} do not fit caches {tuple(key_cache.shape)}"
+        )
     key, value = _heads_packed(key), _heads_packed(value)
     slots = slot_mapping if slot_mapping.dtype == torch.int64 else slot_mapping.long()
     slots = slots.contiguous()
@@ -112,6 +128,20 @@ def rotary_embedding(
     last dim; the cache float32 and contiguous)."""
     lib = library()
     assert lib is not None and query.stride(-1) == 1 and key.stride(-1) == 1
+    rotary_dim = cos_sin_cache.shape[1]
+    if (
+        query.dim() != 3
+        or key.dim() != 3
+        or positions.shape != (query.shape[0],)
+        or key.shape[0] != query.shape[0]
+        or rotary_dim > min(query.shape[2], key.shape[2])
+        or rotary_dim % 2
+    ):
+        raise ValueError(
+            f"rotary_embedding: positions {tuple(positions.shape)}, query "
+            f"{tuple(query.shape)}, key {tuple(key.shape)} and a table of width {rotary_dim} "
+            "do not fit"
+        )
     pos = positions if positions.dtype == torch.int64 else positions.long()
     pos = pos.contiguous()
     cos_sin = cos_sin_cache.contiguous()

@@ -54,10 +54,11 @@ def cache_dir() -> Path:
 
 
 def compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
+    """`$CC` if it is set (and found), else the first of cc, gcc, clang on PATH."""
+    explicit = os.environ.get("CC", "").strip()
+    if explicit:
+        return explicit if shutil.which(explicit) else None
+    return next((name for name in ("cc", "gcc", "clang") if shutil.which(name)), None)
 
 
 def _sources() -> dict[str, str]:
@@ -114,7 +115,10 @@ def library() -> ctypes.CDLL | None:
         return None
     cc = compiler()
     if cc is None:
-        logger.info("no C compiler found: CPU ops take their torch paths")
+        logger.warning(
+            "no C compiler found (%s): CPU ops take their torch paths",
+            f"CC={os.environ['CC']!r}" if os.environ.get("CC") else "cc, gcc, clang",
+        )
         return None
     try:
         import torch  # noqa: F401  (its libgomp must be loaded first: see the module doc)

@@ -6,6 +6,12 @@
 
 #include "vec.h"
 
+/* Below -88, g * sigmoid(g) is under 1e-36 in magnitude: 0 there (vexp clamps its
+ * argument at 88, which would leave g / (e^88 + 1), not small for huge |g|). */
+static inline vf silu(vf g) {
+    return vselect(g < splat(-88.0f), splat(0.0f), g / (vexp(-g) + 1.0f));
+}
+
 void llmcore_silu_and_mul_f32(const float *x, int64_t x_stride, float *out, int64_t rows,
                               int64_t d) {
 #pragma omp parallel for schedule(static) if (rows * d >= (1 << 16))
@@ -13,13 +19,7 @@ void llmcore_silu_and_mul_f32(const float *x, int64_t x_stride, float *out, int6
         const float *gate = x + r * x_stride, *up = gate + d;
         float *o = out + r * d;
         int64_t i = 0;
-        for (; i + W <= d; i += W) {
-            const vf g = load(gate + i);
-            store(o + i, g / (vexp(-g) + 1.0f) * load(up + i));
-        }
-        for (; i < d; i++) {
-            vf g = splat(gate[i]);
-            o[i] = (g / (vexp(-g) + 1.0f))[0] * up[i];
-        }
+        for (; i + W <= d; i += W) store(o + i, silu(load(gate + i)) * load(up + i));
+        for (; i < d; i++) o[i] = silu(splat(gate[i]))[0] * up[i];
     }
 }

@@ -166,23 +166,27 @@ int llmcore_paged_attention_f32(const float *query, int64_t q_stride_t, int64_t 
     const int group = num_heads / num_kv_heads;
     if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM || head_dim % W != 0 || block_size < 1)
         return -1;
-    const int num_tokens = query_start_loc != NULL ? query_start_loc[num_seqs] : num_seqs;
-    int32_t *token_seq = malloc(sizeof(int32_t) * (num_tokens > 0 ? num_tokens : 1));
-    if (token_seq == NULL) return -1;
+    /* Rows from query_start_loc[0] on belong to the sequences; rows before it, if
+     * any, to none, and they are not written. */
+    const int first_row = query_start_loc != NULL ? query_start_loc[0] : 0;
+    const int end_row = query_start_loc != NULL ? query_start_loc[num_seqs] : num_seqs;
+    const int num_rows = end_row - first_row;
+    int32_t *row_seq = malloc(sizeof(int32_t) * (num_rows > 0 ? num_rows : 1));
+    if (row_seq == NULL) return -1;
     for (int s = 0; s < num_seqs; s++) {
         const int first = query_start_loc != NULL ? query_start_loc[s] : s;
         const int end = query_start_loc != NULL ? query_start_loc[s + 1] : s + 1;
-        for (int t = first; t < end; t++) token_seq[t] = s;
+        for (int t = first; t < end; t++) row_seq[t - first_row] = s;
     }
-    const int64_t items = (int64_t)num_tokens * num_kv_heads;
+    const int64_t items = (int64_t)num_rows * num_kv_heads;
     void (*attend_fn)(ATTEND_ARGS) =
         head_dim == 64 ? attend_64 : head_dim == 128 ? attend_128 : attend_any;
 
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; item++) {
-        const int t = (int)(item / num_kv_heads);
+        const int t = first_row + (int)(item / num_kv_heads);
         const int kv_head = (int)(item % num_kv_heads);
-        const int s = token_seq[t];
+        const int s = row_seq[t - first_row];
         const int first = query_start_loc != NULL ? query_start_loc[s] : s;
         const int q_len = query_start_loc != NULL ? query_start_loc[s + 1] - first : 1;
         const int num_keys = seq_lens[s] - q_len + (t - first) + 1;
@@ -190,6 +194,6 @@ int llmcore_paged_attention_f32(const float *query, int64_t q_stride_t, int64_t 
                   block_tables + s * table_stride, num_keys, kv_head, group, num_kv_heads,
                   head_dim, block_size, scale, out + t * out_stride_t, out_stride_h);
     }
-    free(token_seq);
+    free(row_seq);
     return 0;
 }
