@@ -130,21 +130,21 @@ def _kernel_attention(p: Paged, decode: bool) -> torch.Tensor:
     )
 
 
+def _public_attention(p: Paged, decode: bool) -> torch.Tensor:
+    """The public op (whichever path dispatch picks)."""
+    if decode:
+        return ops.paged_attention_decode(
+            p.query, p.key_cache, p.value_cache, p.block_tables, p.seq_lens, p.scale
+        )
+    return ops.paged_attention_prefill(
+        p.query, p.key_cache, p.value_cache, p.block_tables, p.query_start_loc, p.seq_lens,
+        p.scale,
+    )  # fmt: skip
+
+
 def _torch_attention(p: Paged, decode: bool) -> torch.Tensor:
     with torch_path():
-        if decode:
-            return ops.paged_attention_decode(
-                p.query, p.key_cache, p.value_cache, p.block_tables, p.seq_lens, p.scale
-            )
-        return ops.paged_attention_prefill(
-            p.query,
-            p.key_cache,
-            p.value_cache,
-            p.block_tables,
-            p.query_start_loc,
-            p.seq_lens,
-            p.scale,
-        )
+        return _public_attention(p, decode)
 
 
 def _prefill_lens(bs: int) -> tuple[list[int], list[int]]:
@@ -476,23 +476,11 @@ def _cast(p: Paged, dtype: torch.dtype) -> Paged:
 
 
 def _run_decode(dtype: torch.dtype, head_dim: int = 64) -> Any:
-    p = _cast(_paged([5, 20], [1, 1], 4, 2, head_dim, 16), dtype)
-    return ops.paged_attention_decode(
-        p.query, p.key_cache, p.value_cache, p.block_tables, p.seq_lens, p.scale
-    )
+    return _public_attention(_cast(_paged([5, 20], [1, 1], 4, 2, head_dim, 16), dtype), True)
 
 
 def _run_prefill(dtype: torch.dtype, head_dim: int = 64) -> Any:
-    p = _cast(_paged([5, 20], [5, 3], 4, 2, head_dim, 16), dtype)
-    return ops.paged_attention_prefill(
-        p.query,
-        p.key_cache,
-        p.value_cache,
-        p.block_tables,
-        p.query_start_loc,
-        p.seq_lens,
-        p.scale,
-    )
+    return _public_attention(_cast(_paged([5, 20], [5, 3], 4, 2, head_dim, 16), dtype), False)
 
 
 DISPATCH = pytest.mark.parametrize(
