@@ -26,6 +26,12 @@
 #define MAX_HEAD_DIM 256
 #define TILE 16 /* keys per online-softmax step: one vector of scores */
 
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
 /* Sixteen vectors in, one out: lane t is the sum of the lanes of s[t]. A shuffle
  * tree (15 pairs of two-source shuffles and adds) instead of sixteen reductions. */
 static inline vf sum16(const vf s[TILE]) {
@@ -65,6 +71,7 @@ static inline __attribute__((always_inline)) void attend(
     vf q[MAX_GROUP][MAX_HEAD_DIM / W];
     vf acc[MAX_GROUP][MAX_HEAD_DIM / W];
     vf prob[MAX_GROUP];
+    vf partial[MAX_GROUP][TILE];
     float run_max[MAX_GROUP], run_sum[MAX_GROUP];
     const int64_t token_stride = (int64_t)num_kv_heads * head_dim;
     const int64_t block_stride = (int64_t)block_size * token_stride;
@@ -98,25 +105,34 @@ static inline __attribute__((always_inline)) void attend(
                     __builtin_prefetch(value_cache + next + t * token_stride + c * W);
                 }
         }
-        /* Scores: per head, sixteen lane-wise products summed by one shuffle tree. */
-        for (int g = 0; g < group; g++) {
-            vf partial[TILE];
-            for (int t = 0; t < TILE; t++) {
-                vf d = splat(0.0f);
-                if (t < n) {
-                    const float *kt = k + t * token_stride;
-                    for (int c = 0; c < nv; c++) d = vfma(q[g][c], load(kt + c * W), d);
-                }
-                partial[t] = d;
+        /* Scores: each key row loaded once for the group's heads; per head, sixteen
+         * lane-wise products (two accumulators each) summed by one shuffle tree. */
+        for (int t = 0; t < TILE; t++) {
+            if (t >= n) {
+                for (int g = 0; g < group; g++) partial[g][t] = splat(0.0f);
+                continue;
             }
-            vf s = sum16(partial);
+            const float *kt = k + t * token_stride;
+            vf key[MAX_HEAD_DIM / W];
+            UNROLL for (int c = 0; c < nv; c++) key[c] = load(kt + c * W);
+            for (int g = 0; g < group; g++) {
+                vf d0 = q[g][0] * key[0], d1 = splat(0.0f);
+                UNROLL for (int c = 1; c < nv; c++) {
+                    if (c % 2) d1 = vfma(q[g][c], key[c], d1);
+                    else d0 = vfma(q[g][c], key[c], d0);
+                }
+                partial[g][t] = d0 + d1;
+            }
+        }
+        for (int g = 0; g < group; g++) {
+            vf s = sum16(partial[g]);
             for (int t = n; t < TILE; t++) s[t] = -INFINITY;
             float tile_max = s[0];
             for (int t = 1; t < TILE; t++) tile_max = s[t] > tile_max ? s[t] : tile_max;
             if (tile_max > run_max[g]) {
                 const float correction = expf(run_max[g] - tile_max);
                 run_sum[g] *= correction;
-                for (int c = 0; c < nv; c++) acc[g][c] *= correction;
+                UNROLL for (int c = 0; c < nv; c++) acc[g][c] *= correction;
                 run_max[g] = tile_max;
             }
             const vf p = vexp(s - run_max[g]);
@@ -125,15 +141,30 @@ static inline __attribute__((always_inline)) void attend(
             run_sum[g] += tile_sum;
             prob[g] = p;
         }
-        /* acc += p V: one vector of the head at a time, kept in a register across
-         * the tile's keys. */
-        for (int c = 0; c < nv; c++)
-            for (int g = 0; g < group; g++) {
-                vf a = acc[g][c];
-                for (int t = 0; t < n; t++)
-                    a = vfma(splat(prob[g][t]), load(v + t * token_stride + c * W), a);
-                acc[g][c] = a;
+        /* acc += p V, per head, the head's vectors held in registers across the tile
+         * with even and odd keys in two sets of accumulators (independent chains). */
+        for (int g = 0; g < group; g++) {
+            vf a0[MAX_HEAD_DIM / W], a1[MAX_HEAD_DIM / W];
+            UNROLL for (int c = 0; c < nv; c++) {
+                a0[c] = acc[g][c];
+                a1[c] = splat(0.0f);
             }
+            int t = 0;
+            for (; t + 1 < n; t += 2) {
+                const vf p0 = splat(prob[g][t]), p1 = splat(prob[g][t + 1]);
+                const float *v0 = v + t * token_stride, *v1 = v0 + token_stride;
+                UNROLL for (int c = 0; c < nv; c++) {
+                    a0[c] = vfma(p0, load(v0 + c * W), a0[c]);
+                    a1[c] = vfma(p1, load(v1 + c * W), a1[c]);
+                }
+            }
+            if (t < n) {
+                const vf p0 = splat(prob[g][t]);
+                UNROLL for (int c = 0; c < nv; c++)
+                    a0[c] = vfma(p0, load(v + t * token_stride + c * W), a0[c]);
+            }
+            UNROLL for (int c = 0; c < nv; c++) acc[g][c] = a0[c] + a1[c];
+        }
     }
     for (int g = 0; g < group; g++) {
         float *dst = out + (int64_t)(kv_head * group + g) * out_stride_h;
