@@ -1,7 +1,8 @@
 """Offline throughput of the engine: SmolLM2-135M-Instruct at float32, 64 prompts of
 ~128 tokens, 128 greedy output tokens each, through `llmcore.LLM`; beside HF
 transformers `generate` at batch 8 (left-padded) and batch 1 in the same run, and
-the model FLOP/s achieved as a fraction of this machine's fp32 matmul rate.
+the model FLOP/s achieved (whole run, and the steps where all sequences decode) as a
+fraction of this machine's best fp32 matmul rate (MKL or oneDNN, 2048^3).
 
     python tests/bench/bench_engine.py [--prompts 64] [--hf-batch1-prompts 4]
 """
@@ -21,6 +22,7 @@ import torch
 import llmcore
 from llmcore.cpu_malloc import tune_malloc
 from llmcore.default_model import default_chat_model_path
+from ops.linear import onednn_available
 
 WORDS = ("the river city night music code light winter garden stone letter morning ocean "
          "bridge story machine forest a of and to in is was for on with").split()  # fmt: skip
@@ -35,11 +37,19 @@ def make_prompts(tokenizer: llmcore.Tokenizer, n: int, length: int) -> list[list
     return prompts
 
 
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """The machine's fp32 GEMM rate, n^3, best of `repeats`, through each library torch
+    has: MKL (`torch.mm`) and oneDNN (what llmcore's matmuls use, when present)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
+    calls = {"MKL torch.mm": lambda: a @ b}
+    if onednn_available():
+        bt = b.t().contiguous()
+        calls["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    rates = {}
+    for name, call in calls.items():
+        call()
+        rates[name] = 2 * n**3 / min(_timed(call) for _ in range(repeats))
+    return rates
 
 
 def _timed(fn: object) -> float:
@@ -54,6 +64,26 @@ def matmul_params(loaded: llmcore.LoadedModel) -> tuple[int, int]:
     per_layer = sum(t.numel() for t in (m.layers[0].qkv, m.layers[0].o_proj,
                                          m.layers[0].gate_up, m.layers[0].down))  # fmt: skip
     return per_layer * len(m.layers), m.lm_head.numel()
+
+
+def decode_phase(llm: llmcore.LLM, prompts: list[list[int]], new: int) -> tuple[float, int]:
+    """Seconds and count of the engine steps in which every sequence decodes one token
+    (no prefill in the step): the steady state at len(prompts) concurrent sequences."""
+    core = llm.core
+    params = llmcore.SamplingParams(temperature=0, max_tokens=new, ignore_eos=True)
+    for i, prompt in enumerate(prompts):
+        core.add(core.make_requests(prompt, params, f"decode-phase-{i}"))
+    seconds, steps = 0.0, 0
+    while core.has_work():
+        before, t0 = core.statistics(), time.perf_counter()
+        core.step()
+        elapsed, after = time.perf_counter() - t0, core.statistics()
+        decoded = after.num_generated_tokens - before.num_generated_tokens
+        if after.num_prompt_tokens_computed == before.num_prompt_tokens_computed and decoded == len(
+            prompts
+        ):
+            seconds, steps = seconds + elapsed, steps + 1
+    return seconds, steps
 
 
 def hf_rate(model: object, prompts: list[list[int]], batch: int, new: int) -> float:
@@ -111,7 +141,10 @@ def main() -> None:
     ours = generated / elapsed
     body, head = matmul_params(llm.core.loaded)
     flops = 2 * (body * (prompt_tokens + generated) + head * generated) / elapsed
-    gemm = matmul_rate()
+    decode_seconds, decode_steps = decode_phase(llm, prompts, 64)
+    decode_flops = 2 * (body + head) * args.prompts * decode_steps / decode_seconds
+    gemms = matmul_rates()
+    gemm = max(gemms.values())
     cfg = llm.core.loaded.config
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
     rss_llmcore = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -135,8 +168,12 @@ def main() -> None:
     print(f"| HF `generate`, batch 8 (padded) | {hf8:.0f} | 1.00 |")
     print(f"| HF `generate`, batch 1 ({args.hf_batch1_prompts} prompts) | {hf1:.0f} | |")
     print(f"| model FLOP/s (weight matmuls; lm_head on sampled tokens) | {flops / 1e9:.1f} G | "
-          f"{flops / gemm:.2f} of the machine's fp32 GEMM |")  # fmt: skip
-    print(f"| fp32 GEMM rate (2048^3 torch.mm) | {gemm / 1e9:.1f} G | 1.00 |")
+          f"{flops / gemm:.2f} of the machine's best fp32 GEMM |")  # fmt: skip
+    print(f"| model FLOP/s in decode steps, {args.prompts} sequences ({decode_steps} steps, "
+          f"{1000 * decode_seconds / decode_steps:.0f} ms each) | {decode_flops / 1e9:.1f} G | "
+          f"{decode_flops / gemm:.2f} of the machine's best fp32 GEMM |")  # fmt: skip
+    for name, rate in gemms.items():
+        print(f"| fp32 GEMM rate, 2048^3, {name} | {rate / 1e9:.1f} G | {rate / gemm:.2f} |")
     print(f"| peak RSS after the llmcore run | {rss_llmcore:.0f} MiB | |")
     print(f"| KV cache bytes per token (f32) | {kv_per_token} | |")
 
