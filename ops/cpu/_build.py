@@ -10,6 +10,9 @@ Later processes load the cached file. ctypes releases the GIL during a call.
 The library is built with `-fopenmp` and names `libgomp.so.1`; torch has already
 loaded its own copy of that library, so the dynamic linker binds ours to it and
 the kernels run on torch's OpenMP threads instead of a second, competing pool.
+Where `-fopenmp` does not link (clang without LLVM's libomp), the kernels are
+built with `-fopenmp-simd` instead: still vectorized, on one thread, with a
+warning.
 
 No compiler, a failed build or `LLMCORE_CPU_KERNELS=0` leaves `library()` None:
 every op then takes its torch path, which gives the same results.
@@ -36,9 +39,10 @@ HEADERS = ("vec.h",)
 # No floating-point contraction: the kernels write each fused multiply-add they
 # mean, and the others round as torch does (see docs/ops.md).
 FLAGS = (
-    "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off",
-    "-std=gnu11", "-shared", "-fPIC",
+    "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=gnu11", "-shared",
+    "-fPIC",
 )  # fmt: skip
+THREADED, SINGLE_THREADED = "-fopenmp", "-fopenmp-simd"  # the second if the first fails
 
 
 def enabled() -> bool:
@@ -99,11 +103,23 @@ def build(cc: str) -> Path:
             if name in SOURCES:
                 files.append(str(path))
         out = Path(tmp) / target.name
-        result = subprocess.run(
-            [cc, *FLAGS, "-o", str(out), *files], capture_output=True, text=True, timeout=300
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {result.stderr.strip()[-2000:]}")
+        errors = []
+        for openmp in (THREADED, SINGLE_THREADED):
+            result = subprocess.run(
+                [cc, *FLAGS, openmp, "-o", str(out), *files],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if result.returncode == 0:
+                break
+            errors.append(f"{cc} {openmp}: {result.stderr.strip()[-1000:]}")
+        else:
+            raise RuntimeError("; ".join(errors))
+        if openmp == SINGLE_THREADED:
+            logger.warning(
+                "CPU kernels built without OpenMP (%s), so they run on one thread", errors[0]
+            )
         os.replace(out, target)  # atomic: a concurrent builder loads one or the other
     return target
 

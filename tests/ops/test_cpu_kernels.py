@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -602,6 +603,20 @@ def test_missing_compiler_named_by_cc_is_not_replaced(
     assert _build.compiler() is None
     monkeypatch.delenv("CC")
     assert _build.compiler() in ("cc", "gcc", "clang")
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
+def test_clang_builds_with_or_without_openmp(tmp_path: Path) -> None:
+    """clang takes the other branch of vec.h; without LLVM's libomp `-fopenmp` does not
+    link and the kernels are built single-threaded (`-fopenmp-simd`), with a warning."""
+    main = tmp_path / "main.c"
+    main.write_text("int main(void) { return 0; }\n")
+    links = subprocess.run(
+        ["clang", "-fopenmp", str(main), "-o", str(tmp_path / "main")], capture_output=True
+    )
+    result, stderr = _probe({"CC": "clang", "LLMCORE_CACHE_DIR": str(tmp_path / "cache")})
+    assert result["ok"] and result["lib"] is not None
+    assert ("built without OpenMP" in stderr) == (links.returncode != 0)
 
 
 @pytest.mark.parametrize("value", ["0", "false", "No"])
