@@ -16,7 +16,7 @@ stream stay float32. With AMX that is ~2x faster than float32 and within cosine
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +24,24 @@ import torch.nn.functional as F
 from llmcore.config import ModelConfig
 from llmcore.errors import CorruptModelFileError, UnsupportedArchitectureError
 from llmcore.model_api import EncoderBatch
+from ops.linear import Linear
 
 _IGNORED_PREFIXES = ("pooler.", "cls.")  # the NSP/MLM heads: sentence embeddings skip them
 
 
 @dataclass(slots=True)
 class _Linear:
+    """A matmul in the weight's dtype (ops.linear: oneDNN for float32 on the CPU)."""
+
     weight: torch.Tensor
     bias: torch.Tensor
+    mm: Linear = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mm = Linear(self.weight, self.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+        return self.mm(x.to(self.weight.dtype)).to(x.dtype)
 
 
 @dataclass(slots=True)
