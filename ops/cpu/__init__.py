@@ -32,10 +32,6 @@ def attention_supported(num_heads: int, num_kv_heads: int, head_dim: int, block_
     )
 
 
-def _int32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
-
-
 def paged_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -54,8 +50,9 @@ def paged_attention(
     if query.stride(-1) != 1:
         query = query.contiguous()
     key_cache, value_cache = key_cache.contiguous(), value_cache.contiguous()
-    tables, lens = _int32(block_tables), _int32(seq_lens)
-    starts = None if query_start_loc is None else _int32(query_start_loc)
+    tables = block_tables.to(torch.int32).contiguous()  # no copy when already so
+    lens = seq_lens.to(torch.int32).contiguous()
+    starts = None if query_start_loc is None else query_start_loc.to(torch.int32).contiguous()
     num_tokens, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
     # Rows before query_start_loc[0] belong to no sequence: the kernel skips them.
@@ -106,15 +103,15 @@ def reshape_and_cache(
             f"slot_mapping {tuple(slot_mapping.shape)} do not fit caches {tuple(key_cache.shape)}"
         )
     key, value = _heads_packed(key), _heads_packed(value)
-    slots = slot_mapping if slot_mapping.dtype == torch.int64 else slot_mapping.long()
-    slots = slots.contiguous()
-    if slots.numel() and int(slots.max()) >= key_cache.shape[0] * key_cache.shape[1]:
-        raise IndexError("slot_mapping points past the end of the KV cache")
-    lib.llmcore_reshape_and_cache_f32(
+    slots = slot_mapping.to(torch.int64).contiguous()
+    rc = lib.llmcore_reshape_and_cache_f32(
         key.data_ptr(), key.stride(0), value.data_ptr(), value.stride(0),
         key_cache.data_ptr(), value_cache.data_ptr(), slots.data_ptr(),
         key.shape[0], key_cache.shape[2] * key_cache.shape[3],
+        key_cache.shape[0] * key_cache.shape[1],
     )  # fmt: skip
+    if rc != 0:  # checked by the kernel before it writes anything
+        raise IndexError("slot_mapping points past the end of the KV cache")
 
 
 def rotary_embedding(
@@ -142,16 +139,15 @@ def rotary_embedding(
             f"{tuple(query.shape)}, key {tuple(key.shape)} and a table of width {rotary_dim} "
             "do not fit"
         )
-    pos = positions if positions.dtype == torch.int64 else positions.long()
-    pos = pos.contiguous()
+    pos = positions.to(torch.int64).contiguous()
     cos_sin = cos_sin_cache.contiguous()
-    if pos.numel() and (int(pos.max()) >= cos_sin.shape[0] or int(pos.min()) < 0):
-        raise IndexError("a position is outside the rotary cos/sin table")
-    lib.llmcore_rotary_embedding_f32(
+    rc = lib.llmcore_rotary_embedding_f32(
         pos.data_ptr(), query.data_ptr(), query.stride(0), query.stride(1), query.shape[1],
         key.data_ptr(), key.stride(0), key.stride(1), key.shape[1],
-        cos_sin.data_ptr(), cos_sin.shape[1], query.shape[0], int(is_neox),
+        cos_sin.data_ptr(), cos_sin.shape[0], cos_sin.shape[1], query.shape[0], int(is_neox),
     )  # fmt: skip
+    if rc != 0:  # checked by the kernel before it rotates anything
+        raise IndexError("a position is outside the rotary cos/sin table")
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
  * token and head strides of their own (the head dim contiguous). cos_sin is
  * [max_positions, rotary_dim]: cos of the half angles, then sin. The neox layout
  * rotates the pairs (i, i + rotary_dim / 2), the GPT-J layout the pairs (2i, 2i + 1);
- * features past rotary_dim are left alone. Built without floating-point
+ * features past rotary_dim are left alone. A position outside the table makes the
+ * call return -1 before anything is rotated. Built without floating-point
  * contraction, each output is `x1 * cos - x2 * sin` or `x2 * cos + x1 * sin` rounded
  * as torch rounds it: the result is bit-identical to the torch path.
  */
@@ -30,11 +31,13 @@ static void rotate(float *restrict x, const float *restrict cos, const float *re
     }
 }
 
-void llmcore_rotary_embedding_f32(const int64_t *positions, float *query, int64_t q_stride_t,
-                                  int64_t q_stride_h, int32_t num_heads, float *key,
-                                  int64_t k_stride_t, int64_t k_stride_h, int32_t num_kv_heads,
-                                  const float *cos_sin, int32_t rotary_dim, int64_t num_tokens,
-                                  int32_t is_neox) {
+int llmcore_rotary_embedding_f32(const int64_t *positions, float *query, int64_t q_stride_t,
+                                 int64_t q_stride_h, int32_t num_heads, float *key,
+                                 int64_t k_stride_t, int64_t k_stride_h, int32_t num_kv_heads,
+                                 const float *cos_sin, int64_t num_positions, int32_t rotary_dim,
+                                 int64_t num_tokens, int32_t is_neox) {
+    for (int64_t t = 0; t < num_tokens; t++)
+        if (positions[t] < 0 || positions[t] >= num_positions) return -1;
     const int half = rotary_dim / 2;
 #pragma omp parallel for schedule(static) if (num_tokens >= 256)
     for (int64_t t = 0; t < num_tokens; t++) {
@@ -45,4 +48,5 @@ void llmcore_rotary_embedding_f32(const int64_t *positions, float *query, int64_
         for (int h = 0; h < num_kv_heads; h++)
             rotate(key + t * k_stride_t + h * k_stride_h, cos, sin, half, is_neox);
     }
+    return 0;
 }
