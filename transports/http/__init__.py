@@ -1,25 +1,26 @@
-# Owns the public face of the HTTP transport: a raw h11 HTTP/1.1 server over anyio
-# (TCP, TLS, Unix socket) that hands requests to llmcore's OpenAI service. Invariant:
-# everything a caller needs is importable from here; the modules behind it may move.
-"""The HTTP/1.1 transport: `serve(service, HTTPConfig(...))` or `HTTPServer`."""
+"""The HTTP/1.1 transport: `serve(service, HTTPConfig(...))` or `HTTPServer`.
+
+The public face of the HTTP transport: a raw h11 HTTP/1.1 server over anyio
+(TCP, TLS, Unix socket) that hands requests to llmcore's OpenAI service. Invariant:
+everything a caller needs is importable from here; the modules behind it may move.
+"""
 
 from __future__ import annotations
 
 from transports.http.config import HTTPConfig
 from transports.http.listeners import AddressInUseError, Listeners, open_listeners
 from transports.http.server import HTTPServer, ServerStatistics, run, serve
-from transports.http.service import (
-    HTTPRequest,
+from transports.service import (
     RequestFactory,
     Service,
     ServiceResponseLike,
     ServiceStreamLike,
+    TransportRequest,
 )
 
 __all__ = [
     "AddressInUseError",
     "HTTPConfig",
-    "HTTPRequest",
     "HTTPServer",
     "Listeners",
     "RequestFactory",
@@ -27,6 +28,7 @@ __all__ = [
     "Service",
     "ServiceResponseLike",
     "ServiceStreamLike",
+    "TransportRequest",
     "open_listeners",
     "run",
     "serve",

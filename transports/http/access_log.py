@@ -1,7 +1,8 @@
-# Owns the access log: one INFO line per request on logger "llmcore.http" with the
-# method, path, status, duration and request id (and, on a Unix socket, the peer's
-# uid). Invariant: a request that got no complete response is logged once too, with
-# the status sent (or 499 when none was) and the reason it ended early.
+"""The access log: one INFO line per request on logger "llmcore.http" with the
+method, path, status, duration and request id (and, on a Unix socket, the peer's
+uid). Invariant: a request that got no complete response is logged once too, with
+the status sent (or 499 when none was) and the reason it ended early.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-# Owns the decisions made from a request's head alone, before any body byte is read:
-# header limits (431), CORS preflight (204/403), API keys (401), the declared body
-# size (413) and the request id. Invariant: a request whose head is refused never
-# reaches the service, and its body is never read.
+"""The decisions made from a request's head alone, before any body byte is read:
+header limits (431), CORS preflight (204/403), API keys (401), the declared body
+size (413) and the request id. Invariant: a request whose head is refused never
+reaches the service, and its body is never read.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-# Owns API-key authentication: `Authorization: Bearer <key>` checked against every
-# configured key with hmac.compare_digest. Invariant: with keys configured, only the
-# public paths are served without a matching key, and the comparison time does not
-# depend on which key (if any) matched.
+"""API-key authentication: `Authorization: Bearer <key>` checked against every
+configured key with hmac.compare_digest. Invariant: with keys configured, only the
+public paths are served without a matching key, and the comparison time does not
+depend on which key (if any) matched.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-# Owns HTTPConfig: every listening address, limit, timeout and security option of the
-# HTTP transport in one frozen value. Invariant: a constructed HTTPConfig is valid
-# (positive limits, TLS files given together, no contradictory CORS settings), so
-# the rest of the transport never re-checks it; a uid allow-list is only accepted
-# where the platform can read a Unix-socket peer's uid.
+"""HTTPConfig: every listening address, limit, timeout and security option of the
+HTTP transport in one frozen value. Invariant: a constructed HTTPConfig is valid
+(positive limits, TLS files given together, no contradictory CORS settings), so
+the rest of the transport never re-checks it; a uid allow-list is only accepted
+where the platform can read a Unix-socket peer's uid.
+"""
 
 from __future__ import annotations
 

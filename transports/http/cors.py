@@ -1,7 +1,8 @@
-# Owns CORS: which origins, methods and request headers a browser may use, the
-# answer to a preflight, and the headers added to ordinary responses. Invariant: an
-# origin not configured (the default: none) never gets an Access-Control-Allow-*
-# header, and every response that depends on Origin says `Vary: Origin`.
+"""CORS: which origins, methods and request headers a browser may use, the
+answer to a preflight, and the headers added to ordinary responses. Invariant: an
+origin not configured (the default: none) never gets an Access-Control-Allow-*
+header, and every response that depends on Origin says `Vary: Origin`.
+"""
 
 from __future__ import annotations
 

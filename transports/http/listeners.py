@@ -1,7 +1,8 @@
-# Owns the listening sockets: TCP on host:port (port 0 picks a free one) or a Unix
-# domain socket created with a restrictive mode, and their URLs. Invariant: a Unix
-# socket path is only ever replaced when no server answers on it, and it is removed
-# on close only if it is still the socket this server created.
+"""The listening sockets: TCP on host:port (port 0 picks a free one) or a Unix
+domain socket created with a restrictive mode, and their URLs. Invariant: a Unix
+socket path is only ever replaced when no server answers on it, and it is removed
+on close only if it is still the socket this server created.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-# Owns who is on the other end of a Unix-socket connection: the peer's pid, uid and
-# gid read with SO_PEERCRED when the connection is accepted, and the decision of
-# HTTPConfig.uds_allowed_uids. Invariant: with a non-empty allow-list a connection is
-# let in only if its peer's uid was read and is on the list (it fails closed); with
-# an empty one every peer that could open the socket is let in.
+"""Who is on the other end of a Unix-socket connection: the peer's pid, uid and
+gid read with SO_PEERCRED when the connection is accepted, and the decision of
+HTTPConfig.uds_allowed_uids. Invariant: with a non-empty allow-list a connection is
+let in only if its peer's uid was read and is on the list (it fails closed); with
+an empty one every peer that could open the socket is let in.
+"""
 
 from __future__ import annotations
 

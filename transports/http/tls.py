@@ -1,7 +1,8 @@
-# Owns TLS: the server SSLContext built from the configured key and certificate
-# files, and the server-side handshake of one accepted stream. Invariant: a
-# handshake never outlives tls_handshake_timeout, and a failed one closes the raw
-# stream and yields nothing (it is not an HTTP error: there is no HTTP yet).
+"""TLS: the server SSLContext built from the configured key and certificate
+files, and the server-side handshake of one accepted stream. Invariant: a
+handshake never outlives tls_handshake_timeout, and a failed one closes the raw
+stream and yields nothing (it is not an HTTP error: there is no HTTP yet).
+"""
 
 from __future__ import annotations
 

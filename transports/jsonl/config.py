@@ -1,6 +1,7 @@
-# Owns BatchConfig: where a batch reads and writes, and how it runs, in one frozen
-# value. Invariant: a constructed BatchConfig is valid (positive limits, --resume
-# only with an output file), so the rest of the transport never re-checks it.
+"""BatchConfig: where a batch reads and writes, and how it runs, in one frozen
+value. Invariant: a constructed BatchConfig is valid (positive limits, --resume
+only with an output file), so the rest of the transport never re-checks it.
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-# Owns a batch job as the command line runs it: open the input and output (stdin and
-# stdout, or files), resume from an earlier output, report progress, stop cleanly on
-# SIGINT/SIGTERM, and say how it went (a summary and an exit code). Invariants: the
-# output file is opened in append mode, so each line lands whole at its end;
-# without --resume it is truncated first; with --resume nothing already in it is
-# rewritten; descriptors this module opens are closed before it returns.
+"""A batch job as the command line runs it: open the input and output (stdin and
+stdout, or files), resume from an earlier output, report progress, stop cleanly on
+SIGINT/SIGTERM, and say how it went (a summary and an exit code). Invariants: the
+output file is opened in append mode, so each line lands whole at its end;
+without --resume it is truncated first; with --resume nothing already in it is
+rewritten; descriptors this module opens are closed before it returns.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from transports.jsonl.output import FdWriter
 from transports.jsonl.progress import ProgressMode, ProgressReporter
 from transports.jsonl.resume import ResumeError, ResumeState, scan_output
 from transports.jsonl.runner import BatchRunner, BatchSummary
-from transports.jsonl.service import BatchRequest, RequestFactory, Service
 from transports.jsonl.source import FdSource
+from transports.service import RequestFactory, Service, TransportRequest
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STDIN_FD, STDOUT_FD = 0, 1
@@ -52,7 +53,7 @@ async def run_batch(
     service: Service,
     config: BatchConfig,
     *,
-    request_factory: RequestFactory = BatchRequest,
+    request_factory: RequestFactory = TransportRequest,
     stderr: TextIO | None = None,
     handle_signals: bool = True,
 ) -> BatchSummary:

@@ -1,10 +1,11 @@
-# Owns the OpenAI batch file format: one input line -> a `Job` (or a `LineError`
-# saying why it cannot run), one service answer -> a `Result`, and both -> one
-# output line. Invariant: every input line that is not blank yields exactly one
-# output line, encoded as a single complete JSON object: a result
-# `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`
-# for an executed request (whatever its status), or an error line
-# `{"id", "custom_id", "response": null, "error": {"code", "message", "line"}}`.
+"""The OpenAI batch file format: one input line -> a `Job` (or a `LineError`
+saying why it cannot run), one service answer -> a `Result`, and both -> one
+output line. Invariant: every input line that is not blank yields exactly one
+output line, encoded as a single complete JSON object: a result
+`{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`
+for an executed request (whatever its status), or an error line
+`{"id", "custom_id", "response": null, "error": {"code", "message", "line"}}`.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-# Owns the output side: `FdWriter` writes lines to a file descriptor, and
-# `OutputQueue` is the reorder buffer in front of it plus the task that drains it.
-# Invariants: each line reaches the descriptor in one write call of the whole line
-# (newline included) with nothing buffered in this process, so a reader or a killed
-# process sees only complete lines (short of a kernel-level short write); in ordered
-# mode lines are written strictly in sequence order; every queued line is written,
-# even after the work feeding the queue was cancelled, until `close()` is drained.
+"""The output side: `FdWriter` writes lines to a file descriptor, and
+`OutputQueue` is the reorder buffer in front of it plus the task that drains it.
+Invariants: each line reaches the descriptor in one write call of the whole line
+(newline included) with nothing buffered in this process, so a reader or a killed
+process sees only complete lines (short of a kernel-level short write); in ordered
+mode lines are written strictly in sequence order; every queued line is written,
+even after the work feeding the queue was cancelled, until `close()` is drained.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-# Owns what a batch tells a person: `BatchCounts` (lines written, by outcome, and
-# generated tokens) and `ProgressReporter`, which renders them on a text stream as a
-# live bar on a terminal or a plain line every few seconds otherwise. Invariant: the
-# reporter only reads counts (through a snapshot callable) and never fails the batch:
-# an error writing to its stream silences it.
+"""What a batch tells a person: `BatchCounts` (lines written, by outcome, and
+generated tokens) and `ProgressReporter`, which renders them on a text stream as a
+live bar on a terminal or a plain line every few seconds otherwise. Invariant: the
+reporter only reads counts (through a snapshot callable) and never fails the batch:
+an error writing to its stream silences it.
+"""
 
 from __future__ import annotations
 

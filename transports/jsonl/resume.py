@@ -1,9 +1,10 @@
-# Owns `--resume`: reading what an earlier run of the same batch already wrote.
-# Invariants: after `scan_output` the file ends with a complete line (a partial last
-# line, left by a run killed mid-write, is truncated away), so appending to it is
-# safe; a line counts as done if its `custom_id` is in the file, or, for a line with
-# no usable custom_id, if an error line names its line number; a complete line that
-# is not a batch output line stops the resume (the file is not what we think).
+"""`--resume`: reading what an earlier run of the same batch already wrote.
+Invariants: after `scan_output` the file ends with a complete line (a partial last
+line, left by a run killed mid-write, is truncated away), so appending to it is
+safe; a line counts as done if its `custom_id` is in the file, or, for a line with
+no usable custom_id, if an error line names its line number; a complete line that
+is not a batch output line stops the resume (the file is not what we think).
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-# Owns one batch run: read lines as they arrive, submit each to the service with a
-# bounded number in flight, and hand every outcome to the output queue. Invariants:
-# at most `max_concurrency` requests are in the service and at most `window` lines
-# are read but not yet written (reading waits, so memory stays bounded whatever the
-# input size); every line read (blank and already-done lines aside) gets exactly one
-# output line unless the run is stopped; `stop()` cancels reading and the requests
-# in flight (which aborts them in the engine), and whatever was queued for writing
-# is still written.
+"""One batch run: read lines as they arrive, submit each to the service with a
+bounded number in flight, and hand every outcome to the output queue. Invariants:
+at most `max_concurrency` requests are in the service and at most `window` lines
+are read but not yet written (reading waits, so memory stays bounded whatever the
+input size); every line read (blank and already-done lines aside) gets exactly one
+output line unless the run is stopped; `stop()` cancels reading and the requests
+in flight (which aborts them in the engine), and whatever was queued for writing
+is still written.
+"""
 
 from __future__ import annotations
 
@@ -32,17 +33,18 @@ from transports.jsonl.lines import (
 from transports.jsonl.output import LineWriter, Outcome, OutputLine, OutputQueue
 from transports.jsonl.progress import BatchCounts, ProgressSnapshot
 from transports.jsonl.resume import ResumeState
-from transports.jsonl.service import (
-    JSON_HEADERS,
-    BatchRequest,
+from transports.jsonl.source import ChunkSource, RawLine, read_lines
+from transports.service import (
     RequestFactory,
     Service,
-    close_stream,
+    TransportRequest,
+    close_unread,
     is_stream,
 )
-from transports.jsonl.source import ChunkSource, RawLine, read_lines
 
 logger = logging.getLogger("llmcore.jsonl")
+
+JSON_HEADERS: list[tuple[str, str]] = [("content-type", "application/json")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ class BatchRunner:
         service: Service,
         writer: LineWriter,
         *,
-        request_factory: RequestFactory = BatchRequest,
+        request_factory: RequestFactory = TransportRequest,
         ordered: bool = True,
         max_concurrency: int = 256,
         window: int | None = None,
@@ -184,7 +186,7 @@ class BatchRunner:
             message = f"the service failed: {type(exc).__name__}"
             return LineError(job.line, job.custom_id, ErrorCode.INTERNAL_ERROR, message)
         if is_stream(answer):
-            await close_stream(answer)
+            await close_unread(answer)
             message = "the service answered with a stream; streaming is not supported"
             return LineError(job.line, job.custom_id, ErrorCode.STREAM_UNSUPPORTED, message)
         return read_answer(job, request_id, answer)

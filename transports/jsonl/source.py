@@ -1,9 +1,10 @@
-# Owns reading the input: `FdSource` turns a file descriptor (a file, stdin, a pipe)
-# into chunks without blocking the event loop, and `read_lines` splits chunks into
-# numbered lines. Invariants: a line is yielded as soon as its newline arrives (a
-# co-process feeding a pipe gets answers before it closes it); line numbers count
-# every physical line, blank ones included, from 1; a line longer than the limit is
-# reported (data None) and skipped to its newline without being held in memory.
+"""Reading the input: `FdSource` turns a file descriptor (a file, stdin, a pipe)
+into chunks without blocking the event loop, and `read_lines` splits chunks into
+numbered lines. Invariants: a line is yielded as soon as its newline arrives (a
+co-process feeding a pipe gets answers before it closes it); line numbers count
+every physical line, blank ones included, from 1; a line longer than the limit is
+reported (data None) and skipped to its newline without being held in memory.
+"""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from transports.jsonl import BatchRequest, ResumeState, exit_code
+from transports.jsonl import ResumeState, TransportRequest, exit_code
 from transports.jsonl.source import FdSource
 
 if TYPE_CHECKING:
@@ -131,9 +131,9 @@ async def test_an_executed_request_with_an_error_status_is_a_response(
 async def test_the_request_handed_to_the_service(batch: Batch, line: Line) -> None:
     seen: list[tuple[Any, ...]] = []
 
-    def factory(*args: Any) -> BatchRequest:
+    def factory(*args: Any) -> TransportRequest:
         seen.append(args)
-        return BatchRequest(*args)
+        return TransportRequest(*args)
 
     await batch.run([line("a", {"prompt": "hi"}, url="/v1/completions")], request_factory=factory)
     method, path, headers, body, request_id = seen[0]

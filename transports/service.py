@@ -1,8 +1,13 @@
-# Owns the transport's view of the OpenAI service: structural types only (the real
-# classes live in llmcore and are never imported here). Invariant: the transport
-# reads a service's answer by attribute (`status`, `body`, `content_type`,
-# `headers`, `chunks`), so any object of the right shape works, and the request it
-# hands over is whatever the request factory builds.
+"""What every transport knows of the OpenAI service: structural types only.
+
+The real classes live in llmcore (`OpenAIService`, `ServiceRequest`,
+`ServiceResponse`, `ServiceStream`) and are never imported here, so a transport
+can be tested against a fake service and llmcore can change its internals freely.
+Invariant: a transport reads a service's answer by attribute only (`status`,
+`body`, `content_type`, `headers`, and `chunks` for a stream), and the request it
+hands over is whatever its request factory builds (`TransportRequest` by default,
+which has `ServiceRequest`'s attribute names).
+"""
 
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ ServiceAnswer = ServiceResponseLike | ServiceStreamLike
 
 
 class Service(Protocol):
-    """What the transport calls: `handle` never raises (errors come back as responses)."""
+    """What a transport calls: `handle` never raises (errors come back as responses)."""
 
     async def handle(self, request: Any) -> ServiceAnswer: ...
 
@@ -50,7 +55,7 @@ RequestFactory = Callable[[str, str, list[tuple[str, str]], bytes, str], Any]
 
 
 @dataclass(slots=True)
-class HTTPRequest:
+class TransportRequest:
     """The default request object: the attribute names of llmcore's ServiceRequest."""
 
     method: str
@@ -63,3 +68,10 @@ class HTTPRequest:
 def is_stream(answer: object) -> bool:
     """Whether the service answered with a stream (it has `chunks`)."""
     return hasattr(answer, "chunks")
+
+
+async def close_unread(answer: object) -> None:
+    """Close a stream answer's chunks unread (that aborts its engine request)."""
+    aclose = getattr(getattr(answer, "chunks", None), "aclose", None)
+    if aclose is not None:
+        await aclose()
