@@ -1,7 +1,9 @@
-# Owns the answers the transport gives by itself (400, 401, 403, 413, 431, 500, 503)
-# and their body: OpenAI's error shape {"error": {"message", "type", "param": null,
-# "code": null}}. Invariant: every error the transport writes goes through
-# `error_body`, so clients see one shape whether the transport or the service spoke.
+"""The answers the transport gives by itself (400, 401, 403, 408, 413, 431, 500,
+503, 505)
+and their body: OpenAI's error shape {"error": {"message", "type", "param": null,
+"code": null}}. Invariant: every error the transport writes goes through
+`error_json`, so clients see one shape whether the transport or the service spoke.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +16,17 @@ _ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     413: "invalid_request_error",
+    408: "invalid_request_error",
     431: "invalid_request_error",
     500: "internal_error",
     503: "service_unavailable",
+    505: "invalid_request_error",
 }
 
 _encoder = msgspec.json.Encoder()
 
 
-def error_body(status: int, message: str) -> bytes:
+def error_json(status: int, message: str) -> bytes:
     """OpenAI's error JSON for a transport-level failure."""
     error = {
         "message": message,
@@ -45,7 +49,7 @@ class EarlyResponse:
 
     @classmethod
     def error(cls, status: int, message: str, *, close: bool = False) -> EarlyResponse:
-        return cls(status, error_body(status, message), close=close)
+        return cls(status, error_json(status, message), close=close)
 
 
 def body_too_large(limit: int) -> EarlyResponse:
@@ -53,15 +57,3 @@ def body_too_large(limit: int) -> EarlyResponse:
     return EarlyResponse.error(
         413, f"Request body too large: the limit is {limit} bytes.", close=True
     )
-
-
-class RequestRejected(Exception):
-    """Raised while reading a request that must be answered by the transport."""
-
-    def __init__(self, response: EarlyResponse) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-    @classmethod
-    def error(cls, status: int, message: str) -> RequestRejected:
-        return cls(EarlyResponse.error(status, message, close=True))

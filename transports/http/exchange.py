@@ -1,9 +1,12 @@
-# Owns one admitted request's trip through the service: call `handle`, write the
-# complete response or the SSE stream (each event written as soon as it is ready),
-# and log it. Invariant:
-# a stream's `chunks` iterator is always aclose()d when the exchange ends, whether
-# it finished, the client went away, or the exchange was cancelled, so the engine
-# request is aborted promptly.
+"""`Exchange`: one admitted request's trip through the service: call `handle`,
+write the complete response or the SSE stream (each event written as soon as it is
+ready), and log it.
+
+Invariants: a stream's `chunks` iterator is always aclose()d when the exchange
+ends, whether it finished, the client went away, or the exchange was cancelled,
+so the engine request is aborted promptly; a client that goes away is logged as
+such (at info level, in the access log), never as an internal error.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import anyio
 from transports.http.access_log import log_access
 from transports.http.admission import Admission, RequestHead
 from transports.http.errors import EarlyResponse
-from transports.http.service import (
+from transports.http.framing import response_headers
+from transports.http.writer import ClientGone, ResponseWriter
+from transports.service import (
     RequestFactory,
     Service,
     ServiceAnswer,
@@ -24,7 +29,6 @@ from transports.http.service import (
     ServiceStreamLike,
     is_stream,
 )
-from transports.http.writer import ClientGone, ResponseWriter, response_headers
 
 logger = logging.getLogger("llmcore.http")
 

@@ -1,11 +1,12 @@
-# Owns the server: listening, the accept loops, the connection limit, the Unix-socket
-# peer check, TLS handshakes, and graceful shutdown. Invariants: at most
-# max_connections connections are served at once (one more is answered 503 with
-# Retry-After and closed); a Unix-socket peer whose uid is not allowed is answered 403
-# and closed without its request being read, and uses no connection slot; once
-# shutdown starts nothing new is accepted, idle connections close at once, in-flight
-# requests get the grace period, and then everything left is cancelled (closing
-# its streams) before shutdown returns.
+"""The server: listening, the accept loops, the connection limit, the Unix-socket
+peer check, TLS handshakes, and graceful shutdown. Invariants: at most
+max_connections connections are served at once (one more is answered 503 with
+Retry-After and closed); a Unix-socket peer whose uid is not allowed is answered 403
+and closed without its request being read, and uses no connection slot; once
+shutdown starts nothing new is accepted, idle connections close at once, in-flight
+requests get the grace period, and then everything left is cancelled (closing
+its streams) before shutdown returns.
+"""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ from anyio.abc import ByteStream, SocketListener, TaskGroup, TaskStatus
 from transports.http.admission import RequestAdmission
 from transports.http.config import HTTPConfig
 from transports.http.connection import HTTPConnection
-from transports.http.errors import error_body
+from transports.http.errors import error_json
+from transports.http.framing import complete_response, response_headers
 from transports.http.listeners import Listeners, open_listeners
 from transports.http.peers import PeerCredentials, PeerVerdict, check_peer
-from transports.http.service import HTTPRequest, RequestFactory, Service
 from transports.http.tls import server_ssl_context, tls_handshake
-from transports.http.writer import close_stream, response_head, response_headers
+from transports.http.writer import close_stream
+from transports.service import RequestFactory, Service, TransportRequest
 
 logger = logging.getLogger("llmcore.http")
 
@@ -58,7 +60,7 @@ class HTTPServer:
         service: Service,
         config: HTTPConfig | None = None,
         *,
-        request_factory: RequestFactory = HTTPRequest,
+        request_factory: RequestFactory = TransportRequest,
         listeners: Listeners | None = None,
     ) -> None:
         """`listeners`: sockets already bound by `open_listeners(config)` (bind first,
@@ -274,15 +276,10 @@ def _service_unavailable(retry_after: int) -> bytes:
 
 def _early_response(status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> bytes:
     """The bytes of a complete error response that closes the connection."""
-    body = error_body(status, message)
+    body = error_json(status, message)
     headers = response_headers("application/json", extra, length=len(body), close=True)
-    events = (
-        response_head(status, headers),
-        h11.Data(data=body),
-        h11.EndOfMessage(),
-    )
     conn = h11.Connection(h11.SERVER)
-    return b"".join(conn.send(event) or b"" for event in events)
+    return b"".join(conn.send(event) or b"" for event in complete_response(status, headers, body))
 
 
 async def serve(
@@ -290,7 +287,7 @@ async def serve(
     config: HTTPConfig,
     *,
     ready: Callable[[list[str]], None] | None = None,
-    request_factory: RequestFactory = HTTPRequest,
+    request_factory: RequestFactory = TransportRequest,
 ) -> None:
     """Serve until cancelled, calling `ready(urls)` once listening."""
     server = HTTPServer(service, config, request_factory=request_factory)
@@ -305,7 +302,7 @@ def run(
     config: HTTPConfig,
     *,
     ready: Callable[[list[str]], None] | None = None,
-    request_factory: RequestFactory = HTTPRequest,
+    request_factory: RequestFactory = TransportRequest,
 ) -> None:
     """Run `serve` in a new event loop (uvloop when installed) until cancelled."""
     anyio.run(

@@ -1,25 +1,27 @@
-# Owns the write side of one connection: h11 events out to the byte stream under a
-# send lock, each write bounded by the send timeout, and the closing of the stream.
-# Invariant: one writer at a time touches the socket; a write that fails or stalls
-# past the timeout marks the writer broken (the client is gone) and every later
-# write raises ClientGone, so a slow or vanished client stalls only its own handler.
-# A streamed body is pumped: chunks that arrive while a write is in flight go out
-# together in the next write, so the socket sees one write per burst, not per event.
+"""The write side of one connection: framed responses out to the byte stream under
+a send lock, each write bounded by the send timeout, and the closing of the stream.
+
+Framing (which bytes an h11 event becomes, and whether it is legal now) is the
+connection's `HTTPCycle`'s; this module only moves the bytes. One writer at a time
+touches the socket; a write that fails or stalls past the timeout marks the writer
+broken (the client is gone) and every later write raises `ClientGone`, so a slow or
+vanished client stalls only its own handler. `ClientGone` always reaches the
+caller as itself, never wrapped in an exception group. A streamed body is pumped:
+chunks that arrive while a write is in flight go out together in the next write, so
+the socket sees one write per burst, not per event.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from email.utils import formatdate
-from functools import lru_cache
-from http import HTTPStatus
-from time import time
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import anyio
 import h11
 from anyio.abc import ByteStream
 
-# Framing belongs to the transport: a service cannot set these.
-_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+from transports.http.framing import complete_response, response_head
+
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError)
 
 
@@ -27,14 +29,23 @@ class ClientGone(Exception):
     """The client can no longer be written to (it closed, reset, or stopped reading)."""
 
 
+class Framer(Protocol):
+    """What frames our events (the connection's `HTTPCycle`)."""
+
+    @property
+    def can_respond(self) -> bool: ...
+    def frame(self, *events: h11.Event) -> bytes: ...
+    def send_failed(self) -> None: ...
+
+
 class ResponseWriter:
-    """Sends h11 events for one connection through a lock, with a per-write timeout."""
+    """Sends framed events for one connection through a lock, with a per-write timeout."""
 
-    __slots__ = ("_h11", "_lock", "_send_timeout", "_stream", "broken", "status")
+    __slots__ = ("_framer", "_lock", "_send_timeout", "_stream", "broken", "status")
 
-    def __init__(self, stream: ByteStream, conn: h11.Connection, send_timeout: float) -> None:
+    def __init__(self, stream: ByteStream, framer: Framer, send_timeout: float) -> None:
         self._stream = stream
-        self._h11 = conn
+        self._framer = framer
         self._send_timeout = send_timeout
         self._lock = anyio.Lock()
         self.broken = False
@@ -46,21 +57,21 @@ class ResponseWriter:
     @property
     def can_respond(self) -> bool:
         """Whether a response may still start in this cycle."""
-        return not self.broken and self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+        return not self.broken and self._framer.can_respond
 
-    async def send_continue(self) -> None:
-        await self._send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+    async def send_bytes(self, data: bytes) -> None:
+        """Bytes the cycle framed itself (an interim or early response)."""
+        async with self._lock:
+            if self.broken:
+                raise ClientGone
+            await self._write(data)
 
     async def send_response(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
         """A complete response in one write."""
         self.status = status
-        events: list[h11.Event] = [response_head(status, headers)]
-        if body:
-            events.append(h11.Data(data=body))
-        events.append(h11.EndOfMessage())
-        await self._send(*events)
+        await self._send(*complete_response(status, headers, body))
 
     async def send_stream(
         self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncIterator[bytes]
@@ -73,25 +84,30 @@ class ResponseWriter:
         async with self._lock:
             if self.broken:
                 raise ClientGone
-            pump = _Pump(chunks)
+            pump = _Pump(chunks, self._framer)
+            gone: ClientGone | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(pump.run)
                 try:
-                    first = self._h11.send(response_head(status, headers)) or b""
-                    await self._write(first + await pump.take(self._h11))
+                    first = self._framer.frame(response_head(status, headers))
+                    await self._write(first + await pump.take())
                     while not pump.finished:
-                        await self._write(await pump.take(self._h11))
+                        await self._write(await pump.take())
+                except ClientGone as exc:  # raised past the group it would come out wrapped
+                    gone = exc
                 finally:
                     tg.cancel_scope.cancel()
+            if gone is not None:
+                raise gone
             if pump.error is not None:
                 raise pump.error
-            await self._write(self._h11.send(h11.EndOfMessage()) or b"")
+            await self._write(self._framer.frame(h11.EndOfMessage()))
 
     async def _send(self, *events: h11.Event) -> None:
         async with self._lock:
             if self.broken:
                 raise ClientGone
-            await self._write(b"".join(self._h11.send(event) or b"" for event in events))
+            await self._write(self._framer.frame(*events))
 
     async def _write(self, data: bytes) -> None:
         if not data:
@@ -101,7 +117,7 @@ class ResponseWriter:
                 await self._stream.send(data)
         except _STREAM_ERRORS as exc:
             self.broken = True
-            self._h11.send_failed()
+            self._framer.send_failed()
             raise ClientGone from exc
 
 
@@ -109,11 +125,14 @@ class _Pump:
     """Reads a chunk iterator in its own task into a buffer that the writer empties;
     the reader waits while the buffer holds `high_water` bytes or more."""
 
-    __slots__ = ("_chunks", "_done", "_high_water", "_pending", "_ready", "_room", "_size",
-                 "error", "finished")  # fmt: skip
+    __slots__ = ("_chunks", "_done", "_framer", "_high_water", "_pending", "_ready", "_room",
+                 "_size", "error", "finished")  # fmt: skip
 
-    def __init__(self, chunks: AsyncIterator[bytes], high_water: int = 1 << 16) -> None:
+    def __init__(
+        self, chunks: AsyncIterator[bytes], framer: Framer, high_water: int = 1 << 16
+    ) -> None:
         self._chunks = chunks
+        self._framer = framer
         self._high_water = high_water
         self._pending: list[bytes] = []
         self._size = 0
@@ -139,7 +158,7 @@ class _Pump:
         self._done = True
         self._ready.set()
 
-    async def take(self, conn: h11.Connection) -> bytes:
+    async def take(self) -> bytes:
         """Wait for buffered chunks and return them framed as one h11 Data event
         (b"" once the iterator is done and nothing is left)."""
         await self._ready.wait()
@@ -149,43 +168,7 @@ class _Pump:
         if self._done:
             self.finished = True
             self._ready.set()
-        return (conn.send(h11.Data(data=data)) or b"") if data else b""
-
-
-def response_headers(
-    content_type: str,
-    extra: Iterable[tuple[str, str]],
-    *,
-    length: int | None,
-    close: bool,
-) -> list[tuple[bytes, bytes]]:
-    """Headers of a response: date, content type and length (None: streamed), the
-    service's and transport's extras, and `connection: close` when closing."""
-    headers = [(b"date", _http_date(int(time())))]
-    if content_type:
-        headers.append((b"content-type", content_type.encode("latin-1")))
-    if length is not None:
-        headers.append((b"content-length", str(length).encode()))
-    for name, value in extra:
-        if name.lower() not in _HOP_BY_HOP:
-            headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-    if close:
-        headers.append((b"connection", b"close"))
-    return headers
-
-
-def response_head(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
-    """An h11 Response with the standard reason phrase."""
-    try:
-        reason = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        reason = b""
-    return h11.Response(status_code=status, headers=headers, reason=reason)
-
-
-@lru_cache(maxsize=2)
-def _http_date(second: int) -> bytes:
-    return formatdate(second, usegmt=True).encode()
+        return self._framer.frame(h11.Data(data=data)) if data else b""
 
 
 async def close_stream(stream: ByteStream, *, linger: float = 0.0) -> None:
