@@ -32,13 +32,14 @@ from llmcore.openai.protocol import (
     CompletionChunk,
     CompletionResponse,
     EmbeddingResponse,
+    RequestDecoder,
 )
 
 T = TypeVar("T")
 _ENCODER = msgspec.json.Encoder()
 
 
-def _decode(decoder: msgspec.json.Decoder[T], kwargs: dict[str, Any]) -> T:
+def _decode(decoder: RequestDecoder[T], kwargs: dict[str, Any]) -> T:
     try:
         return decoder.decode(_ENCODER.encode(kwargs))
     except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:

@@ -1,11 +1,13 @@
 """The OpenAI wire types (msgspec Structs): requests, chat messages and responses.
 
-Invariant: this package holds data shapes only, no behaviour; one JSON decoder per
-request type is built once at import and shared.
+Invariant: this package holds data shapes only, no behaviour beyond decoding; one
+`RequestDecoder` per request type is built once at import and shared, and it
+refuses bodies nested deeper than `MAX_JSON_DEPTH` before msgspec sees them.
 """
 
 from __future__ import annotations
 
+from llmcore.openai.protocol.decoding import MAX_JSON_DEPTH, RequestDecoder
 from llmcore.openai.protocol.messages import (
     ROLE_OF,
     AssistantMessage,
@@ -91,6 +93,7 @@ __all__ = [
     "COMPLETION_DECODER",
     "DETOKENIZE_DECODER",
     "EMBEDDING_DECODER",
+    "MAX_JSON_DEPTH",
     "POOLING_DECODER",
     "RERANK_DECODER",
     "ROLE_OF",
@@ -138,6 +141,7 @@ __all__ = [
     "PromptLogprob",
     "PromptLogprobs",
     "RefusalPart",
+    "RequestDecoder",
     "RerankDocument",
     "RerankDocumentIn",
     "RerankRequest",

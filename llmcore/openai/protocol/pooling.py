@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
+from llmcore.openai.protocol.decoding import RequestDecoder
 from llmcore.openai.protocol.requests import PromptInput
 
 
@@ -120,7 +121,7 @@ class RerankResponse(_Response):
     results: list[RerankResult]
 
 
-EMBEDDING_DECODER = msgspec.json.Decoder(EmbeddingRequest)
-POOLING_DECODER = msgspec.json.Decoder(PoolingRequest)
-SCORE_DECODER = msgspec.json.Decoder(ScoreRequest)
-RERANK_DECODER = msgspec.json.Decoder(RerankRequest)
+EMBEDDING_DECODER = RequestDecoder(EmbeddingRequest)
+POOLING_DECODER = RequestDecoder(PoolingRequest)
+SCORE_DECODER = RequestDecoder(ScoreRequest)
+RERANK_DECODER = RequestDecoder(RerankRequest)

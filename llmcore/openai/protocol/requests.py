@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeAlias
 
 import msgspec
 
+from llmcore.openai.protocol.decoding import RequestDecoder
 from llmcore.openai.protocol.messages import ChatMessage
 
 # torch seeds are 64-bit; requests add the completion index to the seed.
@@ -119,7 +120,7 @@ class DetokenizeRequest(_Request, kw_only=True):
     tokens: list[int]
 
 
-COMPLETION_DECODER = msgspec.json.Decoder(CompletionRequest)
-CHAT_DECODER = msgspec.json.Decoder(ChatCompletionRequest)
-TOKENIZE_DECODER = msgspec.json.Decoder(TokenizeRequest)
-DETOKENIZE_DECODER = msgspec.json.Decoder(DetokenizeRequest)
+COMPLETION_DECODER = RequestDecoder(CompletionRequest)
+CHAT_DECODER = RequestDecoder(ChatCompletionRequest)
+TOKENIZE_DECODER = RequestDecoder(TokenizeRequest)
+DETOKENIZE_DECODER = RequestDecoder(DetokenizeRequest)
