@@ -15,7 +15,9 @@ from llmcore.errors import InvalidRequestError
 from llmcore.openai.protocol.requests import _GenerationRequest
 from llmcore.sampling_params import SamplingParams
 
-_TOKEN_ID = re.compile(r"-?[0-9]+")
+# A token id: an optional sign, leading zeros, then at most 18 digits (so `int`
+# never meets Python's limit on integer strings; no vocabulary is that large).
+_TOKEN_ID = re.compile(r"(-?)0*([0-9]{1,18})")
 _T = TypeVar("_T")
 
 
@@ -85,9 +87,12 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
         return None
     out: dict[int, float] = {}
     for key, value in bias.items():
-        if not _TOKEN_ID.fullmatch(key):
+        match = _TOKEN_ID.fullmatch(key)
+        if match is None:
+            shown = key if len(key) <= 40 else key[:40] + "..."
             raise InvalidRequestError(
-                f"logit_bias: key {key!r} is not a token id (an integer)", param="logit_bias"
+                f"logit_bias: key {shown!r} is not a token id", param="logit_bias"
             )
-        out[int(key)] = value
+        sign, digits = match.groups()
+        out[-int(digits) if sign else int(digits)] = value
     return out
