@@ -65,7 +65,7 @@ def _generation_prompt_flags(req: ChatCompletionRequest) -> tuple[bool, bool]:
     return (not cont) if add is None else add, cont
 
 
-def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str) -> _Plan:
+async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str) -> _Plan:
     model = ctx.model_for(req.model, "generate", "chat completions")
     check_chat(req)
     check_logprobs("top_logprobs", req.top_logprobs, ctx.limits)
@@ -74,7 +74,7 @@ def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str) -> _
             "top_logprobs: requires logprobs to be true", param="top_logprobs"
         )
     add_generation_prompt, continue_final = _generation_prompt_flags(req)
-    prompt = render_chat(
+    prompt = await render_chat(
         model,
         req.messages,
         add_generation_prompt=add_generation_prompt,
@@ -118,7 +118,7 @@ async def create_chat_completion(
 ) -> ChatCompletionResponse | ClosingStream[ChatCompletionChunk]:
     """The whole response, or (`stream`) its chunks: already started, so errors before
     the first output are raised here; close the stream to abort the request."""
-    plan = _plan(ctx, req, request_id)
+    plan = await _plan(ctx, req, request_id)
     outputs = ctx.runner.outputs(plan.gen)
     if req.stream:
         primed = await prime(outputs)

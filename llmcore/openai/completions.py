@@ -52,11 +52,11 @@ class _Plan:
     continuous_usage: bool
 
 
-def _plan(ctx: ServiceContext, req: CompletionRequest, request_id: str) -> _Plan:
+async def _plan(ctx: ServiceContext, req: CompletionRequest, request_id: str) -> _Plan:
     model = ctx.model_for(req.model, "generate", "completions")
     check_completion(req)
     check_logprobs("logprobs", req.logprobs, ctx.limits)
-    prompts = completion_prompts(model, req.prompt, req.add_special_tokens is not False)
+    prompts = await completion_prompts(model, req.prompt, req.add_special_tokens is not False)
     echo = bool(req.echo)
     wanted = [k for k in (req.prompt_logprobs, req.logprobs if echo else None) if k is not None]
     params = build_params(
@@ -87,7 +87,7 @@ async def create_completion(
 ) -> CompletionResponse | ClosingStream[CompletionChunk]:
     """The whole response, or (`stream`) its chunks: already started, so errors before
     the first output are raised here; close the stream to abort the request."""
-    plan = _plan(ctx, req, request_id)
+    plan = await _plan(ctx, req, request_id)
     outputs = ctx.runner.outputs(plan.gen)
     if req.stream:
         primed = await prime(outputs)

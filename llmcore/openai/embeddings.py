@@ -21,7 +21,14 @@ import numpy as np
 from llmcore.errors import InvalidRequestError
 from llmcore.openai.context import ServiceContext
 from llmcore.openai.interface import ServedModel
-from llmcore.openai.prompts import check_token_ids, prompt_items
+from llmcore.openai.prompts import (
+    check_prompt_length,
+    check_token_ids,
+    encode_text,
+    fitting_text,
+    prompt_items,
+    tokenizing,
+)
 from llmcore.openai.protocol import (
     EmbeddingData,
     EmbeddingRequest,
@@ -40,18 +47,19 @@ ENCODING_FORMATS = ("float", "base64")
 
 def truncated(tokenizer: Tokenizer, text: str, limit: int, add_special_tokens: bool) -> list[int]:
     """`text`'s ids cut to `limit` tokens at the end, keeping the special tokens the
-    tokenizer adds around it (what transformers' `truncation=True` does)."""
-    ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    tokenizer adds around it (what transformers' `truncation=True` does). Tokenizes
+    through `encode_batch`, which releases the GIL on a worker thread."""
+    ids = tokenizer.encode_batch([text], add_special_tokens)[0]
     if len(ids) <= limit:
         return ids
-    plain = tokenizer.encode(text, add_special_tokens=False)
+    plain = tokenizer.encode_batch([text], False)[0]
     extra = len(ids) - len(plain)
     head = next((i for i in range(extra + 1) if ids[i : i + len(plain)] == plain), 0)
     keep = max(limit - extra, 0)
     return ids[:head] + plain[:keep] + ids[head + len(plain) :]
 
 
-def tokenize_inputs(
+async def tokenize_inputs(
     model: ServedModel,
     items: Sequence[str | list[int]],
     truncate: int | None,
@@ -64,11 +72,19 @@ def tokenize_inputs(
     for item in items:
         if isinstance(item, str):
             if limit is None:
-                ids = model.tokenizer.encode(item, add_special_tokens=add_special_tokens)
+                ids = await encode_text(
+                    model, item, add_special_tokens=add_special_tokens, param=param
+                )
             else:
-                ids = truncated(model.tokenizer, item, limit, add_special_tokens)
+                text = fitting_text(model, item, param, cut=True)
+                ids = await tokenizing(
+                    len(text), truncated, model.tokenizer, text, limit, add_special_tokens
+                )
+        elif limit is None:
+            check_prompt_length(model, len(item), param)
+            ids = list(item)
         else:
-            ids = list(item) if limit is None else list(item)[-limit:]
+            ids = list(item)[-limit:]
         check_token_ids(ids, model.tokenizer.vocab_size, param)
         out.append(ids)
     return out
@@ -122,7 +138,7 @@ async def _pool(
             f"encoding_format: {fmt!r} is not supported; choose float or base64",
             param="encoding_format",
         )
-    prompts = tokenize_inputs(
+    prompts = await tokenize_inputs(
         model,
         _items(req.input),
         req.truncate_prompt_tokens,

@@ -3,13 +3,16 @@ chat conversation (rendered by the model's chat template), as token ids, checked
 
 Invariant: a prompt that leaves here is non-empty, every id is in the tokenizer's
 vocabulary, and prompt + max_tokens fits the served context (exactly full is fine).
+A text too long to fit is refused by its length before it is tokenized, and a long
+text is tokenized on a worker thread, so no prompt stalls the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -18,6 +21,7 @@ from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.openai.generation import Prompt
 from llmcore.openai.interface import ServedModel
 from llmcore.openai.protocol import (
+    MAX_JSON_DEPTH,
     ROLE_OF,
     AssistantMessage,
     ChatMessage,
@@ -25,6 +29,7 @@ from llmcore.openai.protocol import (
     PromptInput,
     TextPart,
 )
+from llmcore.openai.protocol.decoding import json_depth
 
 # Keys of chat_template_kwargs that would collide with the renderer's own arguments.
 _RESERVED_KWARGS = frozenset(
@@ -32,9 +37,73 @@ _RESERVED_KWARGS = frozenset(
 )
 
 
+_T = TypeVar("_T")
+
+# Texts longer than this are tokenized on a worker thread: the tokenizers library
+# releases the GIL in `encode_batch` (not in `encode`), so the event loop runs on.
+THREAD_TOKENIZE_CHARS = 1 << 14
+
+
+def max_prompt_chars(model: ServedModel) -> int:
+    """The longest text, in characters, that could still fit `model`'s context: no
+    token spans more than `max_token_chars` characters; the factor 2 leaves room
+    for normalizers that fold text (NFKC, accent stripping)."""
+    return model.max_model_len * model.tokenizer.max_token_chars * 2
+
+
+def fitting_text(model: ServedModel, text: str, param: str, *, cut: bool = False) -> str:
+    """`text`, if its length lets it fit `model`'s context; else, with `cut` (the caller
+    truncates the ids, keeping their beginning), its first `max_prompt_chars`
+    characters, and without, a ContextLengthExceededError. Nothing is tokenized."""
+    if len(text) <= model.max_model_len:  # the bound needs max_token_chars: not before
+        return text
+    limit = max_prompt_chars(model)
+    if len(text) > limit and not cut:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {model.max_model_len} tokens. "
+            f"However, your {param} has {len(text)} characters, more than that many "
+            f"tokens can hold (at most {limit}). Please reduce the length of the {param}.",
+            param=param,
+        )
+    return text[:limit]
+
+
+async def tokenizing(num_chars: int, encode: Callable[..., _T], *args: Any) -> _T:
+    """`encode(*args)`, on a worker thread when it tokenizes more than
+    THREAD_TOKENIZE_CHARS characters (it must go through `encode_batch` then)."""
+    if num_chars <= THREAD_TOKENIZE_CHARS:
+        return encode(*args)
+    return await asyncio.to_thread(encode, *args)
+
+
+async def encode_text(
+    model: ServedModel, text: str, *, add_special_tokens: bool, param: str
+) -> list[int]:
+    """Token ids of `text`, refused by its length first if it cannot fit."""
+    text = fitting_text(model, text, param)
+    tokenizer = model.tokenizer
+    if len(text) <= THREAD_TOKENIZE_CHARS:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    (ids,) = await tokenizing(len(text), tokenizer.encode_batch, [text], add_special_tokens)
+    return ids
+
+
+def check_prompt_length(model: ServedModel, num_tokens: int, param: str) -> None:
+    """A prompt of token ids longer than the context is refused before its ids are
+    looked at."""
+    if num_tokens > model.max_model_len:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {model.max_model_len} tokens. However, "
+            f"your {param} has {num_tokens} tokens. Please reduce the length of the {param}.",
+            param=param,
+        )
+
+
 def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:
     if not ids:
         raise InvalidRequestError(f"{param}: the prompt is empty", param=param)
+    if 0 <= min(ids) and max(ids) < vocab_size:  # two passes in C: the common case
+        return
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequestError(
@@ -65,7 +134,7 @@ def check_context(model: ServedModel, num_prompt: int, max_tokens: int | None, w
 # ---- completions --------------------------------------------------------------------------
 
 
-def completion_prompts(
+async def completion_prompts(
     model: ServedModel, prompt: PromptInput, add_special_tokens: bool, param: str = "prompt"
 ) -> list[Prompt]:
     """One `Prompt` per prompt of the request, tokenized and checked."""
@@ -73,9 +142,10 @@ def completion_prompts(
     prompts = []
     for item in prompt_items(prompt, param):
         if isinstance(item, str):
-            ids = tokenizer.encode(item, add_special_tokens=add_special_tokens)
+            ids = await encode_text(model, item, add_special_tokens=add_special_tokens, param=param)
             prompts.append(Prompt(ids, item))
         else:
+            check_prompt_length(model, len(item), param)
             prompts.append(Prompt(list(item)))
         check_token_ids(prompts[-1].token_ids, tokenizer.vocab_size, param)
     return prompts
@@ -157,14 +227,16 @@ def _plain(value: Any) -> Any:
 def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
     """Templates read a tool call's `arguments` as an object (vLLM parses them too)."""
     function = dict(call.get("function", {}))
-    try:
-        function["arguments"] = json.loads(function.get("arguments", ""))
-    except (TypeError, ValueError):
-        pass  # not JSON: the template gets the string
+    arguments = function.get("arguments", "")
+    if isinstance(arguments, str) and json_depth(arguments.encode()) <= MAX_JSON_DEPTH:
+        try:
+            function["arguments"] = json.loads(arguments)
+        except ValueError:
+            pass  # not JSON: the template gets the string (so does JSON nested too deeply)
     return {**call, "function": function}
 
 
-def render_chat(
+async def render_chat(
     model: ServedModel,
     messages: Sequence[ChatMessage],
     *,
@@ -203,6 +275,6 @@ def render_chat(
             **kwargs,
         },
     )
-    ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    ids = await encode_text(model, text, add_special_tokens=add_special_tokens, param="messages")
     check_token_ids(ids, tokenizer.vocab_size, "messages")
     return Prompt(ids, text)

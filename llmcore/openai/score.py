@@ -44,7 +44,7 @@ async def _embed(
     unique = list(dict.fromkeys(texts))
     if any(not t for t in unique):
         raise InvalidRequestError(f"{param}: a text is empty", param=param)
-    prompts = tokenize_inputs(model, unique, truncate, add_special_tokens, param)
+    prompts = await tokenize_inputs(model, unique, truncate, add_special_tokens, param)
     outputs = await encode_all(model, prompts, PoolingParams(), request_id)
     by_text = dict(zip(unique, (o.data for o in outputs), strict=True))
     tokens = dict(zip(unique, (len(p) for p in prompts), strict=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llmcore.errors import InvalidRequestError
 from llmcore.openai.context import ServiceContext
-from llmcore.openai.prompts import render_chat
+from llmcore.openai.prompts import encode_text, render_chat
 from llmcore.openai.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -18,26 +18,31 @@ from llmcore.openai.protocol import (
 )
 
 
-def tokenize(ctx: ServiceContext, req: TokenizeRequest) -> TokenizeResponse:
+async def tokenize(ctx: ServiceContext, req: TokenizeRequest) -> TokenizeResponse:
     model = ctx.model(req.model)
     if (req.prompt is None) == (req.messages is None):
         raise InvalidRequestError("give exactly one of prompt or messages", param="prompt")
     if req.messages is not None:
         cont = bool(req.continue_final_message)
         add = (not cont) if req.add_generation_prompt is None else req.add_generation_prompt
-        ids = render_chat(
-            model,
-            req.messages,
-            add_generation_prompt=add,
-            continue_final_message=cont,
-            add_special_tokens=bool(req.add_special_tokens),
-            chat_template_kwargs=req.chat_template_kwargs,
-            tools=req.tools,
+        ids = (
+            await render_chat(
+                model,
+                req.messages,
+                add_generation_prompt=add,
+                continue_final_message=cont,
+                add_special_tokens=bool(req.add_special_tokens),
+                chat_template_kwargs=req.chat_template_kwargs,
+                tools=req.tools,
+            )
         ).token_ids
     else:
         assert req.prompt is not None
-        ids = model.tokenizer.encode(
-            req.prompt, add_special_tokens=req.add_special_tokens is not False
+        ids = await encode_text(
+            model,
+            req.prompt,
+            add_special_tokens=req.add_special_tokens is not False,
+            param="prompt",
         )
     strs = [model.tokenizer.id_to_token(i) for i in ids] if req.return_token_strs else None
     return TokenizeResponse(len(ids), model.max_model_len, ids, strs)
