@@ -3,7 +3,10 @@ msgspec Structs (`msgspec.json.schema_components`).
 
 Invariant: every route of `ROUTES` appears with its request body schema, its
 response schema (and its SSE chunk schema where it streams) and the error schema;
-the document is built once per process.
+the request schemas state the constraints the service enforces beyond the Structs'
+types (`_CONSTRAINTS`: no empty inputs, token ids from 0, exactly one of `prompt` and
+`messages` on /tokenize), so a client that follows the document is never refused
+for the shape of its body; the document is built once per process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,71 @@ from llmcore.openai.protocol import ErrorResponse
 from llmcore.openai.routes import ROUTES, RouteSpec
 
 _REF = "#/components/schemas/{name}"
+
+
+_TOKEN_ID = {"type": "integer", "minimum": 0,
+             "description": "a token id, below the model's vocabulary size"}  # fmt: skip
+
+
+def _prompt(text: dict[str, Any]) -> dict[str, Any]:
+    """A text, or a non-empty list of texts, of token ids, or of token-id lists (not
+    mixed)."""
+    ids = {"type": "array", "minItems": 1, "items": _TOKEN_ID}
+    return {
+        "oneOf": [
+            text,
+            {"type": "array", "minItems": 1, "items": text},
+            ids,
+            {"type": "array", "minItems": 1, "items": ids},
+        ]
+    }
+
+
+_TEXT = {"type": "string", "minLength": 1}
+_TEXTS = {"anyOf": [_TEXT, {"type": "array", "minItems": 1, "items": _TEXT}]}
+# Per schema, per property: what replaces the Struct's type, or None to only
+# constrain (`minItems`) what is there.
+_CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
+    # A completion's prompt text may be empty when the model's tokenizer adds a BOS.
+    "CompletionRequest": {
+        "prompt": _prompt(
+            {"type": "string", "description": "empty only if the model's tokenizer adds BOS"}
+        )
+    },
+    "ChatCompletionRequest": {"messages": {"minItems": 1}},
+    "EmbeddingRequest": {"input": _prompt(_TEXT)},
+    "PoolingRequest": {"input": _prompt(_TEXT)},
+    "ScoreRequest": {"text_1": _TEXTS, "text_2": _TEXTS},
+    "RerankRequest": {"query": _TEXT, "documents": {"minItems": 1}},
+    "DetokenizeRequest": {"tokens": {"type": "array", "items": _TOKEN_ID}},
+    "TokenizeRequest": {"messages": {"minItems": 1}},
+}
+
+
+def _constrain(schemas: dict[str, Any]) -> None:
+    for name, properties in _CONSTRAINTS.items():
+        fields = schemas[name]["properties"]
+        for field, constraint in properties.items():
+            if "type" in constraint or "oneOf" in constraint or "anyOf" in constraint:
+                fields[field] = {**constraint, **_kept(fields[field])}
+            else:
+                _array_of(fields[field]).update(constraint)
+    # Exactly one of `prompt` and `messages` (null counts as absent).
+    schemas["TokenizeRequest"]["oneOf"] = [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+    ]
+
+
+def _kept(schema: dict[str, Any]) -> dict[str, Any]:
+    return {key: schema[key] for key in ("default", "description") if key in schema}
+
+
+def _array_of(schema: dict[str, Any]) -> dict[str, Any]:
+    """The array schema inside `schema` (itself, or its array branch when nullable)."""
+    if schema.get("type") == "array":
+        return schema
+    return next(branch for branch in schema["anyOf"] if branch.get("type") == "array")
 
 
 def _types() -> list[Any]:
@@ -83,6 +151,7 @@ def _operation(spec: RouteSpec) -> dict[str, Any]:
 def openapi_document(version: str) -> bytes:
     """The document, as JSON bytes."""
     _, components = msgspec.json.schema_components(_types(), ref_template=_REF)
+    _constrain(components)
     paths: dict[str, dict[str, Any]] = {}
     for spec in ROUTES:
         paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec)
