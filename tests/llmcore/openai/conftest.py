@@ -8,13 +8,14 @@ import asyncio
 import itertools
 import json
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 import llmcore
 from llmcore.chat_template import ChatTemplate
-from llmcore.engine.async_engine import AsyncEngine
+from llmcore.engine.async_engine import AsyncEngine, build_core
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.core import EngineCore
 from llmcore.openai import (
@@ -156,3 +157,25 @@ def make_client(loop: asyncio.AbstractEventLoop) -> Callable[[OpenAIService], Cl
 def make_served(tokenizer: Tokenizer, template: ChatTemplate) -> Callable[..., ServedModel]:
     """`make_served(engine, **field_overrides)`: a ServedModel of SmolLM2."""
     return lambda engine, **overrides: served(engine, tokenizer, template, **overrides)
+
+
+@pytest.fixture(scope="module")
+def minilm_engine(minilm_dir: Path, loop: asyncio.AbstractEventLoop) -> Iterator[AsyncEngine]:
+    engine = AsyncEngine(build_core(minilm_dir))
+    yield engine
+    loop.run_until_complete(engine.aclose())
+
+
+@pytest.fixture(scope="module")
+def both(
+    engine: AsyncEngine,
+    minilm_engine: AsyncEngine,
+    make_served: Callable[..., ServedModel],
+    make_client: Callable[[OpenAIService], Client],
+) -> Client:
+    """SmolLM2 (chat, the default) and all-MiniLM-L6-v2 (embeddings) in one service."""
+    core = minilm_engine.core
+    embed = ServedModel(
+        "all-MiniLM-L6-v2", minilm_engine, core.tokenizer, None, core.max_model_len, task="embed"
+    )
+    return make_client(OpenAIService([make_served(engine), embed]))

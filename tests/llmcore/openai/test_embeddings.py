@@ -7,8 +7,6 @@ the models that can."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,7 @@ import numpy as np
 import pytest
 
 import llmcore
-from llmcore.engine.async_engine import AsyncEngine, build_core
-from llmcore.openai import OpenAIService, ServedModel
+from llmcore.engine.async_engine import AsyncEngine
 from llmcore.openai.embeddings import decode_base64
 
 from .conftest import Client
@@ -25,24 +22,6 @@ from .conftest import Client
 MINILM = "all-MiniLM-L6-v2"
 CHAT = "SmolLM2-135M-Instruct"
 MIN_COSINE = 0.9999
-
-
-@pytest.fixture(scope="module")
-def minilm_engine(minilm_dir: Path, loop: asyncio.AbstractEventLoop) -> Iterator[AsyncEngine]:
-    engine = AsyncEngine(build_core(minilm_dir))
-    yield engine
-    loop.run_until_complete(engine.aclose())
-
-
-@pytest.fixture(scope="module")
-def both(
-    engine: AsyncEngine, minilm_engine: AsyncEngine, make_served: Any, make_client: Any
-) -> Client:
-    core = minilm_engine.core
-    embed = ServedModel(
-        MINILM, minilm_engine, core.tokenizer, None, core.max_model_len, task="embed"
-    )
-    return make_client(OpenAIService([make_served(engine), embed]))  # type: ignore[no-any-return]
 
 
 def _vectors(data: list[dict[str, Any]], key: str = "embedding") -> np.ndarray:
