@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h11
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -122,7 +123,23 @@ def exchange(server: Server, raw: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def statuses(data: bytes) -> list[int]:
-    return [int(m) for m in re.findall(rb"^HTTP/1\.1 (\d{3}) ", data, flags=re.M)]
+    """The status of every response in `data`, parsed in sequence by an h11 client."""
+    client = h11.Connection(h11.CLIENT)
+    client.receive_data(data)
+    client.receive_data(b"")
+    found = []
+    while True:
+        client.send(h11.Request(method="GET", target="/", headers=[("host", "probe")]))
+        client.send(h11.EndOfMessage())
+        while not isinstance(event := client.next_event(), h11.EndOfMessage | h11.ConnectionClosed):
+            if isinstance(event, h11.Response):
+                found.append(event.status_code)
+            assert event is not h11.NEED_DATA, "a response was cut short"
+        if isinstance(event, h11.ConnectionClosed) or client.our_state is h11.MUST_CLOSE:
+            return found
+        client.start_next_cycle()
+        if not client.trailing_data[0]:
+            return found
 
 
 # ---- the six defects ---------------------------------------------------------------------------
