@@ -174,6 +174,7 @@ def reference() -> Iterator[Callable[[str], Reference]]:
 PARITY = sorted(FIXES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_encode_matches_transformers(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -188,6 +189,7 @@ def test_encode_matches_transformers(
     assert not failures, "\n".join(failures[:20])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_stock_transformers_differs_only_where_explained(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -207,6 +209,7 @@ def _random_ids(size: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(size) for _ in range(rng.randint(0, 40))] for _ in range(200)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_decode_matches_transformers(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -224,6 +227,7 @@ def test_decode_matches_transformers(
     assert not failures, "\n".join(failures[:20])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_special_tokens_match_transformers(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -241,6 +245,7 @@ def test_special_tokens_match_transformers(
 # ---- facts about the real vocabularies -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_smollm2_facts(vocab: Callable[[str], GGUFVocab]) -> None:
     v = vocab("smollm2")
     assert (v.bos_token_id, v.eos_token_id, v.unk_token_id, v.pad_token_id) == (1, 2, 0, 2)
