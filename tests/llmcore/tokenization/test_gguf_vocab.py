@@ -83,7 +83,11 @@ def _vector_names() -> list[str]:
     return names or ["<fixtures absent>"]
 
 
-@pytest.mark.parametrize("name", _vector_names())
+# Qwen2's vocabulary (151k tokens) takes seconds to parse: the tests that open it are slow.
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n == "qwen2" else n for n in _vector_names()],
+)
 def test_llama_cpp_vectors(name: str, vocab: Callable[[str], GGUFVocab]) -> None:
     if not VECTORS.is_dir():
         pytest.skip(f"{VECTORS} is absent")
@@ -266,6 +270,7 @@ def test_llama_spm_facts(vocab: Callable[[str], GGUFVocab]) -> None:
     assert v.tokenizer.decode(v.tokenizer.encode("ünïcödé 🦙").ids) == "ünïcödé 🦙"
 
 
+@pytest.mark.slow  # Qwen2's vocabulary
 def test_user_defined_tokens_match_whole(vocab: Callable[[str], GGUFVocab]) -> None:
     v = vocab("qwen2")
     assert v.tokenizer.encode("a[PAD151646]b").ids[1] == 151646
@@ -273,6 +278,7 @@ def test_user_defined_tokens_match_whole(vocab: Callable[[str], GGUFVocab]) -> N
     assert v.tokenizer.decode([151646], skip_special_tokens=True) == "[PAD151646]"
 
 
+@pytest.mark.slow  # Qwen2's vocabulary
 def test_corpus_round_trips(vocab: Callable[[str], GGUFVocab]) -> None:
     """Byte-level vocabularies lose nothing; decode(encode(text)) is the text."""
     tokenizer = vocab("qwen2").tokenizer
