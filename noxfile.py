@@ -22,7 +22,8 @@ def _install(session: nox.Session, extras: str = "") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (real models, transformers as the numerical reference)."""
+    """The whole test suite (real models, transformers as the numerical reference);
+    `nox -s tests -- -m "not slow"` is the quick loop without them."""
     _install(session, "[test]")
     session.run("pytest", "-q", *session.posargs)
 

@@ -1,4 +1,9 @@
-"""Session-wide fixtures: each real model and each slow reference is loaded once."""
+"""Session-wide fixtures: each real model and each slow reference is loaded once.
+
+The `slow` marker: a test that loads a real model file or runs a reference carries it
+explicitly (`pytestmark = pytest.mark.slow` or `@pytest.mark.slow`), so that
+`pytest -m "not slow"` is the quick loop. `pytest_collection_modifyitems` below is only
+a safety net: it marks any test that uses a model fixture and forgot the marker."""
 
 from __future__ import annotations
 
@@ -12,6 +17,19 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# Fixtures that reach a real model file; every fixture built on them depends on them too.
+MODEL_FIXTURES = frozenset({"smollm2_path", "minilm_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Safety net: mark `slow` any test whose fixtures reach a real model file. Tests
+    that load a model without these fixtures (subprocess servers, `getfixturevalue`)
+    are not seen here and carry the marker themselves."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ import transformers
 
 from llmcore.chat_template import ChatTemplate
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "chat_templates"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 TEMPLATES = [
     "meta-llama-Llama-3.1-8B-Instruct",
     "Qwen-Qwen2.5-7B-Instruct",

@@ -1,6 +1,6 @@
 """llmcore.chat_template: rendering is byte-identical to transformers' apply_chat_template.
 
-Every fixture template (20 public models' templates, in ../shared/fixtures) is rendered
+Every fixture template (20 public models' templates, in tests/fixtures) is rendered
 by llmcore and by transformers for the same conversations; the two must agree byte for
 byte, or both must refuse. Conversations transformers cannot render are listed, with
 the reason, in EXPECTED_TRANSFORMERS_FAILURES.
@@ -21,7 +21,7 @@ from llmcore import chat_template_env as ct
 from llmcore.chat_template import ChatTemplate, compile_template, require_template
 from llmcore.errors import ChatTemplateError, CorruptModelFileError, NoChatTemplateError
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "chat_templates"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 TEMPLATE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.jinja")) if FIXTURES.is_dir() else []
 
 

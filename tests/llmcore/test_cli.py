@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -16,6 +18,7 @@ def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_generate_and_chat_on_the_default_model() -> None:
     out = _cli("generate", "The capital of France is", "--max-tokens", "3")
     assert out.returncode == 0, out.stderr

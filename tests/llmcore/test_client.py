@@ -14,6 +14,8 @@ import llmcore
 from llmcore.engine.core import EngineCore
 from llmcore.errors import InvalidRequestError, NotFoundError
 
+pytestmark = pytest.mark.slow  # SmolLM2 (the smollm2 fixture, the default models)
+
 NAME = "SmolLM2-135M-Instruct"
 
 

@@ -66,6 +66,7 @@ def test_unsupported_quantization_type_is_named(tmp_path: Path) -> None:
         llmcore.load_model(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [100, 2_000_000, -1000])
 def test_truncated_gguf(tmp_path: Path, smollm2_path: Path, keep: int) -> None:
     data = smollm2_path.read_bytes()
@@ -114,6 +115,7 @@ def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPat
         llmcore.load_model()
 
 
+@pytest.mark.slow
 def test_unknown_dtype(smollm2_path: Path, tmp_path: Path) -> None:
     shutil.copy(smollm2_path, tmp_path / "m.gguf")
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):

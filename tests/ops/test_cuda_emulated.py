@@ -189,6 +189,7 @@ def test_paged_prefill(emulated: None, dtype: torch.dtype) -> None:
     _close(got, want, dtype)
 
 
+@pytest.mark.slow  # a whole (tiny) model on the emulated kernels: costly, though file-free
 def test_tiny_llama_through_the_kernels_equals_the_torch_path(
     emulated: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -21,6 +21,8 @@ from llmcore.outputs import RequestOutput
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # SmolLM2 (the smollm2 fixture)
+
 BLOCK = 16
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 

@@ -12,6 +12,8 @@ from llmcore.openai import OpenAIService
 from llmcore.openai.logprobs import TokenStrings
 from llmcore.tokenization.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # the service runs on SmolLM2 (the smollm2 fixture)
+
 URL = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"messages": MESSAGES, "max_tokens": 6, "temperature": 0}

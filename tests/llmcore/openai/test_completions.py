@@ -11,6 +11,8 @@ import pytest
 from llmcore.openai import OpenAIService
 from llmcore.tokenization.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # the service runs on SmolLM2 (the smollm2 fixture)
+
 URL = "/v1/completions"
 PROMPT = "The capital of France is"
 GREEDY = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0}

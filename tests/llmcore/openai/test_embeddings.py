@@ -19,6 +19,8 @@ from llmcore.openai.embeddings import decode_base64
 
 from .conftest import Client
 
+pytestmark = pytest.mark.slow  # SmolLM2 and all-MiniLM, sentence-transformers as the reference
+
 MINILM = "all-MiniLM-L6-v2"
 CHAT = "SmolLM2-135M-Instruct"
 MIN_COSINE = 0.9999

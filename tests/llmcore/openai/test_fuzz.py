@@ -10,11 +10,14 @@ import json
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmcore.openai import ServiceRequest, ServiceStream
 from llmcore.openai.protocol import ChatCompletionRequest, CompletionRequest
+
+pytestmark = pytest.mark.slow  # the service runs on SmolLM2 (the smollm2 fixture)
 
 NAME = "SmolLM2-135M-Instruct"
 leaf = st.one_of(

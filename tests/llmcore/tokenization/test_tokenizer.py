@@ -56,6 +56,7 @@ def pair(request: pytest.FixtureRequest) -> tuple[str, Tokenizer, Any]:
     return request.param, load_tokenizer(folder), transformers.AutoTokenizer.from_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_encode_matches_transformers(pair: tuple[str, Tokenizer, Any]) -> None:
     name, ours, theirs = pair
     assert len(CORPUS) >= 500
@@ -68,6 +69,7 @@ def test_encode_matches_transformers(pair: tuple[str, Tokenizer, Any]) -> None:
     assert not mismatches, f"{name}: {len(mismatches)} mismatches, e.g. {mismatches[:3]}"
 
 
+@pytest.mark.slow
 def test_decode_matches_transformers(pair: tuple[str, Tokenizer, Any]) -> None:
     name, ours, theirs = pair
     rng = random.Random(7)
@@ -81,6 +83,7 @@ def test_decode_matches_transformers(pair: tuple[str, Tokenizer, Any]) -> None:
             ), (name, ids, skip)
 
 
+@pytest.mark.slow
 def test_special_tokens_match_transformers(pair: tuple[str, Tokenizer, Any]) -> None:
     _, ours, theirs = pair
     assert ours.bos_token_id == theirs.bos_token_id
@@ -93,6 +96,7 @@ def test_special_tokens_match_transformers(pair: tuple[str, Tokenizer, Any]) -> 
     assert set(theirs.all_special_ids) <= ours.special_ids
 
 
+@pytest.mark.slow
 def test_bos_handling(pair: tuple[str, Tokenizer, Any]) -> None:
     name, ours, _ = pair
     ids = ours.encode("hello")
@@ -104,6 +108,7 @@ def test_bos_handling(pair: tuple[str, Tokenizer, Any]) -> None:
         assert ids[0] == 101 and ids[-1] == 102
 
 
+@pytest.mark.slow
 def test_spaces_between_special_tokens(pair: tuple[str, Tokenizer, Any]) -> None:
     _, ours, _ = pair
     special = sorted(ours.special_ids)[0]

@@ -29,11 +29,13 @@ def _cosines(got: list[Any], ref: np.ndarray) -> np.ndarray:
     return (ours * ref).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
 
 
+@pytest.mark.slow
 def test_pooling_config_is_read_as_sentence_transformers_reads_it(minilm_dir: Path) -> None:
     config = PoolingConfig.from_folder(minilm_dir, is_encoder=True)
     assert config == PoolingConfig(PoolingMethod.MEAN, True, 256, None)
 
 
+@pytest.mark.slow
 def test_batched_embeddings_match_sentence_transformers(
     minilm_llm: llmcore.LLM, minilm_sentences: list[str], minilm_reference: Any
 ) -> None:
@@ -45,6 +47,7 @@ def test_batched_embeddings_match_sentence_transformers(
     assert minilm_llm.core.statistics().num_steps < len(minilm_sentences) // 4  # batched
 
 
+@pytest.mark.slow
 def test_single_embeddings_match_sentence_transformers(
     minilm_llm: llmcore.LLM, minilm_sentences: list[str], minilm_reference: Any
 ) -> None:
@@ -53,6 +56,7 @@ def test_single_embeddings_match_sentence_transformers(
     assert _cosines(outputs, reference).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_bfloat16_matmuls_stay_within_the_bound(
     minilm_dir: Path, minilm_sentences: list[str], minilm_reference: Any
 ) -> None:
@@ -62,6 +66,7 @@ def test_bfloat16_matmuls_stay_within_the_bound(
     assert _cosines(outputs, reference).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_too_long_input_is_refused(minilm_llm: llmcore.LLM) -> None:
     with pytest.raises(llmcore.ContextLengthExceededError, match="256"):
         minilm_llm.embed("word " * 300)
@@ -80,6 +85,7 @@ def test_pool_methods() -> None:
     assert pool(hidden, starts, PoolingMethod.MAX).tolist() == [[2, 3], [8, 9], [10, 11]]
 
 
+@pytest.mark.slow
 def test_decoder_embeds_with_last_token_pooling(
     smollm2: llmcore.LoadedModel, hf_smollm2: Any
 ) -> None:

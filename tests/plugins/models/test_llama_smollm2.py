@@ -10,6 +10,8 @@ import torch
 
 import llmcore
 
+pytestmark = pytest.mark.slow  # SmolLM2, transformers as the reference
+
 PLAIN_PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):\n    ",

@@ -85,6 +85,7 @@ def test_chunked_prefill_matches_whole(tiny: tuple[str, Path, Any, Any], chunk: 
         assert _rel(got, expected[end - 1]) < 1e-4, (start, end)
 
 
+@pytest.mark.slow  # transformers' generate loop as the reference
 def test_greedy_generation_matches_transformers(tiny: tuple[str, Path, Any, Any]) -> None:
     _, _, hf_model, loaded = tiny
     runner = llmcore.ModelRunner(loaded, num_blocks=16, block_size=BLOCK)

@@ -100,12 +100,14 @@ def _metric(server: ServerProcess, name: str) -> float:
 # ---- the openai client -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_models(client: Any) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL, EMBEDDING_MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
 
 
+@pytest.mark.slow
 def test_embeddings_beside_chat_through_the_client(client: Any, minilm_reference: Any) -> None:
     import numpy as np
 
@@ -129,6 +131,7 @@ def test_embeddings_beside_chat_through_the_client(client: Any, minilm_reference
     assert reply.choices[0].message.content
 
 
+@pytest.mark.slow
 def test_chat_streamed_equals_non_streamed(client: Any) -> None:
     messages = [{"role": "user", "content": "Name three colours."}]
     full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24,
@@ -152,6 +155,7 @@ def test_chat_streamed_equals_non_streamed(client: Any) -> None:
     )
 
 
+@pytest.mark.slow
 def test_completions_with_logprobs_and_n(client: Any) -> None:
     out = client.completions.create(model=MODEL, prompt="The capital of France is",
                                     max_tokens=5, temperature=0, logprobs=2)  # fmt: skip
@@ -163,6 +167,7 @@ def test_completions_with_logprobs_and_n(client: Any) -> None:
     assert all(c.finish_reason in ("stop", "length") for c in many.choices)
 
 
+@pytest.mark.slow
 def test_async_client_streams_concurrently(server: ServerProcess) -> None:
     async def scenario() -> list[str]:
         aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
@@ -181,6 +186,7 @@ def test_async_client_streams_concurrently(server: ServerProcess) -> None:
     assert len(texts) == 3 and all(texts)
 
 
+@pytest.mark.slow
 def test_errors_through_the_client(server: ServerProcess, client: Any) -> None:
     wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -200,6 +206,7 @@ def test_errors_through_the_client(server: ServerProcess, client: Any) -> None:
 # ---- raw HTTP ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_open_and_protected_routes(server: ServerProcess) -> None:
     assert _get(server, "/health", key=None)[0] == 200
     assert _get(server, "/ping", key=None)[0] == 200
@@ -212,6 +219,7 @@ def test_open_and_protected_routes(server: ServerProcess) -> None:
     assert "/v1/chat/completions" in spec["paths"]
 
 
+@pytest.mark.slow
 def test_client_disconnect_mid_stream_frees_the_kv_cache(server: ServerProcess) -> None:
     body = json.dumps({"model": MODEL, "prompt": "Count to one thousand: 1, 2, 3,",
                        "max_tokens": 1500, "temperature": 0, "stream": True}).encode()  # fmt: skip
@@ -243,6 +251,7 @@ def _raw(server: ServerProcess, head: str, body: bytes) -> tuple[int, dict[str, 
     return int(response_head.split(b" ", 2)[1]), json.loads(response_body or b"{}")
 
 
+@pytest.mark.slow
 def test_bad_json_wrong_content_type_and_oversized_body(server: ServerProcess) -> None:
     def head(length: int, content_type: str = "application/json") -> str:
         return (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
@@ -268,6 +277,7 @@ def _post(server: ServerProcess, path: str, payload: dict[str, Any]) -> dict[str
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_tokenize_detokenize(server: ServerProcess) -> None:
     tokens = _post(server, "/tokenize", {"model": MODEL, "prompt": "Hello world"})
     assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == 2048
@@ -279,6 +289,7 @@ def test_tokenize_detokenize(server: ServerProcess) -> None:
     assert chat["count"] > 3
 
 
+@pytest.mark.slow
 def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None:
     request = (f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
                "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # fmt: skip
@@ -291,6 +302,7 @@ def test_pipelined_requests_are_answered_in_order(server: ServerProcess) -> None
     assert data.index(MODEL.encode()) < data.index(b'"version"')
 
 
+@pytest.mark.slow
 def test_slow_headers_are_cut_off_while_others_are_served(server: ServerProcess) -> None:
     """One header byte every 0.1 s: the server closes the connection at its 1.5 s
     header deadline, and serves other clients meanwhile."""

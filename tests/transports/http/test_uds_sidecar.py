@@ -286,6 +286,7 @@ def client(real_server: UnixServer) -> Iterator[Any]:
     http_client.close()
 
 
+@pytest.mark.slow
 def test_real_server_replaced_the_stale_socket_with_a_0600_one(
     real_server: UnixServer, real_path: Path
 ) -> None:
@@ -295,6 +296,7 @@ def test_real_server_replaced_the_stale_socket_with_a_0600_one(
         probe.connect(str(real_path))  # the stale file refused this; now a server answers
 
 
+@pytest.mark.slow
 def test_real_server_models_and_chat(client: Any) -> None:
     assert [m.id for m in client.models.list().data] == [MODEL, "all-MiniLM-L6-v2"]
     vectors = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a", "b"])
@@ -313,6 +315,7 @@ def test_real_server_models_and_chat(client: Any) -> None:
     assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
 
 
+@pytest.mark.slow
 @needs_peercred
 def test_real_server_logs_the_peer(real_server: UnixServer, client: Any) -> None:
     client.models.list()
@@ -324,6 +327,7 @@ def test_real_server_logs_the_peer(real_server: UnixServer, client: Any) -> None
     assert re.search(rf'"GET /v1/models" 200 .* uid={os.getuid()}', real_server.log)
 
 
+@pytest.mark.slow
 def test_a_second_server_on_the_live_socket_exits_2(real_server: UnixServer) -> None:
     """The socket is bound before any model loads: the live socket is the error even
     though the second server's model path does not exist."""
@@ -342,6 +346,7 @@ def test_a_second_server_on_the_live_socket_exits_2(real_server: UnixServer) -> 
     assert real_server.proc.poll() is None and real_server.path.exists()  # ours still
 
 
+@pytest.mark.slow
 def test_real_server_sigterm_exits_0_and_removes_the_socket(real_server: UnixServer) -> None:
     assert real_server.stop() == 0
     assert not real_server.path.exists()

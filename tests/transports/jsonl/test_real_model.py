@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # python -m llmcore.jsonl on SmolLM2, in a subprocess
+
 LINES = 1000
 MALFORMED_EVERY = 50  # line i is malformed when i % 50 == 25: 20 lines
 CHAT_EVERY = 4  # the rest: a chat request every 4th line, else a completion
