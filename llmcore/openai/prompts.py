@@ -101,7 +101,7 @@ def content_text(content: Content | None) -> str:
     return "\n".join(part.text for part in content if isinstance(part, TextPart))
 
 
-def render_chat(
+def chat_prompt(
     model: ServedModel,
     messages: Sequence[ChatMessage],
     *,

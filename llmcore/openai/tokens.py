@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llmcore.errors import InvalidRequestError
 from llmcore.openai.context import ServiceContext
-from llmcore.openai.prompts import render_chat
+from llmcore.openai.prompts import chat_prompt
 from llmcore.openai.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -25,7 +25,7 @@ def tokenize(ctx: ServiceContext, req: TokenizeRequest) -> TokenizeResponse:
     if req.messages is not None:
         cont = bool(req.continue_final_message)
         add = (not cont) if req.add_generation_prompt is None else req.add_generation_prompt
-        ids = render_chat(
+        ids = chat_prompt(
             model,
             req.messages,
             add_generation_prompt=add,
