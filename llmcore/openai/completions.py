@@ -18,7 +18,7 @@ from llmcore.openai.context import ServiceContext
 from llmcore.openai.generation import (
     Collected,
     Generation,
-    Item,
+    IndexedOutput,
     collect,
     public_finish_reason,
     usage,
@@ -88,7 +88,7 @@ async def create_completion(
     """The whole response, or (`stream`) its chunks: already started, so errors before
     the first output are raised here; close the stream to abort the request."""
     plan = await _plan(ctx, req, request_id)
-    outputs = ctx.runner.outputs(plan.gen)
+    outputs = ctx.admission.outputs(plan.gen)
     if req.stream:
         primed = await prime(outputs)
         return ClosingStream(_chunks(ctx, plan, primed), primed)
@@ -144,7 +144,7 @@ def _chunk(plan: _Plan, choices: list[CompletionChoice]) -> CompletionChunk:
 
 
 async def _chunks(
-    ctx: ServiceContext, plan: _Plan, outputs: PrimedStream[Item]
+    ctx: ServiceContext, plan: _Plan, outputs: PrimedStream[IndexedOutput]
 ) -> AsyncGenerator[CompletionChunk, None]:
     gen, strings = plan.gen, ctx.strings(plan.gen.model)
     num_choices = len(gen.prompts) * gen.params.n

@@ -1,5 +1,6 @@
 """What every endpoint of one service shares: the served models (by name), the
-limits, the generation runner and each model's token-string cache.
+limits, the admission of generations (queue limit, metrics) and each model's
+token-string cache.
 
 Invariant: a request names a served model or none (the first one that can do what
 it asks); any other name is a 404 that lists the served names, and a model that
@@ -12,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llmcore.errors import InvalidRequestError, NotFoundError
-from llmcore.openai.generation import Runner
+from llmcore.openai.generation import MeteredAdmission
 from llmcore.openai.interface import ServedModel
 from llmcore.openai.logprobs import TokenStrings
 from llmcore.openai.params import Limits
 
 
 class ServiceContext:
-    def __init__(self, models: Sequence[ServedModel], limits: Limits, runner: Runner) -> None:
+    def __init__(
+        self, models: Sequence[ServedModel], limits: Limits, admission: MeteredAdmission
+    ) -> None:
         if not models:
             raise ValueError("an OpenAIService needs at least one served model")
         names = [m.name for m in models]
@@ -28,7 +31,7 @@ class ServiceContext:
         self.models = list(models)
         self.by_name = {m.name: m for m in models}
         self.limits = limits
-        self.runner = runner
+        self.admission = admission
         self._strings = {m.name: TokenStrings(m.tokenizer) for m in models}
 
     def model(self, name: str | None) -> ServedModel:

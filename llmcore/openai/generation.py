@@ -1,7 +1,7 @@
-"""Running one API request on the engine: its prompts (several for a completions
+"""One API request's generation on the engine: its prompts (several for a completions
 request with a list of prompts), their outputs merged into one stream tagged with
-the prompt's index, admission and metrics; and the accumulation of outputs into
-whole choices.
+the prompt's index, admission against the queue limit and metrics
+(`MeteredAdmission`); and the accumulation of outputs into whole choices.
 
 Invariants: every engine iterator opened here is closed on every path (finished,
 failed, cancelled or closed early), so the engine aborts what nobody reads; a
@@ -23,7 +23,7 @@ from llmcore.openai.protocol import UsageInfo
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.sampling_params import SamplingParams
 
-Item = tuple[int, RequestOutput]  # (prompt index, engine output delta)
+IndexedOutput = tuple[int, RequestOutput]  # (prompt index, engine output delta)
 
 
 @dataclass(slots=True)
@@ -83,14 +83,14 @@ def _engine_stream(gen: Generation, index: int) -> AsyncGenerator[RequestOutput,
     return _closing(stream)
 
 
-async def engine_outputs(gen: Generation) -> AsyncGenerator[Item, None]:
+async def engine_outputs(gen: Generation) -> AsyncGenerator[IndexedOutput, None]:
     """The outputs of all of `gen`'s prompts, in the order they arrive."""
     if len(gen.prompts) == 1:
         async with aclosing(_engine_stream(gen, 0)) as outputs:
             async for out in outputs:
                 yield 0, out
         return
-    queue: asyncio.Queue[Item | BaseException | None] = asyncio.Queue()
+    queue: asyncio.Queue[IndexedOutput | BaseException | None] = asyncio.Queue()
 
     async def pump(index: int) -> None:
         try:
@@ -118,14 +118,16 @@ async def engine_outputs(gen: Generation) -> AsyncGenerator[Item, None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class Runner:
-    """Admits generations (the queue limit), counts them and times them."""
+class MeteredAdmission:
+    """Admits generations against the queue limit (`LoadTracker.admit`) and records
+    their metrics (prompt and generation tokens, TTFT, inter-token and end-to-end
+    times) while their outputs pass through."""
 
     def __init__(self, load: LoadTracker, metrics: ServiceMetrics) -> None:
         self.load = load
         self.metrics = metrics
 
-    async def outputs(self, gen: Generation) -> AsyncGenerator[Item, None]:
+    async def outputs(self, gen: Generation) -> AsyncGenerator[IndexedOutput, None]:
         """`engine_outputs(gen)`, admitted and measured. Raises OverloadedError (before
         any output) when the queue is full."""
         self.load.admit()
@@ -184,7 +186,7 @@ class Collected:
         return sum(len(c.token_ids) for c in self.choices)
 
 
-async def collect(gen: Generation, outputs: AsyncGenerator[Item, None]) -> Collected:
+async def collect(gen: Generation, outputs: AsyncGenerator[IndexedOutput, None]) -> Collected:
     """Run `outputs` to the end (closing it on every path) and accumulate the choices."""
     result = Collected(
         [Choice() for _ in range(len(gen.prompts) * gen.params.n)], [None] * len(gen.prompts)

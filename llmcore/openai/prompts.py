@@ -1,5 +1,5 @@
 """Prompts: a completions `prompt` (text, texts, token ids or lists of them) or a
-chat conversation (rendered by the model's chat template), as token ids, checked.
+chat conversation (rendered to text by `llmcore.chat_template`), as token ids, checked.
 
 Invariant: a prompt that leaves here is non-empty, every id is in the tokenizer's
 vocabulary, and prompt + max_tokens fits the served context (exactly full is fine).
@@ -10,32 +10,14 @@ text is tokenized on a worker thread, so no prompt stalls the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-import msgspec
-
-from llmcore.chat_template import require_template
+from llmcore.chat_template import render_conversation
 from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.openai.generation import Prompt
 from llmcore.openai.interface import ServedModel
-from llmcore.openai.protocol import (
-    MAX_JSON_DEPTH,
-    ROLE_OF,
-    AssistantMessage,
-    ChatMessage,
-    Content,
-    PromptInput,
-    TextPart,
-)
-from llmcore.openai.protocol.decoding import json_depth
-
-# Keys of chat_template_kwargs that would collide with the renderer's own arguments.
-_RESERVED_KWARGS = frozenset(
-    {"self", "messages", "add_generation_prompt", "continue_final_message", "tools", "documents"}
-)
-
+from llmcore.openai.protocol import ChatMessage, Content, PromptInput, TextPart
 
 _T = TypeVar("_T")
 
@@ -186,57 +168,7 @@ def content_text(content: Content | None) -> str:
     return "\n".join(part.text for part in content if isinstance(part, TextPart))
 
 
-def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """The conversation as the chat template reads it; non-text parts are refused."""
-    out = []
-    for i, message in enumerate(messages):
-        content = message.content
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, TextPart):
-                    param = f"messages[{i}].content[{j}]"
-                    kind = type(part).__name__
-                    raise InvalidRequestError(
-                        f"{param}: content parts of type {_PART_TYPES.get(kind, kind)!r} are "
-                        "not supported (text only)",
-                        param=param,
-                    )
-        data: dict[str, Any] = {"role": ROLE_OF[type(message)]}
-        for name in message.__struct_fields__:
-            value = getattr(message, name)
-            if value is not None:
-                data[name] = _plain(value)
-        if isinstance(message, AssistantMessage) and message.tool_calls:
-            data["tool_calls"] = [_tool_call(call) for call in data["tool_calls"]]
-        out.append(data)
-    return out
-
-
-_PART_TYPES = {
-    "ImageURLPart": "image_url",
-    "InputAudioPart": "input_audio",
-    "FilePart": "file",
-    "RefusalPart": "refusal",
-}
-
-
-def _plain(value: Any) -> Any:
-    return msgspec.to_builtins(value)
-
-
-def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    """Templates read a tool call's `arguments` as an object (vLLM parses them too)."""
-    function = dict(call.get("function", {}))
-    arguments = function.get("arguments", "")
-    if isinstance(arguments, str) and json_depth(arguments.encode()) <= MAX_JSON_DEPTH:
-        try:
-            function["arguments"] = json.loads(arguments)
-        except ValueError:
-            pass  # not JSON: the template gets the string (so does JSON nested too deeply)
-    return {**call, "function": function}
-
-
-async def render_chat(
+async def chat_prompt(
     model: ServedModel,
     messages: Sequence[ChatMessage],
     *,
@@ -248,32 +180,16 @@ async def render_chat(
     documents: list[dict[str, Any]] | None = None,
 ) -> Prompt:
     """The conversation rendered by the model's chat template, and its token ids."""
-    template = require_template(model.chat_template)
-    if continue_final_message and add_generation_prompt:
-        raise InvalidRequestError(
-            "continue_final_message: cannot be set together with add_generation_prompt "
-            "(set add_generation_prompt to false)",
-            param="continue_final_message",
-        )
-    kwargs = dict(chat_template_kwargs or {})
-    reserved = sorted(_RESERVED_KWARGS & kwargs.keys())
-    if reserved:
-        raise InvalidRequestError(
-            f"chat_template_kwargs: {reserved[0]!r} is set by the request itself, not here",
-            param="chat_template_kwargs",
-        )
     tokenizer = model.tokenizer
-    text = template.render(
-        message_dicts(messages),
+    text = render_conversation(
+        model.chat_template,
+        messages,
+        tokenizer,
         add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message,
-        tools=tools or None,
+        chat_template_kwargs=chat_template_kwargs,
+        tools=tools,
         documents=documents,
-        **{
-            "bos_token": tokenizer.bos_token or "",
-            "eos_token": tokenizer.eos_token or "",
-            **kwargs,
-        },
     )
     ids = await encode_text(model, text, add_special_tokens=add_special_tokens, param="messages")
     check_token_ids(ids, tokenizer.vocab_size, "messages")

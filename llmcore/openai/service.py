@@ -28,7 +28,7 @@ from llmcore.errors import (
 from llmcore.openai import chat, completions, embeddings, models, score, tokens
 from llmcore.openai.context import ServiceContext
 from llmcore.openai.errors import error_body, error_headers
-from llmcore.openai.generation import Runner
+from llmcore.openai.generation import MeteredAdmission
 from llmcore.openai.interface import ServedModel, ServiceRequest, ServiceResponse, ServiceStream
 from llmcore.openai.metrics import LoadTracker, ServiceMetrics
 from llmcore.openai.openapi import openapi_document
@@ -68,7 +68,7 @@ _TEXT = "text/plain; charset=utf-8"
 RELEASE_MEMORY_AFTER_BYTES = 4 << 20
 
 
-def _json(value: Any, status: int = 200) -> ServiceResponse:
+def _json(value: msgspec.Struct, status: int = 200) -> ServiceResponse:
     return ServiceResponse(status, _ENCODER.encode(value))
 
 
@@ -102,7 +102,7 @@ class OpenAIService:
         self.load = LoadTracker(max_queued_requests, retry_after)
         self.metrics = ServiceMetrics(models, self.load, registry)
         self.ctx = ServiceContext(
-            models, Limits(max_logprobs, max_n), Runner(self.load, self.metrics)
+            models, Limits(max_logprobs, max_n), MeteredAdmission(self.load, self.metrics)
         )
         self.max_body_bytes = max_body_bytes
         self._routes = routes_by_path()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llmcore.errors import InvalidRequestError
 from llmcore.openai.context import ServiceContext
-from llmcore.openai.prompts import encode_text, render_chat
+from llmcore.openai.prompts import chat_prompt, encode_text
 from llmcore.openai.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -26,7 +26,7 @@ async def tokenize(ctx: ServiceContext, req: TokenizeRequest) -> TokenizeRespons
         cont = bool(req.continue_final_message)
         add = (not cont) if req.add_generation_prompt is None else req.add_generation_prompt
         ids = (
-            await render_chat(
+            await chat_prompt(
                 model,
                 req.messages,
                 add_generation_prompt=add,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from llmcore import chat_template_env as ct
 from llmcore.chat_template import ChatTemplate, compile_template, require_template
+from llmcore.chat_template import environment as ct
 from llmcore.errors import ChatTemplateError, CorruptModelFileError, NoChatTemplateError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"

@@ -1,4 +1,4 @@
-"""`llmcore.http`'s model list: the positional MODEL and repeated `--model`, paired
+"""`llmcore serve`'s model list: the positional MODEL and repeated `--model`, paired
 by position with `--served-model-name` and `--task`; with no model, the two
 embedded defaults (chat + embeddings)."""
 
@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from llmcore.cli.serve import build_parser
+from llmcore.cli.service import ModelSpec, model_specs
 from llmcore.default_model import default_embedding_model_path
-from llmcore.http import ModelSpec, build_parser, model_specs
 
 
 def _specs(*argv: str) -> list[ModelSpec]:

@@ -24,6 +24,8 @@ from llmcore.tokenization.tokenizer import Tokenizer
 
 from .conftest import Client
 
+pytestmark = pytest.mark.slow
+
 CHAT = "SmolLM2-135M-Instruct"
 MINILM = "all-MiniLM-L6-v2"
 JSON_ROUTES = sorted({spec.path for spec in ROUTES if spec.request is not None})

@@ -335,7 +335,7 @@ def test_environment_and_flags(tmp_path: Any) -> None:
         capture_output=True, text=True, timeout=120, env={**os.environ, "LLMCORE_PORT": "1"},
     )  # fmt: skip
     assert out.returncode == 2 and "does not exist" in out.stderr
-    from llmcore.http import build_parser
+    from llmcore.cli.serve import build_parser
 
     os.environ["LLMCORE_MAX_NUM_SEQS"] = "7"
     try:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import transports.http.config as http_config
-from llmcore.http import _http_config, build_parser, main
+from llmcore.cli.serve import build_http_config, build_parser
+from llmcore.http import main
 from transports.http import HTTPConfig
 from transports.http.peers import PEERCRED_SUPPORTED, PeerCredentials, check_peer
 
@@ -167,17 +168,17 @@ def test_config_checks_the_allow_list(sock_path: Path, monkeypatch: pytest.Monke
 
 def test_flags_reach_the_config(sock_path: Path) -> None:
     argv = ["--uds", str(sock_path), "--uds-mode", "0660", "--uds-allow-uid", "1000,1001"]
-    config = _http_config(build_parser().parse_args([*argv, "--uds-allow-uid", "7"]))
+    config = build_http_config(build_parser().parse_args([*argv, "--uds-allow-uid", "7"]))
     assert config.uds_mode == 0o660
     assert config.uds_allowed_uids == (1000, 1001, 7)
-    default = _http_config(build_parser().parse_args(["--uds", str(sock_path)]))
+    default = build_http_config(build_parser().parse_args(["--uds", str(sock_path)]))
     assert (default.uds_mode, default.uds_allowed_uids) == (0o600, ())
 
 
 def test_environment_sets_the_flags(sock_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMCORE_UDS_MODE", "0640")
     monkeypatch.setenv("LLMCORE_UDS_ALLOW_UID", "5, 6")
-    config = _http_config(build_parser().parse_args(["--uds", str(sock_path)]))
+    config = build_http_config(build_parser().parse_args(["--uds", str(sock_path)]))
     assert (config.uds_mode, config.uds_allowed_uids) == (0o640, (5, 6))
 
 

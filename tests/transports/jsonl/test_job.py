@@ -238,7 +238,7 @@ def test_cli_usage_errors_exit_2_before_loading_a_model(
 
 
 def test_cli_help_lists_batch_and_model_flags_but_not_network_ones() -> None:
-    from llmcore.jsonl import build_batch_parser
+    from llmcore.cli.run_batch import build_batch_parser
 
     text = build_batch_parser().format_help()
     for flag in ("--input", "--output", "--resume", "--unordered", "--max-concurrency",

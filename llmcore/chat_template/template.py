@@ -1,15 +1,15 @@
-"""Chat templates: finding a model's template, and rendering conversations with it.
+"""`ChatTemplate`: one template, rendering a conversation of plain messages (dicts)
+into prompt text; `ChatTemplate.resolve` finds a model's own template.
 
 `ChatTemplate.render` is byte-identical to `transformers`' `apply_chat_template(...,
 tokenize=False)` for the same template, messages and variables: the same sandboxed
-jinja2 environment (trim_blocks, lstrip_blocks, loop controls, `{% generation %}`,
-HF's `tojson`, `raise_exception`, `strftime_now`, `dict`, `namespace`), the same
-message normalisation and the same `continue_final_message` cut. The one step of our
-own comes first: message content is shaped into what the template reads (a string,
-or OpenAI content parts; see `content_format` and `_shape_content`), and it never
-changes a conversation transformers renders well. Every failure of a template, at
-compile or render time, leaves as `ChatTemplateError`; a template compiles once per
-process however many `ChatTemplate` objects share its text.
+jinja2 environment (see `environment`), the same message normalisation and the same
+`continue_final_message` cut. The one step of our own comes first: message content is
+shaped into what the template reads (a string, or OpenAI content parts; see
+`content_format` and `_shape_content`), and it never changes a conversation
+transformers renders well. Every failure of a template, at compile or render time,
+leaves as `ChatTemplateError`; a template compiles once per process however many
+`ChatTemplate` objects share its text.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import jinja2
 import jinja2.ext
 import jinja2.utils
 
-from llmcore.chat_template_env import (
+from llmcore.chat_template.content_format import (
     ContentFormat,
     accepts_string_content,
-    compile_template,
     detect_content_format,
 )
-from llmcore.chat_template_source import find_template_source
+from llmcore.chat_template.environment import compile_template
+from llmcore.chat_template.source import find_template_source
 from llmcore.errors import ChatTemplateError, NoChatTemplateError
 
 ContentFormatOption: TypeAlias = Literal["auto", "string", "openai"]
@@ -83,7 +83,7 @@ def _only_text(parts: Sequence[Any]) -> bool:
     return all(isinstance(part, Mapping) and part.get("type") == "text" for part in parts)
 
 
-def _shape_content(content: Any, role: Any, fmt: ContentFormat, wrap_strings: bool) -> Any:
+def _shape_content(content: object, role: object, fmt: ContentFormat, wrap_strings: bool) -> object:
     """Content as the template reads it. "string": parts become their joined text.
     "openai": parts stay parts, and a string becomes one text part unless the template
     itself handles strings (`content is string`), so that what transformers renders
@@ -97,7 +97,7 @@ def _shape_content(content: Any, role: Any, fmt: ContentFormat, wrap_strings: bo
     return content
 
 
-def _prepare_message(message: Any, fmt: ContentFormat, wrap_strings: bool) -> dict[str, Any]:
+def _prepare_message(message: object, fmt: ContentFormat, wrap_strings: bool) -> dict[str, Any]:
     """One message as transformers hands it to the template: None-valued keys dropped,
     plain data, content shaped, and reasoning filled in under all its names."""
     if not isinstance(message, Mapping):
@@ -113,7 +113,7 @@ def _prepare_message(message: Any, fmt: ContentFormat, wrap_strings: bool) -> di
     return out
 
 
-def _checked_objects(items: Sequence[Any] | None, what: str) -> Any:
+def _checked_objects(items: Sequence[object] | None, what: str) -> list[Any] | None:
     if items is None:
         return None
     for item in items:

