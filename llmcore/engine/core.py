@@ -22,6 +22,7 @@ import torch
 
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.kv_cache_manager import KVCacheManager
+from llmcore.engine.logprobs import TokenLogprobs, logprobs_of
 from llmcore.engine.pooling_runner import (
     PoolingRequest,
     PoolingRunner,
@@ -30,7 +31,7 @@ from llmcore.engine.pooling_runner import (
     scratch_blocks,
 )
 from llmcore.engine.request import FinishReason, Request, RequestStatus
-from llmcore.engine.sampler import Sampler, SamplingRow, TokenLogprobs, logprobs_of
+from llmcore.engine.sampler import Sampler, SamplingRow
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
 from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.model_loader import LoadedModel
