@@ -241,7 +241,7 @@ def build_service(args: argparse.Namespace) -> tuple[Any, Engines, str]:
 def _served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> Any:
     from llmcore.chat_template import ChatTemplate
     from llmcore.engine.async_engine import AsyncEngine
-    from llmcore.engine.pooling_runner import Task
+    from llmcore.engine.task import Task
     from llmcore.openai import ServedModel
 
     engine = AsyncEngine.load(

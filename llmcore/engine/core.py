@@ -23,21 +23,17 @@ import torch
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.kv_cache_manager import KVCacheManager
 from llmcore.engine.logprobs import TokenLogprobs, logprobs_of
-from llmcore.engine.pooling_runner import (
-    PoolingRequest,
-    PoolingRunner,
-    Task,
-    resolve_task,
-    scratch_blocks,
-)
+from llmcore.engine.pooling_runner import PoolingRequest, PoolingRunner
 from llmcore.engine.request import FinishReason, Request, RequestStatus
 from llmcore.engine.sampler import Sampler, SamplingRow
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
+from llmcore.engine.sizing import size_engine
+from llmcore.engine.task import Task, resolve_task
 from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.model_loader import LoadedModel
 from llmcore.model_runner import ModelRunner, SequenceChunk
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
-from llmcore.pooling import PoolingConfig, PoolingOutput, PoolingParams
+from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.detokenizer import IncrementalDetokenizer
 from llmcore.tokenization.tokenizer import Tokenizer
@@ -75,20 +71,17 @@ class _Group:
 class EngineCore:
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig) -> None:
         self.loaded, self.tokenizer, self.config = loaded, tokenizer, config
-        dtype_size = torch.tensor([], dtype=loaded.dtype).element_size()
         self.task = resolve_task(loaded, config.task)
-        self.pooling_config: PoolingConfig | None = None
-        if self.task is Task.GENERATE:
-            num_blocks = config.num_blocks(loaded.config, dtype_size)
-            capacity = num_blocks * config.block_size
-        else:
-            num_blocks, capacity = self._embed_blocks(loaded, config)
-        self.max_model_len = min(loaded.max_model_len, config.max_model_len or capacity, capacity)
-        capped = self.max_model_len < (config.max_model_len or loaded.max_model_len)
-        if capped and self.task is Task.GENERATE:
+        sizing = size_engine(loaded, config, self.task)
+        if sizing.capped_by_kv_cache:
+            capacity = sizing.kv_capacity
             log.warning("max_model_len capped to %d tokens by the KV cache size", capacity)
-        self.runner = ModelRunner(loaded, num_blocks, config.block_size)
-        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.max_model_len = sizing.max_model_len
+        self.pooling_config = sizing.pooling_config
+        self.runner = ModelRunner(loaded, sizing.num_blocks, config.block_size)
+        self.kv_cache = KVCacheManager(
+            sizing.num_blocks, config.block_size, config.enable_prefix_caching
+        )
         self.scheduler = Scheduler(
             self.kv_cache,
             max_num_seqs=config.max_num_seqs,
@@ -113,21 +106,6 @@ class EngineCore:
         self._num_prompt_tokens = 0
         self._num_generated = 0
         self._num_steps = 0
-
-    def _embed_blocks(self, loaded: LoadedModel, config: EngineConfig) -> tuple[int, int]:
-        """KV blocks and token capacity of an embed engine: scratch space for one
-        step (decoders), nothing (encoders); the context is capped at sentence-
-        transformers' `max_seq_length`."""
-        self.pooling_config = PoolingConfig.from_folder(
-            loaded.path, is_encoder=bool(getattr(loaded.model, "is_encoder", False))
-        )
-        max_len = min(loaded.max_model_len, config.max_model_len or loaded.max_model_len)
-        max_len = min(max_len, self.pooling_config.max_seq_length or max_len)
-        if getattr(loaded.model, "is_encoder", False):
-            return 1, max_len
-        bs = config.block_size
-        blocks = scratch_blocks(config.max_num_batched_tokens, config.max_num_seqs, max_len, bs)
-        return blocks, max_len
 
     # ---- requests (callable from any thread) ---------------------------------------------
 
