@@ -430,16 +430,16 @@ class EngineCore:
         kv = self.kv_cache.statistics()
         sched = self.scheduler.statistics()
         return EngineStatistics(
-            num_running=sched["num_running"],
-            num_waiting=sched["num_waiting"],
+            num_running=sched.num_running,
+            num_waiting=sched.num_waiting,
             num_kv_blocks=kv.num_blocks,
             num_kv_blocks_free=kv.num_free_blocks,
-            kv_cache_usage=kv.num_used_blocks / kv.num_blocks,
+            kv_cache_usage=kv.usage,
             prefix_cache_queries=kv.prefix_cache_queries,
             prefix_cache_hits=kv.prefix_cache_hits,
             num_prompt_tokens_computed=self._num_prompt_tokens,
             num_generated_tokens=self._num_generated,
-            num_preemptions=sched["num_preemptions"],
+            num_preemptions=sched.num_preemptions,
             num_steps=self._num_steps,
         )
 

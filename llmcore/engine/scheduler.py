@@ -52,6 +52,13 @@ class SchedulerOutput:
         return sum(s.num_new_tokens for s in self.scheduled)
 
 
+@dataclass(slots=True, frozen=True)
+class SchedulerStatistics:
+    num_running: int
+    num_waiting: int  # generate requests waiting or preempted, and encode requests
+    num_preemptions: int  # since the start
+
+
 class Scheduler:
     def __init__(
         self,
@@ -190,9 +197,9 @@ class Scheduler:
         leader = self._group_leaders.get(request.group_id)
         return leader is not None and leader.num_computed_tokens < leader.num_prompt_tokens
 
-    def statistics(self) -> dict[str, int]:
-        return {
-            "num_running": len(self.running),
-            "num_waiting": len(self.waiting) + len(self.pooling_waiting),
-            "num_preemptions": self.num_preemptions,
-        }
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting) + len(self.pooling_waiting),
+            num_preemptions=self.num_preemptions,
+        )

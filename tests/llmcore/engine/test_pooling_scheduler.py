@@ -43,4 +43,4 @@ def test_max_num_seqs_caps_a_step_and_aborts_drop_waiting_requests() -> None:
         sched.add_pooling(_request(i, 1))
     assert sched.abort_pooling("p1") and not sched.abort_pooling("nope")
     assert [r.request_id for r in sched.schedule().pooling] == ["p0", "p2"]
-    assert sched.statistics()["num_waiting"] == 1
+    assert sched.statistics().num_waiting == 1
