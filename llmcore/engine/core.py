@@ -4,7 +4,7 @@ A step drains the inbox (requests added or aborted from other threads), asks the
 scheduler for the running set, runs one forward pass over it, samples a token for
 every request whose known tokens are now all computed, appends it, detokenizes,
 applies stop conditions, and returns one `RequestOutput` delta per request group
-that progressed. Pooling requests (`encode`) scheduled in the same step run as one
+that progressed. Encode requests (pooling) scheduled in the same step run as one
 more forward pass of their own (`PoolingRunner`) and finish in that step.
 Everything here runs on one thread (the engine's worker); other
 threads only touch the inbox, a deque whose appends and pops are atomic.
@@ -12,7 +12,6 @@ threads only touch the inbox, a deque whose appends and pops are atomic.
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -21,10 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from llmcore.engine.config import EngineConfig
+from llmcore.engine.inbox import Abort, AddEncode, AddRequests, Inbox
 from llmcore.engine.kv_cache_manager import KVCacheManager
 from llmcore.engine.logprobs import TokenLogprobs, logprobs_of
-from llmcore.engine.pooling_runner import PoolingRequest, PoolingRunner
-from llmcore.engine.request import FinishReason, Request, RequestStatus
+from llmcore.engine.pooling_runner import PoolingRunner
+from llmcore.engine.request import EncodeRequest, FinishReason, Request, RequestStatus
 from llmcore.engine.sampler import Sampler, SamplingRow
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
 from llmcore.engine.sizing import size_engine
@@ -99,7 +99,7 @@ class EngineCore:
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
-        self._inbox: collections.deque[tuple[str, object]] = collections.deque()
+        self._inbox = Inbox()
         self._groups: dict[str, _Group] = {}
         self._pending_logprobs: dict[str, list[Logprob]] = {}
         self._pending_prompt_lp: dict[str, list[Logprob | None]] = {}
@@ -166,10 +166,10 @@ class EngineCore:
             )
         return prompt
 
-    def make_pooling_request(
+    def make_encode_request(
         self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
-    ) -> PoolingRequest:
-        """Validate and build the pooling request of one input."""
+    ) -> EncodeRequest:
+        """Validate and build the encode request of one input."""
         if self.pooling_config is None:
             raise InvalidRequestError(
                 "this model is served for generation (task generate), not for embeddings"
@@ -182,11 +182,11 @@ class EngineCore:
                 param="input",
             )
         params.validate(self.loaded.config.hidden_size, self.pooling_config)
-        return PoolingRequest(request_id, prompt, params, time.monotonic())
+        return EncodeRequest(request_id, prompt, params, time.monotonic())
 
-    def add_pooling(self, request: PoolingRequest) -> None:
-        """Queue a pooling request (from `make_pooling_request`) for the next step."""
-        self._inbox.append(("pool", request))
+    def add_encode(self, request: EncodeRequest) -> None:
+        """Queue an encode request (from `make_encode_request`) for the next step."""
+        self._inbox.put(AddEncode(request))
 
     def _max_tokens(self, num_prompt: int, params: SamplingParams) -> int:
         room = self.max_model_len - num_prompt
@@ -217,11 +217,11 @@ class EngineCore:
 
     def add(self, requests: list[Request]) -> None:
         """Queue requests (from `make_requests`) for the next step."""
-        self._inbox.append(("add", requests))
+        self._inbox.put(AddRequests(requests))
 
     def abort(self, request_id: str) -> None:
-        """Queue the abort of a caller request (all its completions)."""
-        self._inbox.append(("abort", request_id))
+        """Queue the abort of a caller request (all its completions) or encode request."""
+        self._inbox.put(Abort(request_id))
 
     # ---- the step (the engine thread only) -----------------------------------------------
 
@@ -236,34 +236,32 @@ class EngineCore:
             self._num_steps += 1
             self._run(plan.scheduled)
         outputs.extend(self._collect_outputs([s.request.group_id for s in plan.scheduled]))
-        if plan.pooling:
+        if plan.encode:
             assert self.pooler is not None
             if not plan.scheduled:
                 self._num_steps += 1
-            self._num_prompt_tokens += sum(r.num_tokens for r in plan.pooling)
-            outputs.extend(self.pooler.run(plan.pooling))
+            self._num_prompt_tokens += sum(r.num_tokens for r in plan.encode)
+            outputs.extend(self.pooler.run(plan.encode))
         return outputs
 
     def _drain_inbox(self) -> list[RequestOutput]:
         aborted: list[RequestOutput] = []
-        while self._inbox:
-            kind, item = self._inbox.popleft()
-            if kind == "add":
-                assert isinstance(item, list)
-                group_id = item[0].group_id
-                self._groups[group_id] = _Group(group_id, item[0].prompt_token_ids, item)
-                for request in item:
-                    self.scheduler.add(request)
-            elif kind == "pool":
-                assert isinstance(item, PoolingRequest)
-                self.scheduler.add_pooling(item)
-            elif kind == "abort":
-                assert isinstance(item, str)
-                if self.scheduler.abort_pooling(item):
-                    continue
-                out = self._abort(item)
-                if out is not None:
-                    aborted.append(out)
+        for message in self._inbox.drain():
+            match message:
+                case AddRequests(requests):
+                    group_id = requests[0].group_id
+                    prompt = requests[0].prompt_token_ids
+                    self._groups[group_id] = _Group(group_id, prompt, requests)
+                    for request in requests:
+                        self.scheduler.add(request)
+                case AddEncode(request):
+                    self.scheduler.add_encode(request)
+                case Abort(request_id):
+                    if self.scheduler.abort_encode(request_id):
+                        continue
+                    out = self._abort(request_id)
+                    if out is not None:
+                        aborted.append(out)
         return aborted
 
     def _abort(self, group_id: str) -> RequestOutput | None:

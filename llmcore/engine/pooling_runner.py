@@ -1,6 +1,5 @@
-"""Pooling requests inside the engine: `PoolingRequest` (one input to encode) and
-`PoolingRunner`, which runs one step's pooling requests as one forward pass and
-pools each sequence into a vector.
+"""`PoolingRunner`: runs one step's encode requests as one forward pass and pools
+each sequence into a vector.
 
 Encoders (BERT) take the flat batch directly (`EncoderBatch`, padded only inside
 attention). Decoders (`--task embed` on a llama-family model) run their usual
@@ -12,28 +11,16 @@ after the pass. Invariant: the outputs are in the order of the requests given.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import torch
 
+from llmcore.engine.request import EncodeRequest
 from llmcore.engine.task import is_encoder
 from llmcore.model_api import EncoderBatch, EncoderModel
 from llmcore.model_loader import LoadedModel
 from llmcore.model_runner import ModelRunner, SequenceChunk
-from llmcore.pooling import PoolingConfig, PoolingOutput, PoolingParams, finish_vector, pool
-
-
-@dataclass(slots=True, eq=False)
-class PoolingRequest:
-    request_id: str
-    prompt_token_ids: list[int]
-    params: PoolingParams
-    arrival_time: float
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids)
+from llmcore.pooling import PoolingConfig, PoolingOutput, finish_vector, pool
 
 
 class PoolingRunner:
@@ -44,7 +31,7 @@ class PoolingRunner:
         self.encoder = is_encoder(loaded)
 
     @torch.inference_mode()
-    def run(self, requests: Sequence[PoolingRequest]) -> list[PoolingOutput]:
+    def run(self, requests: Sequence[EncodeRequest]) -> list[PoolingOutput]:
         prompts = [r.prompt_token_ids for r in requests]
         if self.encoder:
             batch = encoder_batch(prompts, self.loaded.device)

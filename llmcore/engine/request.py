@@ -1,4 +1,5 @@
-"""`Request`: one sequence's state inside the engine, from arrival to finish.
+"""The engine's requests: `Request` (one sequence to generate, from arrival to
+finish) and `EncodeRequest` (one input to pool, in and out within one step).
 
 Invariants: `all_token_ids == prompt_token_ids + output_token_ids`;
 `num_computed_tokens <= len(all_token_ids)` counts tokens whose KV is in the cache
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmcore.engine.block_pool import BlockHash
+from llmcore.pooling import PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.detokenizer import IncrementalDetokenizer
 
@@ -85,3 +87,18 @@ class Request:
     def sort_key(self) -> tuple[int, float]:
         """Lower runs first: priority, then arrival (FCFS)."""
         return (self.priority, self.arrival_time)
+
+
+@dataclass(slots=True, eq=False)
+class EncodeRequest:
+    """One input to pool (`encode`): it runs whole in one forward pass, keeps no KV
+    blocks, and finishes in the step that runs it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: PoolingParams
+    arrival_time: float
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids)
