@@ -116,9 +116,9 @@ class LLM:
         for prompt in token_ids:
             self._counter += 1
             request_id = f"offline-{self._counter}"
-            requests.append(self.core.make_pooling_request(prompt, params, request_id))
+            requests.append(self.core.make_encode_request(prompt, params, request_id))
         for request in sorted(requests, key=lambda r: r.num_tokens):
-            self.core.add_pooling(request)
+            self.core.add_encode(request)
         results: dict[str, PoolingOutput] = {}
         while self.core.has_work():
             for out in self.core.step():

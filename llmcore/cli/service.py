@@ -105,7 +105,7 @@ def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool)
     first model only."""
     from llmcore.chat_template import ChatTemplate
     from llmcore.engine.async_engine import AsyncEngine
-    from llmcore.engine.pooling_runner import Task
+    from llmcore.engine.task import Task
 
     engine = AsyncEngine.load(
         spec.path,

@@ -1,1 +1,2 @@
-"""The local engine: scheduler, KV cache manager, sampler and the asyncio front."""
+"""The local engine: input processor, scheduler and KV cache manager, sampler, output
+processor, and the asyncio front (see docs/design.md, "The engine")."""

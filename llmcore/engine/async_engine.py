@@ -2,7 +2,7 @@
 
 One step-loop task per engine runs `EngineCore.step` in a single worker thread,
 so the event loop stays free while the model computes; each request has its own
-`asyncio.Queue` of outputs (`encode` waits for the one output of a pooling
+`asyncio.Queue` of outputs (`encode` waits for the one output of an encode
 request). If the step loop dies, every waiting request gets an
 `EngineDeadError`, new ones are refused, and `check_health()` raises.
 """
@@ -120,10 +120,10 @@ class AsyncEngine:
         self._check_alive()
         if request_id in self._queues:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        request = self.core.make_pooling_request(prompt_token_ids, params, request_id)
+        request = self.core.make_encode_request(prompt_token_ids, params, request_id)
         queue: asyncio.Queue[RequestOutput | PoolingOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
-        self.core.add_pooling(request)
+        self.core.add_encode(request)
         self._kick()
         done = False
         try:

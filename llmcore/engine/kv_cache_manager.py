@@ -48,6 +48,11 @@ class KVCacheStatistics:
     prefix_cache_hits: int  # tokens found
 
     @property
+    def usage(self) -> float:
+        """The fraction of blocks in use."""
+        return self.num_used_blocks / self.num_blocks
+
+    @property
     def prefix_cache_hit_rate(self) -> float:
         return (
             self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0

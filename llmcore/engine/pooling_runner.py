@@ -1,6 +1,5 @@
-"""Pooling requests inside the engine: `PoolingRequest` (one input to encode) and
-`PoolingRunner`, which runs one step's pooling requests as one forward pass and
-pools each sequence into a vector.
+"""`PoolingRunner`: runs one step's encode requests as one forward pass and pools
+each sequence into a vector.
 
 Encoders (BERT) take the flat batch directly (`EncoderBatch`, padded only inside
 attention). Decoders (`--task embed` on a llama-family model) run their usual
@@ -11,59 +10,17 @@ after the pass. Invariant: the outputs are in the order of the requests given.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import torch
 
+from llmcore.engine.request import EncodeRequest
+from llmcore.engine.task import is_encoder
 from llmcore.model_api import EncoderBatch, EncoderModel
 from llmcore.model_loader import LoadedModel
 from llmcore.model_runner import ModelRunner, SequenceChunk
-from llmcore.pooling import PoolingConfig, PoolingOutput, PoolingParams, finish_vector, pool
-
-
-class Task(enum.Enum):
-    GENERATE = "generate"
-    EMBED = "embed"
-
-
-def is_encoder(loaded: LoadedModel) -> bool:
-    return bool(getattr(loaded.model, "is_encoder", False))
-
-
-def resolve_task(loaded: LoadedModel, requested: str) -> Task:
-    """`auto`: embed for encoders, generate for decoders. Encoders cannot generate."""
-    if requested == "auto":
-        return Task.EMBED if is_encoder(loaded) else Task.GENERATE
-    try:
-        task = Task(requested)
-    except ValueError:
-        raise ValueError(f"unknown task {requested!r}; choose auto, generate or embed") from None
-    if task is Task.GENERATE and is_encoder(loaded):
-        raise ValueError(f"{loaded.config.architecture} is an encoder: it can only embed")
-    return task
-
-
-def scratch_blocks(
-    num_batched_tokens: int, max_num_seqs: int, max_len: int, block_size: int
-) -> int:
-    """KV blocks a decoder embed engine needs for its largest step (1 for encoders)."""
-    per_step = -(-num_batched_tokens // block_size) + max_num_seqs
-    return max(per_step, -(-max_len // block_size))
-
-
-@dataclass(slots=True, eq=False)
-class PoolingRequest:
-    request_id: str
-    prompt_token_ids: list[int]
-    params: PoolingParams
-    arrival_time: float
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids)
+from llmcore.pooling import PoolingConfig, PoolingOutput, finish_vector, pool
 
 
 class PoolingRunner:
@@ -74,7 +31,7 @@ class PoolingRunner:
         self.encoder = is_encoder(loaded)
 
     @torch.inference_mode()
-    def run(self, requests: Sequence[PoolingRequest]) -> list[PoolingOutput]:
+    def run(self, requests: Sequence[EncodeRequest]) -> list[PoolingOutput]:
         prompts = [r.prompt_token_ids for r in requests]
         if self.encoder:
             batch = encoder_batch(prompts, self.loaded.device)

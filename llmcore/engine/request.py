@@ -1,4 +1,9 @@
-"""`Request`: one sequence's state inside the engine, from arrival to finish.
+"""The engine's requests: `Request` (one sequence to generate, from arrival to
+finish) and `EncodeRequest` (one input to pool, in and out within one step).
+
+A `Request` holds what scheduling, the KV cache and sampling need; what the
+caller sees of it (text, stop strings, what was already handed out) lives in the
+output processor's `RequestState`.
 
 Invariants: `all_token_ids == prompt_token_ids + output_token_ids`;
 `num_computed_tokens <= len(all_token_ids)` counts tokens whose KV is in the cache
@@ -16,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from llmcore.engine.block_pool import BlockHash
+from llmcore.pooling import PoolingParams
 from llmcore.sampling_params import SamplingParams
-from llmcore.tokenization.detokenizer import IncrementalDetokenizer
 
 
 class RequestStatus(enum.Enum):
@@ -47,7 +52,6 @@ class Request:
     stop_token_ids: frozenset[int] = frozenset()
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
     generator: torch.Generator | None = None
-    detokenizer: IncrementalDetokenizer | None = None
 
     output_token_ids: list[int] = field(default_factory=list)
     all_token_ids: list[int] = field(default_factory=list)
@@ -55,12 +59,8 @@ class Request:
     block_hashes: list[BlockHash] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
-    stop_reason: str | int | None = None
+    stop_reason: str | int | None = None  # the stop token or stop string that ended it
     num_preemptions: int = 0
-    text: str = ""  # detokenized output, stop strings applied
-    emitted_chars: int = 0  # how much of `text` has been handed out
-    emitted_tokens: int = 0  # how many output tokens have been handed out
-    emitted_finish: bool = False  # the finishing output has been handed out
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:
@@ -85,3 +85,18 @@ class Request:
     def sort_key(self) -> tuple[int, float]:
         """Lower runs first: priority, then arrival (FCFS)."""
         return (self.priority, self.arrival_time)
+
+
+@dataclass(slots=True, eq=False)
+class EncodeRequest:
+    """One input to pool (`encode`): it runs whole in one forward pass, keeps no KV
+    blocks, and finishes in the step that runs it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: PoolingParams
+    arrival_time: float
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids)

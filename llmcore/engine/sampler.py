@@ -8,18 +8,23 @@ raw model distribution; a random row draws exactly `V` uniforms per step, from i
 own generator when it has one (and nothing else draws from that), and every filter
 is decided by the row's own values, so a seeded request samples the same tokens
 whatever shares its batch. Stages no row needs cost nothing.
+
+The edits before the greedy/random split live in `logits_processors`, logprobs in
+`logprobs`; this module owns the split itself, the randomness and the random rows'
+filters (temperature, min_p, top_k, top_p) with the exponential race.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 
-import numpy as np
 import torch
 
+from llmcore.engine.logits_processors import processed_logits
+from llmcore.engine.logits_rows import index_tensor, on_rows, take_rows
+from llmcore.engine.logprobs import TokenLogprobs, sampled_logprobs
 from llmcore.sampling_params import SamplingParams
 
 _GREEDY_BELOW = 1e-5  # temperatures under this are greedy (as vLLM's _SAMPLING_EPS)
@@ -40,14 +45,6 @@ class SamplingRow:
 
 
 @dataclass(slots=True)
-class TokenLogprobs:
-    token_id: int
-    logprob: float
-    rank: int  # 1-based: how many tokens have a logprob >= this one's (vLLM's rank)
-    top: list[tuple[int, float]]  # the top-k (token_id, logprob), best first
-
-
-@dataclass(slots=True)
 class SamplerOutput:
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]  # per row; None unless params.logprobs is set
@@ -64,8 +61,8 @@ class Sampler:
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         assert logits.shape[1] >= self.vocab_size, (logits.shape, self.vocab_size)
         raw = logits[:, : self.vocab_size].float()  # drop padded vocabulary columns, if any
-        token_ids = self._pick(_processed_logits(raw, rows), rows)
-        return SamplerOutput(token_ids.tolist(), _sampled_logprobs(raw, token_ids, rows))
+        token_ids = self._pick(processed_logits(raw, rows), rows)
+        return SamplerOutput(token_ids.tolist(), sampled_logprobs(raw, token_ids, rows))
 
     def _shared_generator(self, device: torch.device) -> torch.Generator:
         generator = self._generators.get(device)
@@ -87,8 +84,8 @@ class Sampler:
             return self._sample(logits, rows)
         greedy = [i for i, r in enumerate(rows) if r.params.temperature < _GREEDY_BELOW]
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        tokens[greedy] = _take_rows(logits, greedy).max(dim=-1).indices
-        tokens[random] = self._sample(_take_rows(logits, random), [rows[i] for i in random])
+        tokens[greedy] = take_rows(logits, greedy).max(dim=-1).indices
+        tokens[random] = self._sample(take_rows(logits, random), [rows[i] for i in random])
         return tokens
 
     def _sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -105,10 +102,10 @@ class Sampler:
             return _race_narrow(_NarrowRows.of(logits, all_rows, rows), noise)
         wide = [i for i, r in enumerate(rows) if not _is_narrow(r.params, vocab)]
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        tokens[wide] = _race_wide(_take_rows(logits, wide), noise[wide], [rows[i] for i in wide])
+        tokens[wide] = _race_wide(take_rows(logits, wide), noise[wide], [rows[i] for i in wide])
         narrow_rows = [rows[i] for i in narrow]
         picked = _NarrowRows.of(
-            _take_rows(logits, narrow), _index(narrow, noise.device), narrow_rows
+            take_rows(logits, narrow), index_tensor(narrow, noise.device), narrow_rows
         )
         tokens[narrow] = _race_narrow(picked, noise)
         return tokens
@@ -129,144 +126,6 @@ class Sampler:
         return noise
 
 
-def logprobs_of(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> list[TokenLogprobs]:
-    """Raw log_softmax logprobs of `token_ids` (one per row of `logits`), ranks and top-k."""
-    logprobs = logits.float().log_softmax(dim=-1)
-    token_ids = token_ids.to(device=logprobs.device, dtype=torch.long).view(-1, 1)
-    chosen = logprobs.gather(1, token_ids)
-    ranks = (logprobs >= chosen).sum(dim=-1).tolist()
-    k = min(k, logprobs.shape[1])
-    top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (chosen[:, :0], token_ids[:, :0])
-    return [
-        TokenLogprobs(token, logprob, rank, list(zip(ids, values, strict=True)))
-        for token, logprob, rank, ids, values in zip(
-            token_ids.view(-1).tolist(),
-            chosen.view(-1).tolist(),
-            ranks,
-            top_ids.tolist(),
-            top_values.tolist(),
-            strict=True,
-        )
-    ]
-
-
-def _sampled_logprobs(
-    raw: torch.Tensor, token_ids: torch.Tensor, rows: Sequence[SamplingRow]
-) -> list[TokenLogprobs | None]:
-    out: list[TokenLogprobs | None] = [None] * len(rows)
-    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-    if not wanted:
-        return out
-    k = max(rows[i].params.logprobs or 0 for i in wanted)
-    for i, lp in zip(wanted, logprobs_of(raw[wanted], token_ids[wanted], k), strict=True):
-        lp.top = lp.top[: rows[i].params.logprobs]
-        out[i] = lp
-    return out
-
-
-# ---- before the greedy/random split: edits that can change the argmax --------------------------
-
-
-def _processed_logits(raw: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-    """Allowed ids, bad words, min_tokens, logit bias, penalties; `raw` if none applies.
-
-    One copy, then edits of the (row, token) cells concerned, never whole-batch passes.
-    """
-    allowed = [i for i, r in enumerate(rows) if r.params.allowed_token_ids is not None]
-    banned = _banned_cells(rows)
-    biases = [(i, t, b) for i, r in enumerate(rows) for t, b in (r.params.logit_bias or {}).items()]
-    penalized = [i for i, r in enumerate(rows) if _has_penalties(r.params)]
-    if not (allowed or banned or biases or penalized):
-        return raw
-    logits = raw.clone(memory_format=torch.contiguous_format)
-    flat, vocab = logits.view(-1), logits.shape[1]
-    if allowed:
-        _keep_only_allowed(logits, rows, allowed)
-    if banned:
-        flat[_index([i * vocab + t for i, t in banned], logits.device)] = _NEG_INF
-    if biases:
-        cells = _index([i * vocab + t for i, t, _ in biases], logits.device)
-        flat.index_add_(0, cells, torch.tensor([b for *_, b in biases], device=logits.device))
-    if penalized:
-        _apply_penalties(logits, rows, penalized)
-    return logits
-
-
-def _keep_only_allowed(logits: torch.Tensor, rows: Sequence[SamplingRow], idx: list[int]) -> None:
-    ids = [rows[i].params.allowed_token_ids or [] for i in idx]
-    cells = _flat_cells(ids, logits.shape[1], logits.device)
-
-    def keep(sub: torch.Tensor) -> None:
-        flat = sub.view(-1)
-        kept = flat[cells]
-        flat.fill_(_NEG_INF)
-        flat[cells] = kept
-
-    _on_rows(logits, idx, keep)
-
-
-def _banned_cells(rows: Sequence[SamplingRow]) -> list[tuple[int, int]]:
-    """(row, token) pairs banned this step by bad words and by min_tokens."""
-    banned: list[tuple[int, int]] = []
-    for i, row in enumerate(rows):
-        for token in _bad_word_tokens(row.output_token_ids, row.bad_words_token_ids):
-            banned.append((i, token))
-        if len(row.output_token_ids) < row.params.min_tokens:
-            banned.extend((i, token) for token in row.stop_token_ids)
-    return banned
-
-
-def _bad_word_tokens(output: Sequence[int], words: list[list[int]]) -> list[int]:
-    """A word's last token is banned when the output ends with the rest of the word."""
-    banned = []
-    n = len(output)
-    for word in words:
-        prefix = word[:-1]
-        if (
-            word
-            and len(prefix) <= n
-            and all(output[n - len(prefix) + j] == token for j, token in enumerate(prefix))
-        ):
-            banned.append(word[-1])
-    return banned
-
-
-def _has_penalties(p: SamplingParams) -> bool:
-    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
-
-
-def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow], idx: list[int]) -> None:
-    """Repetition penalty on tokens of the prompt or output (positive logits divided,
-    negative multiplied), then OpenAI's frequency (x count) and presence (once) penalties
-    on tokens of the output. Edits only the cells of those tokens: a cell listed twice
-    gets the same new value twice, and frequency accumulates per occurrence."""
-    device, vocab = logits.device, logits.shape[1]
-    params = [rows[i].params for i in idx]
-    output = _flat_cells([rows[i].output_token_ids for i in idx], vocab, device)
-    output_row = output // vocab
-    frequency = torch.tensor([p.frequency_penalty for p in params], device=device)
-    presence = torch.tensor([p.presence_penalty for p in params], device=device)
-    repetition = torch.tensor([p.repetition_penalty for p in params], device=device)
-    repeats = [p.repetition_penalty != 1.0 for p in params]
-
-    def penalize(sub: torch.Tensor) -> None:
-        flat = sub.view(-1)
-        if any(repeats):
-            prompts = [
-                rows[i].prompt_token_ids if r else () for i, r in zip(idx, repeats, strict=True)
-            ]
-            seen = torch.cat([output, _flat_cells(prompts, vocab, device)])
-            factor = repetition[seen // vocab]
-            values = flat[seen]
-            flat[seen] = torch.where(values > 0, values / factor, values * factor)
-        if bool((frequency != 0).any()):
-            flat.index_add_(0, output, -frequency[output_row])
-        if bool((presence != 0).any()):
-            flat[output] = flat[output] - presence[output_row]
-
-    _on_rows(logits, idx, penalize)
-
-
 # ---- random rows: temperature, min_p, top_k, top_p and the exponential race --------------------
 
 
@@ -283,7 +142,7 @@ def _apply_min_p(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Ten
         sub.masked_fill_(sub < sub.amax(dim=-1, keepdim=True) + offset_t, _NEG_INF)
 
     logits = logits.clone()
-    _on_rows(logits, idx, drop)
+    on_rows(logits, idx, drop)
     return logits
 
 
@@ -327,13 +186,13 @@ class _NarrowRows:
         idx = [i for i, p in enumerate(params) if p.top_p < 1.0 and not 0 < p.top_k < vocab]
         if idx:
             temperature = torch.tensor([params[i].temperature for i in idx], device=logits.device)
-            mass[idx] = (_take_rows(logits, idx) / temperature.unsqueeze(1)).logsumexp(dim=-1)
+            mass[idx] = (take_rows(logits, idx) / temperature.unsqueeze(1)).logsumexp(dim=-1)
         return cls(logits, noise_rows, params, mass)
 
     def take(self, idx: list[int]) -> _NarrowRows:
         params = [self.params[i] for i in idx]
         return _NarrowRows(
-            _take_rows(self.logits, idx), self.noise_rows[idx], params, self.whole_log_mass[idx]
+            take_rows(self.logits, idx), self.noise_rows[idx], params, self.whole_log_mass[idx]
         )
 
 
@@ -401,34 +260,3 @@ def _survivors(rows: _NarrowRows, m: int) -> tuple[torch.Tensor, torch.Tensor, t
     if m == vocab:
         settled = torch.ones_like(settled)
     return scaled.masked_fill_(values < floor.unsqueeze(1), _NEG_INF), ids, settled
-
-
-# ---- helpers --------------------------------------------------------------------------------
-
-
-def _index(values: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long, device=device)
-
-
-def _take_rows(x: torch.Tensor, idx: list[int]) -> torch.Tensor:
-    """Rows `idx` (ascending) of `x`: `x` itself when that is all of them, else a copy."""
-    return x if len(idx) == x.shape[0] else x[idx]
-
-
-def _on_rows(logits: torch.Tensor, idx: list[int], edit: Callable[[torch.Tensor], object]) -> None:
-    """Apply the in-place `edit` to rows `idx` (ascending) of `logits`; no copy for all rows."""
-    if len(idx) == logits.shape[0]:
-        edit(logits)
-        return
-    sub = logits[idx]
-    edit(sub)
-    logits[idx] = sub
-
-
-def _flat_cells(seqs: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
-    """`row * vocab + token` for every token of every sequence (row = its position in
-    `seqs`): indices into a contiguous `[len(seqs), vocab]` tensor viewed flat."""
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    ids = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
-    rows = np.repeat(np.arange(len(seqs), dtype=np.int64), lengths)
-    return torch.from_numpy(rows * vocab + ids).to(device)

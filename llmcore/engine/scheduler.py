@@ -9,7 +9,7 @@ request is preempted (its blocks freed, its tokens recomputed later: its output 
 unchanged). Waiting requests are admitted in (priority, arrival) order, reusing
 prefix-cache hits, until the budget, the sequence cap or the free blocks run out.
 
-Pooling requests (`encode`) wait in their own FCFS queue and take what the step's
+Encode requests (pooling) wait in their own FCFS queue and take what the step's
 token budget leaves after generation: each runs whole in one pass (no chunking, no
 KV blocks kept), at least one per step when nothing else runs.
 
@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 
 from llmcore.engine.block_pool import KVBlock
 from llmcore.engine.kv_cache_manager import KVCacheManager
-from llmcore.engine.pooling_runner import PoolingRequest
-from llmcore.engine.request import FinishReason, Request, RequestStatus
+from llmcore.engine.request import EncodeRequest, FinishReason, Request, RequestStatus
 
 
 @dataclass(slots=True)
@@ -45,11 +44,18 @@ class ScheduledRequest:
 class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
-    pooling: list[PoolingRequest] = field(default_factory=list)
+    encode: list[EncodeRequest] = field(default_factory=list)
 
     @property
     def num_batched_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.scheduled)
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerStatistics:
+    num_running: int
+    num_waiting: int  # generate requests waiting or preempted, and encode requests
+    num_preemptions: int  # since the start
 
 
 class Scheduler:
@@ -70,7 +76,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self._group_leaders: dict[str, Request] = {}
         self.num_preemptions = 0
-        self.pooling_waiting: collections.deque[PoolingRequest] = collections.deque()
+        self.encode_waiting: collections.deque[EncodeRequest] = collections.deque()
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -98,16 +104,16 @@ class Scheduler:
             del self._group_leaders[request.group_id]
 
     def has_unfinished(self) -> bool:
-        return bool(self.requests) or bool(self.pooling_waiting)
+        return bool(self.requests) or bool(self.encode_waiting)
 
-    def add_pooling(self, request: PoolingRequest) -> None:
-        self.pooling_waiting.append(request)
+    def add_encode(self, request: EncodeRequest) -> None:
+        self.encode_waiting.append(request)
 
-    def abort_pooling(self, request_id: str) -> bool:
-        """Drop a waiting pooling request; False if it is not waiting."""
-        for request in self.pooling_waiting:
+    def abort_encode(self, request_id: str) -> bool:
+        """Drop a waiting encode request; False if it is not waiting."""
+        for request in self.encode_waiting:
             if request.request_id == request_id:
-                self.pooling_waiting.remove(request)
+                self.encode_waiting.remove(request)
                 return True
         return False
 
@@ -119,16 +125,16 @@ class Scheduler:
         budget = self._schedule_running(out, budget)
         if not out.preempted:
             self._schedule_waiting(out, budget)
-        self._schedule_pooling(out, self.max_num_batched_tokens - out.num_batched_tokens)
+        self._schedule_encode(out, self.max_num_batched_tokens - out.num_batched_tokens)
         return out
 
-    def _schedule_pooling(self, out: SchedulerOutput, budget: int) -> None:
-        queue = self.pooling_waiting
-        while queue and len(out.pooling) < self.max_num_seqs:
+    def _schedule_encode(self, out: SchedulerOutput, budget: int) -> None:
+        queue = self.encode_waiting
+        while queue and len(out.encode) < self.max_num_seqs:
             size = queue[0].num_tokens
-            if size > budget and (out.pooling or out.scheduled):
+            if size > budget and (out.encode or out.scheduled):
                 break  # an input longer than the budget runs alone, in a step of its own
-            out.pooling.append(queue.popleft())
+            out.encode.append(queue.popleft())
             budget -= size
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -190,9 +196,9 @@ class Scheduler:
         leader = self._group_leaders.get(request.group_id)
         return leader is not None and leader.num_computed_tokens < leader.num_prompt_tokens
 
-    def statistics(self) -> dict[str, int]:
-        return {
-            "num_running": len(self.running),
-            "num_waiting": len(self.waiting) + len(self.pooling_waiting),
-            "num_preemptions": self.num_preemptions,
-        }
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting) + len(self.encode_waiting),
+            num_preemptions=self.num_preemptions,
+        )

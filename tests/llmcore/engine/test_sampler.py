@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcore.engine.sampler import Sampler, SamplingRow, logprobs_of
+from llmcore.engine.logprobs import logprobs_of
+from llmcore.engine.sampler import Sampler, SamplingRow
 from llmcore.sampling_params import SamplingParams
 
 V = 8

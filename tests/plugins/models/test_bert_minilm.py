@@ -95,10 +95,10 @@ def test_decoder_embeds_with_last_token_pooling(
     config = llmcore.EngineConfig(task="embed", max_num_batched_tokens=64)
     core = EngineCore(smollm2, tokenizer, config)
     texts = ["The capital of France is Paris.", "Embeddings from a decoder", "x"]
-    requests = [core.make_pooling_request(tokenizer.encode(t), PoolingParams(), str(i))
+    requests = [core.make_encode_request(tokenizer.encode(t), PoolingParams(), str(i))
                 for i, t in enumerate(texts)]  # fmt: skip
     for request in requests:
-        core.add_pooling(request)
+        core.add_encode(request)
     outputs: dict[str, Any] = {}
     while core.has_work():  # three in one step; a step's scratch blocks are reused
         outputs.update((o.request_id, o) for o in core.step())
