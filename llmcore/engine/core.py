@@ -31,7 +31,7 @@ from llmcore.engine.pooling_runner import PoolingRunner
 from llmcore.engine.request import EncodeRequest, FinishReason, Request, RequestStatus
 from llmcore.engine.sampler import Sampler, SamplerOutput, SamplingRow
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
-from llmcore.engine.sizing import size_engine
+from llmcore.engine.sizing import size_engine, step_token_budget
 from llmcore.engine.task import resolve_task
 from llmcore.model_loader import LoadedModel
 from llmcore.model_runner import ModelRunner, SequenceChunk
@@ -63,7 +63,13 @@ class EngineCore:
         self.loaded, self.tokenizer, self.config = loaded, tokenizer, config
         self.task = resolve_task(loaded, config.task)
         sizing = size_engine(loaded, config, self.task)
-        if sizing.capped_by_kv_cache:
+        if sizing.capped_by_step_budget:
+            log.warning(
+                "max_model_len capped to %d tokens: without chunked prefill a prompt must "
+                "fit one step (max_num_batched_tokens)",
+                sizing.max_model_len,
+            )
+        elif sizing.capped_by_kv_cache:
             capacity = sizing.kv_capacity
             log.warning("max_model_len capped to %d tokens by the KV cache size", capacity)
         self.max_model_len = sizing.max_model_len
@@ -75,7 +81,7 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.kv_cache,
             max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=max(config.max_num_batched_tokens, config.block_size),
+            max_num_batched_tokens=step_token_budget(config),
             enable_chunked_prefill=config.enable_chunked_prefill,
         )
         self.sampler = Sampler(loaded.config.vocab_size, seed=config.seed)

@@ -99,6 +99,21 @@ def test_chunked_prefill_interleaves_and_matches(
     assert outs == run(reference, [long_prompt, *short], [GREEDY] * 4)
 
 
+def test_without_chunked_prefill_the_context_fits_one_step(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    """A prompt longer than the step budget used to wait at the head of the queue
+    forever (and everything behind it); now the context is capped at the budget."""
+    core = make_core(smollm2, tokenizer, max_num_batched_tokens=64, enable_chunked_prefill=False)
+    assert core.max_model_len == 64
+    with pytest.raises(ContextLengthExceededError):
+        core.make_requests([1] * 70, SamplingParams(max_tokens=1), "too-long")
+    short = prompts_of(tokenizer, 3, seed=3)
+    params = SamplingParams(temperature=0.0, max_tokens=64 - max(map(len, short)))
+    outs = run(core, short, [params] * 3)
+    assert all(o[0]["finish"] in ("stop", "length") for o in outs)
+
+
 def test_preemption_gives_identical_outputs(
     smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
 ) -> None:
