@@ -102,6 +102,8 @@ class OutputProcessor:
         """Score the prompt tokens after positions `start..start+num_new` of the group
         leader `r` (logits at position p score prompt token p + 1; position 0 has none)."""
         group = self._groups[r.group_id]
+        if start == 0:  # the first chunk, or a recomputation after a preemption
+            group.partial_prompt_logprobs = [None]
         end = min(start + num_new, r.num_prompt_tokens - 1)
         if end > start:
             targets = torch.tensor(r.prompt_token_ids[start + 1 : end + 1])

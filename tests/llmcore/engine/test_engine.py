@@ -114,6 +114,26 @@ def test_without_chunked_prefill_the_context_fits_one_step(
     assert all(o[0]["finish"] in ("stop", "length") for o in outs)
 
 
+def test_prompt_logprobs_survive_a_preemption_mid_prefill(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    """The leader of a prompt_logprobs request preempted halfway through its chunked
+    prefill is recomputed from position 0: its partial prompt logprobs start over
+    instead of being appended to."""
+    first = tokenizer.encode(" ".join(["river"] * 300))  # 19 of the 24 blocks
+    scored = tokenizer.encode(" ".join(["garden stone"] * 100))  # needs 13 more
+    params = [SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=2, prompt_logprobs=1)]  # fmt: skip
+    roomy = run(make_core(smollm2, tokenizer, max_num_batched_tokens=64), [first, scored], params)
+    tight = make_core(
+        smollm2, tokenizer, max_num_batched_tokens=64, kv_cache_memory=24 * BLOCK * 46080
+    )
+    outs = run(tight, [first, scored], params)
+    assert tight.statistics().num_preemptions >= 1
+    assert len(outs[1][0]["prompt_lp"]) == len(scored)
+    assert outs == roomy
+
+
 def test_preemption_gives_identical_outputs(
     smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
 ) -> None:
