@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from llmcore.chat_template import ChatTemplate
 from llmcore.client import Client, SyncClient
-from llmcore.config import ModelConfig
 from llmcore.engine.async_engine import AsyncEngine
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.core import EngineStatistics
@@ -23,6 +22,7 @@ from llmcore.errors import (
     UnsupportedQuantizationError,
 )
 from llmcore.llm import LLM
+from llmcore.model_config import ModelConfig
 from llmcore.model_loader import LoadedModel, load_model
 from llmcore.model_runner import ModelRunner, SequenceChunk, greedy_generate
 from llmcore.openai import (

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from llmcore.config import ModelConfig
+from llmcore.model_config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 """One layer's cache: keys and values, each `[num_blocks, block_size, num_kv_heads, head_dim]`."""

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from llmcore import registry
-from llmcore.config import ModelConfig, resolve_dtype
 from llmcore.cpu_malloc import tune_malloc
 from llmcore.default_model import default_chat_model_path
 from llmcore.errors import ModelNotFoundError
 from llmcore.model_api import CausalLM
+from llmcore.model_config import ModelConfig, resolve_dtype
 from llmcore.weights import hf_folder
 from llmcore.weights.gguf_file import GGUFFile
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from llmcore.config import ModelConfig
+from llmcore.model_config import ModelConfig
 
 DEFAULT_CPU_KV_BYTES = 4 << 30
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from llmcore.config import ModelConfig
 from llmcore.engine.request import EncodeRequest, Request
 from llmcore.engine.task import Task
 from llmcore.errors import ContextLengthExceededError, InvalidRequestError
+from llmcore.model_config import ModelConfig
 from llmcore.pooling import PoolingConfig, PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.tokenizer import Tokenizer

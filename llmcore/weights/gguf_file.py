@@ -19,8 +19,8 @@ import gguf
 import numpy as np
 import torch
 
-from llmcore.config import ModelConfig
 from llmcore.errors import CorruptModelFileError, UnsupportedQuantizationError
+from llmcore.model_config import ModelConfig
 from llmcore.weights.gguf_quants import SUPPORTED_TYPES, dequantize
 
 

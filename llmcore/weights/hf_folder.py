@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from llmcore.config import ModelConfig
 from llmcore.errors import CorruptModelFileError, ModelNotFoundError
+from llmcore.model_config import ModelConfig
 
 INDEX_FILE = "model.safetensors.index.json"
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from llmcore.config import ModelConfig
 from llmcore.errors import CorruptModelFileError, UnsupportedArchitectureError
 from llmcore.model_api import EncoderBatch
+from llmcore.model_config import ModelConfig
 from ops.linear import Linear
 
 _IGNORED_PREFIXES = ("pooler.", "cls.")  # the NSP/MLM heads: sentence embeddings skip them

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import ops
-from llmcore.config import ModelConfig
 from llmcore.errors import CorruptModelFileError, UnsupportedArchitectureError
 from llmcore.model_api import ForwardBatch, KVCache
+from llmcore.model_config import ModelConfig
 from ops.linear import Linear
 from ops.rotary import build_rope_cache, rope_inv_freq
 
