@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ops.cpu._build import library
+from ops.layout import rows_of, with_contiguous_heads
 
 # Attention shapes the kernel takes (its stack buffers; whole 16-float vectors);
 # others take the torch path.
@@ -73,13 +74,6 @@ def paged_attention(
     return out
 
 
-def _heads_packed(x: torch.Tensor) -> torch.Tensor:
-    """`x` `[T, H, D]` with each token's heads back to back (any token stride)."""
-    if x.stride(2) == 1 and x.stride(1) == x.shape[2]:
-        return x
-    return x.contiguous()
-
-
 def reshape_and_cache(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -102,7 +96,7 @@ def reshape_and_cache(
             f"reshape_and_cache: key {tuple(key.shape)}, value {tuple(value.shape)} and "
             f"slot_mapping {tuple(slot_mapping.shape)} do not fit caches {tuple(key_cache.shape)}"
         )
-    key, value = _heads_packed(key), _heads_packed(value)
+    key, value = with_contiguous_heads(key), with_contiguous_heads(value)
     slots = slot_mapping.to(torch.int64).contiguous()
     rc = lib.llmcore_reshape_and_cache_f32(
         key.data_ptr(), key.stride(0), value.data_ptr(), value.stride(0),
@@ -150,17 +144,11 @@ def rotary_embedding(
         raise IndexError("a position is outside the rotary cos/sin table")
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """`x` as `[rows, dim]` with a contiguous last dim (a view where possible)."""
-    x = x.reshape(-1, x.shape[-1])
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """As `ops.rms_norm`."""
     lib = library()
     assert lib is not None
-    rows, w = _rows(x), weight.contiguous()
+    rows, w = rows_of(x), weight.contiguous()
     out = torch.empty(rows.shape, dtype=x.dtype)
     lib.llmcore_rms_norm_f32(
         rows.data_ptr(), rows.stride(0), w.data_ptr(), float(eps),
@@ -175,7 +163,7 @@ def fused_add_rms_norm(
     """As `ops.fused_add_rms_norm`: `(rms_norm(x + residual), x + residual)`."""
     lib = library()
     assert lib is not None
-    xr, rr, w = _rows(x), _rows(residual), weight.contiguous()
+    xr, rr, w = rows_of(x), rows_of(residual), weight.contiguous()
     out = torch.empty(xr.shape, dtype=x.dtype)
     summed = torch.empty(xr.shape, dtype=x.dtype)
     lib.llmcore_fused_add_rms_norm_f32(
@@ -189,7 +177,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """As `ops.silu_and_mul`."""
     lib = library()
     assert lib is not None
-    rows = _rows(x)
+    rows = rows_of(x)
     d = rows.shape[1] // 2
     out = torch.empty(rows.shape[0], d, dtype=x.dtype)
     lib.llmcore_silu_and_mul_f32(rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], d)

@@ -20,8 +20,9 @@ from ops.cuda._kernels import (
     PAGED_ATTENTION_PREFILL,
     PAGED_ATTENTION_REDUCE,
 )
-from ops.cuda._launch import Launch, with_contiguous_heads
+from ops.cuda._launch import Launch
 from ops.cuda._module import run
+from ops.layout import with_contiguous_heads
 
 THREADS = 128  # ATTN_THREADS in attention.cu
 GQA_TILE = 4  # query heads a decode block serves (GQA_TILE in attention.cu)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ops.cuda._kernels import RESHAPE_AND_CACHE
-from ops.cuda._launch import Launch, threads_for, with_contiguous_heads
+from ops.cuda._launch import Launch, threads_for
 from ops.cuda._module import run
+from ops.layout import with_contiguous_heads
 
 
 def plan_reshape_and_cache(
