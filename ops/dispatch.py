@@ -15,10 +15,11 @@ the same signature belonging to a `Backend` (C on the CPU in `ops.cpu`, CUDA in
 3. returns the first of those kernels whose `supports` (a per-call test of the
    dispatch tensors' shapes, e.g. attention head sizes) holds, else the reference.
 
-Invariant: the torch reference is the last candidate of every placement and
-supports everything, so each call has exactly one implementation, chosen here and
-nowhere else. Nothing here imports a backend: backends are plain values that the
-op modules pass in.
+Invariant: every placement's candidates end with an implementation that takes
+every call (the torch reference, or a kernel without a `supports` test, after
+which nothing is listed), so each call has exactly one implementation, chosen
+here and nowhere else. Nothing here imports a backend: backends are plain values
+that the op modules pass in.
 """
 
 from __future__ import annotations
