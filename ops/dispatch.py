@@ -25,7 +25,6 @@ that the op modules pass in.
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -37,7 +36,45 @@ R = TypeVar("R")
 
 # Where one dispatch tensor lives: its device and its dtype.
 Place = tuple[torch.device, torch.dtype]
-_place = operator.attrgetter("device", "dtype")  # one C call per tensor
+# The cache key of a call: device, dtype, device, dtype, ... of its dispatch tensors,
+# one flat tuple (built unrolled for up to four tensors: the hot path).
+Key = tuple[torch.device | torch.dtype, ...]
+
+
+def _key_1(ts: tuple[torch.Tensor, ...]) -> Key:
+    (a,) = ts
+    return (a.device, a.dtype)
+
+
+def _key_2(ts: tuple[torch.Tensor, ...]) -> Key:
+    a, b = ts
+    return (a.device, a.dtype, b.device, b.dtype)
+
+
+def _key_3(ts: tuple[torch.Tensor, ...]) -> Key:
+    a, b, c = ts
+    return (a.device, a.dtype, b.device, b.dtype, c.device, c.dtype)
+
+
+def _key_4(ts: tuple[torch.Tensor, ...]) -> Key:
+    a, b, c, d = ts
+    return (a.device, a.dtype, b.device, b.dtype, c.device, c.dtype, d.device, d.dtype)
+
+
+def _key_n(ts: tuple[torch.Tensor, ...]) -> Key:
+    return tuple(x for t in ts for x in (t.device, t.dtype))
+
+
+_KEYS = {1: _key_1, 2: _key_2, 3: _key_3, 4: _key_4}
+
+
+def _places(key: Key) -> tuple[Place, ...]:
+    """The (device, dtype) pairs of a key (on a cache miss only)."""
+    places = []
+    for device, dtype in zip(key[0::2], key[1::2], strict=True):
+        assert isinstance(device, torch.device) and isinstance(dtype, torch.dtype)
+        places.append((device, dtype))
+    return tuple(places)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -89,8 +126,9 @@ class Op(Generic[P, R]):
         self.validate = validate
         self.kernels = tuple(kernels)
         self._on = on
+        self._key: Callable[[tuple[torch.Tensor, ...]], Key] = self._first_key
         self._torch: Impl[P, R] = Impl(TORCH, reference)
-        self._choices: dict[tuple[Place, ...], tuple[Impl[P, R], ...]] = {}
+        self._choices: dict[Key, tuple[Impl[P, R], ...]] = {}
         REGISTRY[name] = self
 
     def __repr__(self) -> str:
@@ -100,8 +138,8 @@ class Op(Generic[P, R]):
         if self.validate is not None:
             self.validate(*args, **kwargs)
         tensors = self._on(*args, **kwargs)
-        places = tuple(map(_place, tensors))
-        for impl in self._choices.get(places) or self.candidates(places):
+        key = self._key(tensors)
+        for impl in self._choices.get(key) or self._resolve(key):
             if impl.supports is None or impl.supports(*tensors):
                 return impl.fn(*args, **kwargs)
         raise AssertionError("unreachable: the reference takes every call")
@@ -109,7 +147,7 @@ class Op(Generic[P, R]):
     def select(self, *args: P.args, **kwargs: P.kwargs) -> Impl[P, R]:
         """The implementation this call would run (after its validation)."""
         tensors = self._on(*args, **kwargs)
-        for impl in self.candidates(tuple(map(_place, tensors))):
+        for impl in self._resolve(self._key(tensors)):
             if impl.supports is None or impl.supports(*tensors):
                 return impl
         raise AssertionError("unreachable: the reference takes every call")
@@ -118,18 +156,25 @@ class Op(Generic[P, R]):
         """The kernels whose backend accepts `places`, in registration order, then
         the reference; cached per placement. The list stops at the first kernel
         without a `supports` test, since it takes every call that reaches it."""
-        try:
-            return self._choices[places]
-        except KeyError:
-            pass
-        choices: list[Impl[P, R]] = []
-        for impl in (*self.kernels, self._torch):
-            if impl.backend.accepts(places):
-                choices.append(impl)
-                if impl.supports is None:
-                    break
-        self._choices[places] = result = tuple(choices)
-        return result
+        return self._resolve(tuple(x for place in places for x in place))
+
+    def _resolve(self, key: Key) -> tuple[Impl[P, R], ...]:
+        choices = self._choices.get(key)
+        if choices is None:
+            places = _places(key)
+            accepted: list[Impl[P, R]] = []
+            for impl in (*self.kernels, self._torch):
+                if impl.backend.accepts(places):
+                    accepted.append(impl)
+                    if impl.supports is None:
+                        break
+            choices = self._choices[key] = tuple(accepted)
+        return choices
+
+    def _first_key(self, tensors: tuple[torch.Tensor, ...]) -> Key:
+        """Picks the key builder for this op's number of dispatch tensors."""
+        self._key = _KEYS.get(len(tensors), _key_n)
+        return self._key(tensors)
 
     def clear_cache(self) -> None:
         """Forget every placement's candidates (after a backend's availability
