@@ -1,10 +1,11 @@
-"""Numeric kernels of llmcore, each a function with a stable signature.
+"""Numeric kernels of llmcore, each op a callable with a stable signature.
 
 This package is a leaf: it imports torch and numpy, never llmcore, transports or
-plugins. Every op is implemented in torch and runs on any device (the CPU path
-and the reference for tests); on CUDA tensors with CuPy installed the same call
-runs a CUDA kernel from `ops.cuda` instead, with CuPy imported at the first launch
-(docs/ops.md).
+plugins. Each public op is an `ops.dispatch.Op`: one dispatch point that validates
+the call once, then runs a CUDA kernel (`ops.cuda`, CUDA tensors with CuPy
+installed, which is imported at the first launch), a C kernel (`ops.cpu`, float32
+CPU tensors) or the op's torch reference, which runs on any device and defines
+the op's semantics (docs/ops.md).
 """
 
 from __future__ import annotations

@@ -1,19 +1,36 @@
-"""Gated activations (torch reference)."""
+"""Gated activations: the op, its torch reference and its dispatch.
+
+The kernels (`ops.cpu.activation`, `ops.cuda.activation`) take an even last
+dimension; an odd one runs the reference, which raises torch's shape error.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ops import cpu as _cpu
-from ops import cuda as _cuda
+from ops import cpu, cuda
+from ops.cpu import activation as cpu_activation
+from ops.cuda import activation as cuda_activation
+from ops.dispatch import Impl, Op
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+def _silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU: `x` is `[..., 2 * d]` holding gate then up; returns `silu(gate) * up`."""
-    if x.is_cuda and _cuda.available(x):
-        return _cuda.silu_and_mul(x)
-    if _cpu.available(x) and x.shape[-1] % 2 == 0 and x.numel():
-        return _cpu.silu_and_mul(x)
     d = x.shape[-1] // 2
     return F.silu(x[..., :d]) * x[..., d:]
+
+
+def _even(x: torch.Tensor) -> bool:
+    return x.shape[-1] % 2 == 0
+
+
+silu_and_mul = Op(
+    "silu_and_mul",
+    _silu_and_mul,
+    on=lambda x: (x,),
+    kernels=[
+        Impl(cuda.BACKEND, cuda_activation.silu_and_mul, _even),
+        Impl(cpu.BACKEND, cpu_activation.silu_and_mul, _even),
+    ],
+)

@@ -10,13 +10,15 @@ tokens of sequence `i` are the last `q_len` of its `seq_lens[i]` tokens, and eac
 attends causally to every token at or before its own position.
 `paged_attention_decode` is the one-token-per-sequence case.
 
-On the CPU at float32, with the C kernels of `ops/cpu` built, a kernel that reads
-the cache in place computes both (see ops/cpu/kernels/attention.c). Otherwise both
-gather every sequence's keys and values token by token (one `index_select` per
-cache) into a padded batch and make one attention call. Positions past a
-sequence's end gather a copy of its last token instead of an unwritten slot, so
-whatever those slots hold (even NaN) never reaches the arithmetic; the mask then
-gives the copies zero weight.
+Both ops check their arguments' shapes and devices once per call (`_check_*`),
+then dispatch: the C kernel of `ops.cpu.attention` (float32 CPU tensors, groups up
+to 16, head sizes a multiple of 16 up to 256) and the CUDA kernels of
+`ops.cuda.attention` (head sizes 64/80/96/128) read the cache in place. The torch
+reference gathers every sequence's keys and values token by token (one
+`index_select` per cache) into a padded batch and makes one attention call.
+Positions past a sequence's end gather a copy of its last token instead of an
+unwritten slot, so whatever those slots hold (even NaN) never reaches the
+arithmetic; the mask then gives the copies zero weight.
 """
 
 from __future__ import annotations
@@ -24,19 +26,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ops import cpu as _cpu
-from ops import cuda as _cuda
+from ops import cpu, cuda
+from ops.cpu import attention as cpu_attention
+from ops.cuda import attention as cuda_attention
+from ops.dispatch import Impl, Op
 
 # A batched prefill pads every sequence's query rows to the longest; past this much
 # padding (padded rows / real rows) one call per sequence does less work.
 _MAX_QUERY_PADDING = 2.0
-
-
-def _cpu_kernel(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
-    _, block_size, num_kv_heads, head_dim = key_cache.shape
-    return _cpu.available(query, key_cache, value_cache) and _cpu.attention_supported(
-        query.shape[1], num_kv_heads, head_dim, block_size
-    )
 
 
 def _gather_padded(
@@ -60,7 +57,7 @@ def _gather_padded(
     return k.transpose(1, 2), v.transpose(1, 2)
 
 
-def paged_attention_decode(
+def _paged_attention_decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
@@ -74,14 +71,6 @@ def paged_attention_decode(
     the cache for each sequence, the new one included). All sequences are served
     by one attention call over their tokens gathered to the longest length, the
     shorter ones masked past their end."""
-    if query.is_cuda and _cuda.available(query, key_cache, value_cache, head_size=query.shape[-1]):
-        return _cuda.paged_attention_decode(
-            query, key_cache, value_cache, block_tables, seq_lens, scale
-        )
-    if _cpu_kernel(query, key_cache, value_cache):
-        return _cpu.paged_attention(
-            query, key_cache, value_cache, block_tables, None, seq_lens, scale
-        )
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -97,7 +86,7 @@ def paged_attention_decode(
     return out.reshape(num_seqs, num_heads, head_dim)
 
 
-def paged_attention_prefill(
+def _paged_attention_prefill(
     query: torch.Tensor,
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
@@ -113,23 +102,15 @@ def paged_attention_prefill(
     Sequences with one new token go through `paged_attention_decode` together; the
     others are padded to the longest query and served by one call, unless that
     padding would more than double the work."""
-    if query.is_cuda and _cuda.available(query, key_cache, value_cache, head_size=query.shape[-1]):
-        return _cuda.paged_attention_prefill(
-            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
-        )
-    if _cpu_kernel(query, key_cache, value_cache):
-        return _cpu.paged_attention(
-            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
-        )
     starts = query_start_loc.long()
     q_lens = starts[1:] - starts[:-1]
     single = q_lens == 1
     if bool(single.all()):
-        return paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale)
+        return _paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale)
     out = torch.empty_like(query)
     if bool(single.any()):
         rows = starts[:-1][single]
-        out[rows] = paged_attention_decode(
+        out[rows] = _paged_attention_decode(
             query.index_select(0, rows),
             key_cache,
             value_cache,
@@ -199,3 +180,100 @@ def _prefill_batch(
     o = o.reshape(num_seqs * max_q, num_heads, head_dim)
     keep = (j[None, :] < q_lens[:, None]).flatten()
     return o[keep]
+
+
+def _check_paged(
+    name: str,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *index_tensors: torch.Tensor,
+) -> None:
+    """What both ops need: caches `[N, bs, Hkv, D]` of one shape, `query` `[T, Hq, D]`
+    with `Hq` a multiple of `Hkv`, a table row per sequence, all on one device."""
+    if (
+        query.dim() != 3
+        or key_cache.dim() != 4
+        or value_cache.shape != key_cache.shape
+        or query.shape[2] != key_cache.shape[3]
+        or not key_cache.shape[2]
+        or query.shape[1] % key_cache.shape[2]
+        or seq_lens.dim() != 1
+        or block_tables.dim() != 2
+        or block_tables.shape[0] != seq_lens.shape[0]
+    ):
+        raise ValueError(
+            f"{name}: query {tuple(query.shape)}, caches {tuple(key_cache.shape)} and "
+            f"{tuple(value_cache.shape)}, block_tables {tuple(block_tables.shape)} and "
+            f"seq_lens {tuple(seq_lens.shape)} do not fit"
+        )
+    device = query.device
+    if any(t.device != device for t in (key_cache, value_cache, block_tables, *index_tensors)):
+        raise ValueError(f"{name}: every tensor must be on the query's device, {device}")
+
+
+def _check_decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> None:
+    name = "paged_attention_decode"
+    _check_paged(name, query, key_cache, value_cache, block_tables, seq_lens, seq_lens)
+    if seq_lens.shape[0] != query.shape[0]:
+        raise ValueError(f"{name}: {query.shape[0]} query rows for {seq_lens.shape[0]} sequences")
+
+
+def _check_prefill(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> None:
+    name = "paged_attention_prefill"
+    _check_paged(
+        name, query, key_cache, value_cache, block_tables, seq_lens, seq_lens, query_start_loc
+    )
+    if query_start_loc.shape != (seq_lens.shape[0] + 1,):
+        raise ValueError(
+            f"{name}: query_start_loc {tuple(query_start_loc.shape)} for "
+            f"{seq_lens.shape[0]} sequences (it needs one entry more)"
+        )
+
+
+paged_attention_decode = Op(
+    "paged_attention_decode",
+    _paged_attention_decode,
+    on=lambda query, key_cache, value_cache, block_tables, seq_lens, scale: (
+        query,
+        key_cache,
+        value_cache,
+    ),
+    validate=_check_decode,
+    kernels=[
+        Impl(cuda.BACKEND, cuda_attention.paged_attention_decode, cuda_attention.supports),
+        Impl(cpu.BACKEND, cpu_attention.paged_attention_decode, cpu_attention.supports),
+    ],
+)
+
+paged_attention_prefill = Op(
+    "paged_attention_prefill",
+    _paged_attention_prefill,
+    on=lambda query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale: (
+        query,
+        key_cache,
+        value_cache,
+    ),
+    validate=_check_prefill,
+    kernels=[
+        Impl(cuda.BACKEND, cuda_attention.paged_attention_prefill, cuda_attention.supports),
+        Impl(cpu.BACKEND, cpu_attention.paged_attention_prefill, cpu_attention.supports),
+    ],
+)

@@ -4,7 +4,11 @@
 `cos(pos * inv_freq)` in the first half of each row and `sin` in the second; the
 products are formed in float32 exactly as Hugging Face forms them, so the table
 is identical to theirs. `rotary_embedding` rotates query and key in place, in the
-neox layout (halves) or the GPT-J layout (interleaved pairs).
+neox layout (halves) or the GPT-J layout (interleaved pairs); its shapes and
+devices are checked once per call (`_check`), before any implementation. Positions
+are range-checked where it costs nothing: by torch's `index_select` in the
+reference and by the C kernel (`IndexError` either way), not by a reduction per
+layer; the CUDA kernel trusts them.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from typing import Any
 
 import torch
 
-from ops import cpu as _cpu
-from ops import cuda as _cuda
+from ops import cpu, cuda
+from ops.cpu import rotary as cpu_rotary
+from ops.cuda import rotary as cuda_rotary
+from ops.dispatch import Impl, Op
 
 
 def rope_inv_freq(
@@ -59,7 +65,7 @@ def build_rope_cache(inv_freq: torch.Tensor, max_positions: int) -> torch.Tensor
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
 
 
-def rotary_embedding(
+def _rotary_embedding(
     positions: torch.Tensor,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -69,15 +75,6 @@ def rotary_embedding(
     """Rotate `query` `[T, Hq, D]` and `key` `[T, Hkv, D]` in place by `positions`
     `[T]`. The first `cos_sin_cache.shape[1]` features of each head are rotated
     (partial rotary leaves the rest untouched)."""
-    if query.is_cuda and _cuda.available(query, key):
-        return _cuda.rotary_embedding(positions, query, key, cos_sin_cache, is_neox)
-    if (
-        _cpu.available(query, key, cos_sin_cache)
-        and query.stride(-1) == 1
-        and key.stride(-1) == 1
-        and positions.device.type == "cpu"
-    ):
-        return _cpu.rotary_embedding(positions, query, key, cos_sin_cache, is_neox)
     cos_sin = cos_sin_cache.index_select(0, positions)
     half = cos_sin.shape[-1] // 2
     cos = cos_sin[:, None, :half]
@@ -97,3 +94,44 @@ def _rotate_(
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
     rot.copy_(out)
+
+
+def _check(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+) -> None:
+    rotary_dim = cos_sin_cache.shape[1]
+    if (
+        query.dim() != 3
+        or key.dim() != 3
+        or positions.shape != (query.shape[0],)
+        or key.shape[0] != query.shape[0]
+        or rotary_dim > min(query.shape[2], key.shape[2])
+        or rotary_dim % 2
+    ):
+        raise ValueError(
+            f"rotary_embedding: positions {tuple(positions.shape)}, query "
+            f"{tuple(query.shape)}, key {tuple(key.shape)} and a table of width {rotary_dim} "
+            "do not fit"
+        )
+    device = query.device
+    if positions.device != device or cos_sin_cache.device != device:
+        raise ValueError(
+            f"rotary_embedding: positions on {positions.device} and the table on "
+            f"{cos_sin_cache.device}, query on {device}"
+        )
+
+
+rotary_embedding = Op(
+    "rotary_embedding",
+    _rotary_embedding,
+    on=lambda positions, query, key, cos_sin_cache, is_neox=True: (query, key),
+    validate=_check,
+    kernels=[
+        Impl(cuda.BACKEND, cuda_rotary.rotary_embedding),
+        Impl(cpu.BACKEND, cpu_rotary.rotary_embedding),
+    ],
+)

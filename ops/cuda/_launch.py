@@ -145,21 +145,3 @@ def build_args(launch: Launch) -> tuple[np.generic, ...]:
 def threads_for(n: int, cap: int = 1024) -> int:
     """Threads per block for `n` independent elements: whole warps, at most `cap`."""
     return min(cap, max(32, -(-n // 32) * 32))
-
-
-def rows_of(x: torch.Tensor) -> torch.Tensor:
-    """`x` as `[rows, last]` with unit stride along the last dimension (a view when
-    possible, so strided rows such as slices of a fused projection are not copied)."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    return x.reshape(-1, x.shape[-1])
-
-
-def has_contiguous_heads(x: torch.Tensor) -> bool:
-    """`[T, H, D]` whose heads are contiguous within a token (rows may be strided)."""
-    return x.stride(-1) == 1 and x.stride(-2) == x.shape[-1]
-
-
-def with_contiguous_heads(x: torch.Tensor) -> torch.Tensor:
-    """`x` itself when `has_contiguous_heads(x)`, else a contiguous copy."""
-    return x if has_contiguous_heads(x) else x.contiguous()

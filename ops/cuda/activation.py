@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ops.cuda._kernels import SILU_AND_MUL
-from ops.cuda._launch import Launch, rows_of
+from ops.cuda._launch import Launch
 from ops.cuda._module import run
+from ops.layout import rows_of
 
 _THREADS = 256
 

@@ -8,7 +8,8 @@ tokens merged by a reduce kernel. Split-K pays when the context is long and ther
 tokens unless a single partition would do or more than 512 blocks already exist.
 The context bound is the block table's capacity (`max_blocks * block_size`), not
 `seq_lens.max()`, so a launch never waits for the device: partitions past a
-sequence's end do no work.
+sequence's end do no work. Head sizes other than `HEAD_SIZES` run the torch
+reference (`supports`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ from __future__ import annotations
 import torch
 
 from ops.cuda._kernels import (
+    HEAD_SIZES,
     PAGED_ATTENTION_DECODE,
     PAGED_ATTENTION_PREFILL,
     PAGED_ATTENTION_REDUCE,
 )
-from ops.cuda._launch import Launch, with_contiguous_heads
+from ops.cuda._launch import Launch
 from ops.cuda._module import run
+from ops.layout import with_contiguous_heads
 
 THREADS = 128  # ATTN_THREADS in attention.cu
 GQA_TILE = 4  # query heads a decode block serves (GQA_TILE in attention.cu)
 PARTITION_SIZE = 512
+
+
+def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
+    """The dispatch test of both attention ops: a head size the kernels are
+    instantiated for."""
+    return query.shape[-1] in HEAD_SIZES
 
 
 def _int32(x: torch.Tensor) -> torch.Tensor:

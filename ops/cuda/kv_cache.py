@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ops.cuda._kernels import RESHAPE_AND_CACHE
-from ops.cuda._launch import Launch, threads_for, with_contiguous_heads
+from ops.cuda._launch import Launch, threads_for
 from ops.cuda._module import run
+from ops.layout import with_contiguous_heads
 
 
 def plan_reshape_and_cache(
@@ -16,8 +17,7 @@ def plan_reshape_and_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> Launch:
-    if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
-        raise ValueError("reshape_and_cache writes contiguous KV caches only")
+    assert key_cache.is_contiguous() and value_cache.is_contiguous()  # the op's validation
     key, value = with_contiguous_heads(key), with_contiguous_heads(value)
     row_size = key_cache.shape[2] * key_cache.shape[3]
     return Launch(

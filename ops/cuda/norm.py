@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ops.cuda._kernels import FUSED_ADD_RMS_NORM, RMS_NORM
-from ops.cuda._launch import Launch, rows_of, threads_for
+from ops.cuda._launch import Launch, threads_for
 from ops.cuda._module import run
+from ops.layout import rows_of
 
 
 def plan_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, Launch]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ops.cuda._kernels import ROTARY_EMBEDDING
-from ops.cuda._launch import Launch, has_contiguous_heads, threads_for, with_contiguous_heads
+from ops.cuda._launch import Launch, threads_for
 from ops.cuda._module import run
+from ops.layout import has_contiguous_heads, with_contiguous_heads
 
 
 def plan_rotary_embedding(

@@ -11,7 +11,8 @@ rows, the OpenMP branch); the dispatch of the public ops; and the build (one cac
 library, reused; `LLMCORE_CPU_KERNELS=0`; a failing compiler).
 
 The kernel result comes from the `ops.cpu` wrapper; the reference from the public
-op with `ops.cpu.available` patched to False, which forces every torch path.
+op with the kernel library reported missing (`_build.library` patched to None and
+the dispatch caches cleared), which forces every torch path.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 
 import ops
 import ops.cpu as cpu
+from ops import dispatch
 from ops.cpu import _build
 from ops.rotary import build_rope_cache, rope_inv_freq
 
@@ -57,8 +59,12 @@ def _seed() -> None:
 def torch_path() -> Iterator[None]:
     """Every public op takes its torch path inside this block."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cpu, "available", lambda *tensors: False)
-        yield
+        mp.setattr(_build, "library", lambda: None)
+        dispatch.clear_caches()
+        try:
+            yield
+        finally:
+            dispatch.clear_caches()
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -125,10 +131,14 @@ def _paged(
 
 
 def _kernel_attention(p: Paged, decode: bool) -> torch.Tensor:
-    starts = None if decode else p.query_start_loc
-    return cpu.paged_attention(
-        p.query, p.key_cache, p.value_cache, p.block_tables, starts, p.seq_lens, p.scale
-    )
+    if decode:
+        return cpu.paged_attention_decode(
+            p.query, p.key_cache, p.value_cache, p.block_tables, p.seq_lens, p.scale
+        )
+    return cpu.paged_attention_prefill(
+        p.query, p.key_cache, p.value_cache, p.block_tables, p.query_start_loc, p.seq_lens,
+        p.scale,
+    )  # fmt: skip
 
 
 def _public_attention(p: Paged, decode: bool) -> torch.Tensor:
@@ -249,8 +259,8 @@ def test_prefill_rows_before_the_first_sequence_are_skipped() -> None:
     query = torch.randn(5, 1, 64)
     tables = torch.tensor([[0, 1]], dtype=torch.int32)
     starts, lens = torch.tensor([2, 5], dtype=torch.int32), torch.tensor([20], dtype=torch.int32)
-    got = cpu.paged_attention(query, kc, vc, tables, starts, lens, 0.125)
-    want = cpu.paged_attention(query[2:], kc, vc, tables, starts - 2, lens, 0.125)
+    got = cpu.paged_attention_prefill(query, kc, vc, tables, starts, lens, 0.125)
+    want = cpu.paged_attention_prefill(query[2:], kc, vc, tables, starts - 2, lens, 0.125)
     assert torch.equal(got[2:], want)
     assert not got[:2].any()
 
@@ -310,10 +320,10 @@ def test_reshape_and_cache_slot_past_the_end_raises() -> None:
 def test_reshape_and_cache_rejects_shapes_that_do_not_fit() -> None:
     key, value = _kv_step(4, 2, 64)
     kc, vc = _caches(4, 8, 2, 64)
+    with pytest.raises(ValueError, match="do not fit"):  # the op's validation, before any kernel
+        ops.reshape_and_cache(key[:, :1], value[:, :1], kc, vc, torch.arange(4))
     with pytest.raises(ValueError, match="do not fit"):
-        cpu.reshape_and_cache(key[:, :1], value[:, :1], kc, vc, torch.arange(4))
-    with pytest.raises(ValueError, match="do not fit"):
-        cpu.reshape_and_cache(key, value, kc, vc, torch.arange(3))
+        ops.reshape_and_cache(key, value, kc, vc, torch.arange(3))
 
 
 def test_reshape_and_cache_skips_negative_slots() -> None:
@@ -370,10 +380,10 @@ def test_rotary_bit_identical(
 def test_rotary_rejects_shapes_that_do_not_fit() -> None:
     cos_sin = build_rope_cache(rope_inv_freq(64, 10000.0), 16)
     q, k = torch.randn(3, 4, 64), torch.randn(4, 2, 64)
+    with pytest.raises(ValueError, match="do not fit"):  # the op's validation, before any kernel
+        ops.rotary_embedding(torch.arange(3), q, k, cos_sin)  # one key row too many
     with pytest.raises(ValueError, match="do not fit"):
-        cpu.rotary_embedding(torch.arange(3), q, k, cos_sin)  # one key row too many
-    with pytest.raises(ValueError, match="do not fit"):
-        cpu.rotary_embedding(torch.arange(2), q, k[:3], cos_sin)  # one position short
+        ops.rotary_embedding(torch.arange(2), q, k[:3], cos_sin)  # one position short
 
 
 @pytest.mark.parametrize("bad", [512, -1])
@@ -485,29 +495,31 @@ def _run_prefill(dtype: torch.dtype, head_dim: int = 64) -> Any:
 
 
 DISPATCH = pytest.mark.parametrize(
-    ("run", "wrapper"),
+    ("run", "symbol"),
     [
-        pytest.param(_run_rms_norm, "rms_norm", id="rms_norm"),
-        pytest.param(_run_fused, "fused_add_rms_norm", id="fused_add_rms_norm"),
-        pytest.param(_run_silu, "silu_and_mul", id="silu_and_mul"),
-        pytest.param(_run_rotary, "rotary_embedding", id="rotary_embedding"),
-        pytest.param(_run_cache, "reshape_and_cache", id="reshape_and_cache"),
-        pytest.param(_run_decode, "paged_attention", id="paged_attention_decode"),
-        pytest.param(_run_prefill, "paged_attention", id="paged_attention_prefill"),
+        pytest.param(_run_rms_norm, "llmcore_rms_norm_f32", id="rms_norm"),
+        pytest.param(_run_fused, "llmcore_fused_add_rms_norm_f32", id="fused_add_rms_norm"),
+        pytest.param(_run_silu, "llmcore_silu_and_mul_f32", id="silu_and_mul"),
+        pytest.param(_run_rotary, "llmcore_rotary_embedding_f32", id="rotary_embedding"),
+        pytest.param(_run_cache, "llmcore_reshape_and_cache_f32", id="reshape_and_cache"),
+        pytest.param(_run_decode, "llmcore_paged_attention_f32", id="paged_attention_decode"),
+        pytest.param(_run_prefill, "llmcore_paged_attention_f32", id="paged_attention_prefill"),
     ],
 )
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """Replace `ops.cpu.<name>` by a wrapper counting its calls."""
+def _spy(monkeypatch: pytest.MonkeyPatch, symbol: str) -> list[int]:
+    """Replace the C function `symbol` of the kernel library by a wrapper counting
+    its calls (the wrappers look it up on the library at every call)."""
     calls: list[int] = []
-    original = getattr(cpu, name)
+    lib = cpu.library()
+    original = getattr(lib, symbol)
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
+    def spy(*args: Any) -> Any:
         calls.append(1)
-        return original(*args, **kwargs)
+        return original(*args)
 
-    monkeypatch.setattr(cpu, name, spy)
+    monkeypatch.setattr(lib, symbol, spy)
     return calls
 
 
@@ -516,10 +528,10 @@ def _spy(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
 def test_public_ops_dispatch_on_dtype(
     monkeypatch: pytest.MonkeyPatch,
     run: Callable[[torch.dtype], Any],
-    wrapper: str,
+    symbol: str,
     dtype: torch.dtype,
 ) -> None:
-    calls = _spy(monkeypatch, wrapper)
+    calls = _spy(monkeypatch, symbol)
     out = run(dtype)
     assert len(calls) == (1 if dtype == torch.float32 else 0)
     first = out[0] if isinstance(out, tuple) else out
@@ -530,17 +542,21 @@ def test_public_ops_dispatch_on_dtype(
 def test_attention_unsupported_head_dim_takes_torch_path(
     monkeypatch: pytest.MonkeyPatch, run: Callable[..., Any]
 ) -> None:
-    calls = _spy(monkeypatch, "paged_attention")
+    calls = _spy(monkeypatch, "llmcore_paged_attention_f32")
     out = run(torch.float32, head_dim=72)
     assert not calls and torch.isfinite(out).all()
 
 
+def _places(*tensors: torch.Tensor) -> tuple[dispatch.Place, ...]:
+    return tuple((t.device, t.dtype) for t in tensors)
+
+
 def test_available() -> None:
     f32, bf16 = torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)
-    assert cpu.available(f32, f32)
-    assert not cpu.available(f32, bf16)
-    assert not cpu.available(torch.zeros(2, dtype=torch.float64))
-    assert not cpu.available(torch.zeros(2, device="meta"))
+    assert cpu.BACKEND.accepts(_places(f32, f32))
+    assert not cpu.BACKEND.accepts(_places(f32, bf16))
+    assert not cpu.BACKEND.accepts(_places(torch.zeros(2, dtype=torch.float64)))
+    assert not cpu.BACKEND.accepts(_places(torch.zeros(2, device="meta")))
 
 
 # --- the build -----------------------------------------------------------------------

@@ -163,6 +163,8 @@ def test_build_args_rejects_wrong_dtype_order_and_names() -> None:
 
 def test_cpu_tensors_take_the_torch_path() -> None:
     x = torch.randn(2, 64)
-    assert not ops.cuda.available(x)
-    assert not ops.cuda.available(x.double())
-    assert not ops.cuda.available(torch.randn(1, 1, 72), head_size=72)
+    assert not ops.cuda.BACKEND.accepts(((x.device, x.dtype),))
+    assert not ops.cuda.BACKEND.accepts(((x.device, torch.float64),))
+    assert ops.rms_norm.select(x, torch.ones(64), 1e-6).backend is not ops.cuda.BACKEND
+    kc = torch.zeros(2, 16, 1, 72)
+    assert not ops.cuda.attention.supports(torch.randn(1, 1, 72), kc, kc)  # head size 72

@@ -1,0 +1,22 @@
+"""C kernel of `silu_and_mul` for float32 CPU tensors (kernels/activation.c): one
+pass, `g / (1 + exp(-g)) · up` with the vector exp of vec.h."""
+
+from __future__ import annotations
+
+import torch
+
+from ops.cpu._build import library
+from ops.layout import rows_of
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """As `ops.silu_and_mul` (the last dimension even)."""
+    lib = library()
+    assert lib is not None
+    d = x.shape[-1] // 2
+    if not x.numel():
+        return x.new_empty(*x.shape[:-1], d)
+    rows = rows_of(x)
+    out = torch.empty(rows.shape[0], d, dtype=x.dtype)
+    lib.llmcore_silu_and_mul_f32(rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], d)
+    return out.view(*x.shape[:-1], d)
