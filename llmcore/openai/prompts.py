@@ -66,7 +66,7 @@ async def encode_text(
     tokenizer = model.tokenizer
     if len(text) <= THREAD_TOKENIZE_CHARS:
         return tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    (ids,) = await tokenizing(len(text), tokenizer.encode_batch, [text], add_special_tokens)
+    (ids,) = await asyncio.to_thread(tokenizer.encode_batch, [text], add_special_tokens)
     return ids
 
 
