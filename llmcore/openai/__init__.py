@@ -14,10 +14,12 @@ from llmcore.openai.interface import (
     ServiceStream,
     default_name,
 )
+from llmcore.openai.options import ServiceOptions
 from llmcore.openai.service import OpenAIService
 
 __all__ = [
     "OpenAIService",
+    "ServiceOptions",
     "ServedModel",
     "ServiceRequest",
     "ServiceResponse",

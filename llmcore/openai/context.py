@@ -16,12 +16,17 @@ from llmcore.errors import InvalidRequestError, NotFoundError
 from llmcore.openai.generation import MeteredAdmission
 from llmcore.openai.interface import ServedModel
 from llmcore.openai.logprobs import TokenStrings
+from llmcore.openai.options import ServiceOptions
 from llmcore.openai.params import Limits
 
 
 class ServiceContext:
     def __init__(
-        self, models: Sequence[ServedModel], limits: Limits, admission: MeteredAdmission
+        self,
+        models: Sequence[ServedModel],
+        limits: Limits,
+        admission: MeteredAdmission,
+        options: ServiceOptions | None = None,
     ) -> None:
         if not models:
             raise ValueError("an OpenAIService needs at least one served model")
@@ -32,6 +37,7 @@ class ServiceContext:
         self.by_name = {m.name: m for m in models}
         self.limits = limits
         self.admission = admission
+        self.options = options or ServiceOptions()
         self._strings = {m.name: TokenStrings(m.tokenizer) for m in models}
 
     def model(self, name: str | None) -> ServedModel:

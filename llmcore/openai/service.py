@@ -32,6 +32,7 @@ from llmcore.openai.generation import MeteredAdmission
 from llmcore.openai.interface import ServedModel, ServiceRequest, ServiceResponse, ServiceStream
 from llmcore.openai.metrics import LoadTracker, ServiceMetrics
 from llmcore.openai.openapi import openapi_document
+from llmcore.openai.options import ServiceOptions
 from llmcore.openai.params import Limits
 from llmcore.openai.protocol import (
     CHAT_DECODER,
@@ -94,15 +95,20 @@ class OpenAIService:
         retry_after: int = 1,
         max_body_bytes: int | None = None,
         registry: CollectorRegistry | None = None,
+        options: ServiceOptions | None = None,
     ) -> None:
         """`models`: the first is the default when a request names none.
         `max_queued_requests`: generation requests waiting for their first output
         beyond which new ones get a 503 with `Retry-After: retry_after` (None: no limit).
-        `max_body_bytes`: a 413 above it (None: the transport's cap only)."""
+        `max_body_bytes`: a 413 above it (None: the transport's cap only).
+        `options`: server-wide switches (vLLM's flags); None: vLLM's defaults."""
         self.load = LoadTracker(max_queued_requests, retry_after)
         self.metrics = ServiceMetrics(models, self.load, registry)
         self.ctx = ServiceContext(
-            models, Limits(max_logprobs, max_n), MeteredAdmission(self.load, self.metrics)
+            models,
+            Limits(max_logprobs, max_n),
+            MeteredAdmission(self.load, self.metrics),
+            options or ServiceOptions(),
         )
         self.max_body_bytes = max_body_bytes
         self._routes = routes_by_path()

@@ -1,0 +1,21 @@
+"""`ServiceOptions`: server-wide switches of the OpenAI service, under vLLM's flag names.
+
+Invariant: every field has a flag of the same name (`--response-role`, ...) in
+`llmcore serve`, and the default is vLLM's default, so a service built with no
+options answers as `vllm serve` does with no flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceOptions:
+    response_role: str = "assistant"  # the role of chat answers (add_generation_prompt true)
+    enable_prompt_tokens_details: bool = False  # usage.prompt_tokens_details.cached_tokens
+    enable_force_include_usage: bool = False  # usage in every stream, asked for or not
+    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:N"
+    enable_log_requests: bool = False  # log each request (prompt cut at max_log_len)
+    max_log_len: int | None = None  # None: whole prompts in the request log
+    enable_tokenizer_info_endpoint: bool = False  # GET /tokenizer_info
