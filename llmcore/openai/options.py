@@ -19,3 +19,4 @@ class ServiceOptions:
     enable_log_requests: bool = False  # log each request (prompt cut at max_log_len)
     max_log_len: int | None = None  # None: whole prompts in the request log
     enable_tokenizer_info_endpoint: bool = False  # GET /tokenizer_info
+    trust_request_chat_template: bool = False  # a request's own chat_template (else a 400)
