@@ -422,9 +422,10 @@ def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def add_vllm_flags(parser: argparse.ArgumentParser) -> None:
-    """Add every HARMLESS and REFUSED vLLM flag to `parser`, hidden from --help.
-    Raises RuntimeError when a SAME or ALIAS flag is not already an option (the
-    table and `flags` disagree: a programming error)."""
+    """Add every HARMLESS and REFUSED vLLM flag to `parser`, hidden from --help (a
+    short form the parser already has keeps its own meaning). Raises RuntimeError
+    when a SAME or ALIAS flag is not already an option (the table and `flags`
+    disagree: a programming error)."""
     known = _option_strings(parser)
     for flag in VLLM_FLAGS:
         if flag.disposition in (S, A):
@@ -434,6 +435,7 @@ def add_vllm_flags(parser: argparse.ArgumentParser) -> None:
         names = [flag.name, *flag.short]
         if flag.kind == "bool":
             names.append("--no-" + flag.name[2:])
+        names = [n for n in names if n not in known]  # run-batch's -q is --quiet
         nargs: int | str = {"bool": 0, "value": None, "values": "+"}[flag.kind]  # type: ignore[assignment]
         kwargs: dict[str, object] = {"nargs": nargs} if nargs is not None else {}
         parser.add_argument(
