@@ -14,16 +14,41 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from llmcore.engine.config import parse_memory
 
 ENV_PREFIX = "LLMCORE_"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}  # vLLM's other spellings
 TASKS = ("auto", "generate", "embed")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+UVICORN_LOG_LEVELS = (*LOG_LEVELS, "trace")  # trace logs as debug
+CONTENT_FORMATS = ("auto", "string", "openai")
 
 
 # ---- values -------------------------------------------------------------------------------
+
+
+class _FromEnvironment(list[str]):
+    """A repeatable flag's default read from the environment."""
+
+
+class EnvAppend(argparse._AppendAction):
+    """A repeatable flag whose values on the command line replace (not extend) those
+    of its environment variable."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if isinstance(getattr(namespace, self.dest, None), _FromEnvironment):
+            setattr(namespace, self.dest, None)
+        super().__call__(parser, namespace, values, option_string)
 
 
 def split_csv(values: list[str] | str | None) -> tuple[str, ...]:
@@ -40,6 +65,43 @@ def octal_mode(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
 
 
+def dtype(value: str) -> str:
+    """`--dtype`, with vLLM's `half` and `float` for float16 and float32."""
+    return DTYPE_ALIASES.get(value, value)
+
+
+def token_count(value: str) -> int:
+    """`--max-model-len`: a number of tokens, also as vLLM writes it: "32k" (32000),
+    "32K" (32768), "1m" (10**6), "1M" (2**20)."""
+    text = value.strip()
+    scale = {"k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}.get(text[-1:], 1) if text else 1
+    number = text[:-1] if scale > 1 else text
+    try:
+        count = int(number) * scale if number.isdecimal() else int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of tokens: {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value!r}")
+    return count
+
+
+def origin_list(values: list[str] | None) -> tuple[str, ...]:
+    """CORS lists: comma-separated (llmcore) or a JSON list (vLLM: '["https://a"]')."""
+    import json
+
+    items: list[str] = []
+    for value in values or []:
+        if value.lstrip().startswith("["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ValueError(f"not a JSON list: {value!r}") from None
+            items += [str(v) for v in parsed]
+        else:
+            items.append(value)
+    return split_csv(items)
+
+
 def uid_list(values: list[str] | None) -> tuple[int, ...]:
     """The uids of `--uds-allow-uid` (repeatable or comma-separated)."""
     uids = split_csv(values)
@@ -52,6 +114,12 @@ def uid_list(values: list[str] | None) -> tuple[int, ...]:
 # ---- the serving commands' groups ---------------------------------------------------------
 
 
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="flags from a YAML mapping (keys are flag names, with dashes or "
+                        "underscores); flags on the command line win")  # fmt: skip
+
+
 def add_model_and_engine_flags(parser: argparse.ArgumentParser) -> None:
     """MODEL, the models to serve and how, and the engine's sizes."""
     parser.add_argument("model", nargs="?", help="a .gguf file or a Hugging Face model folder")
@@ -61,29 +129,39 @@ def add_model_and_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--model", action="append", dest="models", metavar="MODEL",
+    g.add_argument("--model", action=EnvAppend, dest="models", metavar="MODEL",
                    help="another model to serve (repeatable, after MODEL)")  # fmt: skip
-    g.add_argument("--served-model-name", action="append",
+    g.add_argument("--served-model-name", action=EnvAppend,
                    help="the name clients use, one per model in order (default: from the "
                    "file)")  # fmt: skip
-    g.add_argument("--task", action="append", choices=TASKS,
+    g.add_argument("--task", action=EnvAppend, choices=TASKS,
                    help="what each model serves, one per model in order (default auto: "
                    "embed for encoders such as BERT, generate for decoders)")  # fmt: skip
     g.add_argument("--tokenizer", help="a tokenizer path for the first model, if not its own")
     g.add_argument("--chat-template", help="the first model's chat template (file or inline)")
-    g.add_argument("--dtype", default="auto", choices=DTYPES)
+    g.add_argument("--chat-template-content-format", default="auto", choices=CONTENT_FORMATS,
+                   help="how the first model's template reads message content: as a string "
+                   "or as OpenAI's list of parts (default auto: detected from the "
+                   "template)")  # fmt: skip
+    g.add_argument("--dtype", default="auto", type=dtype, choices=DTYPES)
     g.add_argument("--device", default="cpu")
 
 
 def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens")
+    g.add_argument("--max-model-len", type=token_count,
+                   help="cap on prompt + output tokens (1024, 32k)")  # fmt: skip
     g.add_argument("--max-num-seqs", type=int, default=256, help="running sequences at most")
     g.add_argument("--max-num-batched-tokens", type=int, default=2048, help="new tokens per step")
-    g.add_argument("--kv-cache-memory", type=parse_memory,
+    g.add_argument("--kv-cache-memory", "--kv-cache-memory-bytes", type=parse_memory,
                    help="KV cache: bytes (2GiB, 512MB, 1e9) or a fraction of RAM (0.2); "
                    "default min(4GiB, RAM/4)")  # fmt: skip
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-    g.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    g.add_argument("--no-prefix-caching", "--no-enable-prefix-caching", action="store_true",
+                   help="disable prefix caching")  # fmt: skip
+    g.add_argument("--enable-prefix-caching", action="store_false", dest="no_prefix_caching",
+                   help="enable prefix caching (the default)")  # fmt: skip
+    g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
+                   default=True, help="split long prompts over steps (default on)")  # fmt: skip
     g.add_argument("--max-logprobs", type=int, default=20, help="cap on logprobs per token")
     g.add_argument("--seed", type=int, help="seed of unseeded requests' sampling")
     g.add_argument("--max-queued-requests", type=int,
@@ -100,13 +178,22 @@ def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     n.add_argument("--uds-mode", type=octal_mode, default=0o600,
                    help="permissions of the --uds socket file, in octal (default 0600; "
                    "0660 lets the file's group connect)")  # fmt: skip
-    n.add_argument("--uds-allow-uid", action="append", metavar="UID",
+    n.add_argument("--uds-allow-uid", action=EnvAppend, metavar="UID",
                    help="only peers with this uid may use the --uds socket (read with "
                    "SO_PEERCRED; others get 403); repeatable or comma-separated; "
                    "default: anyone who can open the socket")  # fmt: skip
     n.add_argument("--ssl-keyfile")
     n.add_argument("--ssl-certfile")
-    n.add_argument("--shutdown-grace", type=float, default=10.0,
+    n.add_argument("--ssl-ca-certs", help="CA certificates that client certificates are "
+                   "checked against")  # fmt: skip
+    n.add_argument("--ssl-cert-reqs", type=int, default=0, choices=(0, 1, 2),
+                   help="client certificates: 0 not asked (default), 1 optional, 2 "
+                   "required (Python's ssl.CERT_NONE/OPTIONAL/REQUIRED)")  # fmt: skip
+    n.add_argument("--ssl-ciphers", help="TLS 1.2 cipher suites (OpenSSL cipher list)")
+    n.add_argument("--root-path", default="",
+                   help="the path prefix a proxy mounts the server under (/llm): stripped "
+                   "from request paths that carry it")  # fmt: skip
+    n.add_argument("--shutdown-grace", "--shutdown-timeout", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM")  # fmt: skip
     return n
 
@@ -115,8 +202,10 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """What one client may send, and how long it may take."""
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-body-size", type=parse_memory, default=32 << 20, help="bytes (413)")
-    lim.add_argument("--max-header-count", type=int, default=100, help="431 beyond it")
-    lim.add_argument("--max-header-size", type=int, default=16384, help="bytes (431)")
+    lim.add_argument("--max-header-count", "--h11-max-header-count", type=int, default=100,
+                     help="431 beyond it")  # fmt: skip
+    lim.add_argument("--max-header-size", "--h11-max-incomplete-event-size", type=int,
+                     default=16384, help="bytes (431)")  # fmt: skip
     lim.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send headers")
     lim.add_argument("--body-timeout", type=float, default=60.0, help="seconds to send a body")
     lim.add_argument("--keep-alive-timeout", type=float, default=5.0, help="idle seconds")
@@ -127,28 +216,65 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 def add_security_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """API keys, CORS and request-id headers."""
     sec = parser.add_argument_group("security")
-    sec.add_argument("--api-key", action="append",
+    sec.add_argument("--api-key", action=EnvAppend,
                      help="required as 'Authorization: Bearer KEY' on every route but "
                      "/health, /ping and /version; repeatable (env LLMCORE_API_KEY, "
-                     "comma-separated)")  # fmt: skip
-    sec.add_argument("--allowed-origins", action="append",
+                     "comma-separated, else VLLM_API_KEY)")  # fmt: skip
+    sec.add_argument("--allowed-origins", action=EnvAppend,
                      help="CORS origins (repeatable or comma-separated; '*' for any); "
                      "default: no cross-origin access")  # fmt: skip
-    sec.add_argument("--allowed-methods", action="append", help="CORS methods")
-    sec.add_argument("--allowed-headers", action="append", help="CORS request headers")
+    sec.add_argument("--allowed-methods", action=EnvAppend, help="CORS methods")
+    sec.add_argument("--allowed-headers", action=EnvAppend, help="CORS request headers")
+    sec.add_argument("--allow-credentials", action="store_true",
+                     help="CORS: let browsers send cookies and credentials")  # fmt: skip
     sec.add_argument("--enable-request-id-headers", action="store_true",
                      help="echo the client's X-Request-Id (or a new one) in responses")  # fmt: skip
     return sec
 
 
+def add_service_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The OpenAI service's switches (vLLM's names: `ServiceOptions`)."""
+    s = parser.add_argument_group("OpenAI service")
+    s.add_argument("--response-role", default="assistant",
+                   help="the role of chat answers when add_generation_prompt is true")  # fmt: skip
+    s.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="usage.prompt_tokens_details.cached_tokens in answers")  # fmt: skip
+    s.add_argument("--enable-force-include-usage", action="store_true",
+                   help="usage in every stream, asked for or not")  # fmt: skip
+    s.add_argument("--return-tokens-as-token-ids", action="store_true",
+                   help="logprob tokens as 'token_id:N'")  # fmt: skip
+    s.add_argument("--trust-request-chat-template", action="store_true",
+                   help="use a request's own chat_template (else a 400)")  # fmt: skip
+    s.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
+                   help="serve GET /tokenizer_info (shows the chat template and special "
+                   "tokens)")  # fmt: skip
+    s.add_argument("--enable-server-load-tracking", action="store_true",
+                   help="accepted for vLLM: /load and llmcore_server_load are always "
+                   "on")  # fmt: skip
+    return s
+
+
 def add_logging_flags(parser: argparse.ArgumentParser, default: str = "info") -> None:
-    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS)
+    g = parser.add_argument_group("logging")
+    g.add_argument("--log-level", "--uvicorn-log-level", default=default, type=str.lower,
+                   choices=UVICORN_LOG_LEVELS)  # fmt: skip
+    g.add_argument("--enable-log-requests", action="store_true",
+                   help="log each generation request (its prompt, ids and parameters) at "
+                   "info")  # fmt: skip
+    g.add_argument("--max-log-len", type=int,
+                   help="characters of prompt and token ids in the request log (default "
+                   "all)")  # fmt: skip
+    g.add_argument("--disable-log-stats", action="store_true",
+                   help="no engine statistics in the log (throughput, queue, KV cache, "
+                   "every 10 s while busy)")  # fmt: skip
+    g.add_argument("--no-access-log", "--disable-uvicorn-access-log", action="store_true",
+                   help="no access log line per HTTP request")  # fmt: skip
 
 
 def configure_logging(level: str) -> None:
     """Log lines at `--log-level` and above to stderr, with time, level and logger."""
     logging.basicConfig(
-        level=level.upper(),
+        level="DEBUG" if level == "trace" else level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -167,17 +293,23 @@ def apply_environment_defaults(parser: argparse.ArgumentParser) -> None:
     Dashes become underscores (`LLMCORE_MAX_NUM_SEQS`); a repeatable flag takes a
     comma-separated list; a switch is on for 1, true, yes or on. A value the flag's
     type refuses is a usage error (exit 2) naming the variable."""
+    seen: set[str] = set()
     for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            continue  # positionals, --help, and vLLM's flags that llmcore only accepts
+        if action.dest in seen:
+            continue  # a second flag of the same value (--enable-prefix-caching)
+        seen.add(action.dest)
         raw = os.environ.get(ENV_PREFIX + action.dest.upper())
+        if raw is None and action.dest == "api_key":
+            raw = os.environ.get("VLLM_API_KEY")  # as vLLM reads it
         if raw is None:
             continue
         value: object
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse._StoreTrueAction | argparse.BooleanOptionalAction):
             value = raw.strip().lower() in ("1", "true", "yes", "on")
         elif isinstance(action, argparse._AppendAction):
-            value = [raw]
+            value = _FromEnvironment([raw])
         else:
             try:
                 value = action.type(raw) if callable(action.type) else raw

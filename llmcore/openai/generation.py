@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from llmcore.openai.interface import ServedModel
 from llmcore.openai.metrics import LoadTracker, ServiceMetrics
 from llmcore.openai.protocol import UsageInfo
+from llmcore.openai.request_log import RequestLogger
+from llmcore.openai.vllm_metrics import VLLMMetrics
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.sampling_params import SamplingParams
 
@@ -119,23 +121,37 @@ async def engine_outputs(gen: Generation) -> AsyncGenerator[IndexedOutput, None]
 
 
 class MeteredAdmission:
-    """Admits generations against the queue limit (`LoadTracker.admit`) and records
-    their metrics (prompt and generation tokens, TTFT, inter-token and end-to-end
-    times) while their outputs pass through."""
+    """Admits generations against the queue limit (`LoadTracker.admit`), logs them
+    (`request_log`, when requests are logged) and records their metrics (prompt and
+    generation tokens, TTFT, inter-token and end-to-end times, llmcore's and vLLM's)
+    while their outputs pass through."""
 
-    def __init__(self, load: LoadTracker, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        load: LoadTracker,
+        metrics: ServiceMetrics,
+        vllm: VLLMMetrics | None = None,
+        request_log: RequestLogger | None = None,
+    ) -> None:
         self.load = load
         self.metrics = metrics
+        self.vllm = vllm
+        self.request_log = request_log
 
     async def outputs(self, gen: Generation) -> AsyncGenerator[IndexedOutput, None]:
         """`engine_outputs(gen)`, admitted and measured. Raises OverloadedError (before
         any output) when the queue is full."""
         self.load.admit()
         name = gen.model.name
+        if self.request_log is not None:
+            for i, prompt in enumerate(gen.prompts):
+                rid = gen.request_id if len(gen.prompts) == 1 else f"{gen.request_id}-{i}"
+                self.request_log.log_request(rid, prompt.text, prompt.token_ids, gen.params)
         self.metrics.prompt_tokens.labels(name).inc(gen.num_prompt_tokens)
         # The labelled children, looked up once per generation rather than per token.
         itl = self.metrics.itl.labels(name)
         generation_tokens = self.metrics.generation_tokens.labels(name)
+        vllm = _VLLMRequest(self.vllm, gen) if self.vllm is not None else None
         start = last = time.monotonic()
         started = False
         try:
@@ -148,12 +164,70 @@ class MeteredAdmission:
                         self.metrics.ttft.labels(name).observe(now - start)
                     else:
                         itl.observe(now - last)
+                    new_tokens = sum(len(c.token_ids) for c in item[1].outputs)
+                    generation_tokens.inc(new_tokens)
+                    if vllm is not None:
+                        vllm.output(item, now - start, now - last, new_tokens)
                     last = now
-                    generation_tokens.inc(sum(len(c.token_ids) for c in item[1].outputs))
                     yield item
         finally:
             self.load.finished(started)
             self.metrics.e2e.labels(name).observe(time.monotonic() - start)
+            if vllm is not None:
+                vllm.close(time.monotonic() - start)
+
+
+class _VLLMRequest:
+    """One generation's `vllm:*` metrics: per prompt, its first output; per
+    completion, its tokens and finish reason."""
+
+    __slots__ = ("first", "gen", "m", "tokens")
+
+    def __init__(self, metrics: VLLMMetrics, gen: Generation) -> None:
+        self.gen = gen
+        self.m = m = metrics.of(gen.model.name)
+        self.first: dict[int, float] = {}  # prompt index -> seconds to its first output
+        self.tokens: dict[tuple[int, int], int] = {}  # (prompt, completion) -> tokens so far
+        m.prompt_tokens.inc(gen.num_prompt_tokens)
+        m.params_n.observe(gen.params.n)
+        for prompt in gen.prompts:
+            room = gen.model.max_model_len - len(prompt.token_ids)
+            max_tokens = gen.params.max_tokens
+            m.max_generation_tokens.observe(room if max_tokens is None else min(max_tokens, room))
+            if max_tokens is not None:
+                m.params_max_tokens.observe(max_tokens)
+
+    def output(self, item: IndexedOutput, elapsed: float, gap: float, new_tokens: int) -> None:
+        index, out = item
+        m = self.m
+        m.generation_tokens.inc(new_tokens)
+        if index not in self.first:
+            self.first[index] = elapsed
+            m.ttft.observe(elapsed)
+        elif new_tokens:
+            m.itl.observe(gap)
+            m.tpot.observe(gap)
+        for c in out.outputs:
+            key = (index, c.index)
+            self.tokens[key] = self.tokens.get(key, 0) + len(c.token_ids)
+            if c.finish_reason is not None:
+                self._finished(index, self.tokens.pop(key), c.finish_reason, elapsed)
+                self.tokens[key] = -1  # finished: not counted again on close
+
+    def close(self, elapsed: float) -> None:
+        """Completions that never finished (the client left, an error) count as aborted."""
+        for (index, _), count in self.tokens.items():
+            if count >= 0 and index in self.first:
+                self._finished(index, count, "abort", elapsed)
+
+    def _finished(self, index: int, tokens: int, reason: str, elapsed: float) -> None:
+        self.m.finished(
+            reason=reason,
+            prompt_tokens=len(self.gen.prompts[index].token_ids),
+            generation_tokens=tokens,
+            ttft=self.first.get(index),
+            e2e=elapsed,
+        )
 
 
 @dataclass(slots=True)

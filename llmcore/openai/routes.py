@@ -113,14 +113,29 @@ ROUTES: tuple[RouteSpec, ...] = (
         "200 if every engine can serve, else 503",
         content_type="text/plain",
     ),
-    RouteSpec("/ping", "GET", "ping", "Liveness (200)", content_type="text/plain"),
-    RouteSpec("/ping", "POST", "ping", "Liveness (200)", content_type="text/plain"),
+    *(
+        RouteSpec("/ping", method, "ping", "As /health (200, else 503)", content_type="text/plain")
+        for method in ("GET", "POST")
+    ),
     RouteSpec("/version", "GET", "version", "The llmcore version", None, VersionResponse),
     RouteSpec("/load", "GET", "load", "Generation requests in flight", None, LoadResponse),
     RouteSpec(
         "/metrics", "GET", "metrics", "Prometheus metrics (text format)", content_type="text/plain"
     ),
     RouteSpec("/openapi.json", "GET", "openapi", "This document"),
+    RouteSpec(
+        "/tokenizer_info",
+        "GET",
+        "tokenizer_info",
+        "The tokenizer's class, special tokens and chat template "
+        "(--enable-tokenizer-info-endpoint; else 404)",
+    ),
+    RouteSpec(
+        "/reset_prefix_cache",
+        "POST",
+        "reset_prefix_cache",
+        'Forget the prefix cache: {"success": false} while requests hold KV blocks',
+    ),
 )
 
 

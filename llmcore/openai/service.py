@@ -13,7 +13,8 @@ counted in the metrics by route and status; after a request whose body was large
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -54,12 +55,15 @@ from llmcore.openai.protocol import (
     LoadResponse,
     VersionResponse,
 )
+from llmcore.openai.request_log import RequestLogger
 from llmcore.openai.routes import MODEL_PREFIX, RouteSpec, normalize, route_path, routes_by_path
 from llmcore.openai.streaming import ClosingStream, sse_stream
+from llmcore.openai.vllm_metrics import VLLMMetrics
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+log = logging.getLogger("llmcore.http")
 Answer = ServiceResponse | ServiceStream
 Handler = Callable[[ServiceRequest, str], Awaitable[Answer]]
 _ENCODER = msgspec.json.Encoder()
@@ -96,19 +100,24 @@ class OpenAIService:
         max_body_bytes: int | None = None,
         registry: CollectorRegistry | None = None,
         options: ServiceOptions | None = None,
+        engine_info: Mapping[str, str] | None = None,
     ) -> None:
         """`models`: the first is the default when a request names none.
         `max_queued_requests`: generation requests waiting for their first output
         beyond which new ones get a 503 with `Retry-After: retry_after` (None: no limit).
         `max_body_bytes`: a 413 above it (None: the transport's cap only).
-        `options`: server-wide switches (vLLM's flags); None: vLLM's defaults."""
+        `options`: server-wide switches (vLLM's flags); None: vLLM's defaults.
+        `engine_info`: the engine settings `vllm:cache_config_info` shows."""
+        options = options or ServiceOptions()
         self.load = LoadTracker(max_queued_requests, retry_after)
         self.metrics = ServiceMetrics(models, self.load, registry)
+        self.vllm_metrics = VLLMMetrics(models, self.metrics.registry, engine_info)
+        request_log = RequestLogger(options.max_log_len) if options.enable_log_requests else None
         self.ctx = ServiceContext(
             models,
             Limits(max_logprobs, max_n),
-            MeteredAdmission(self.load, self.metrics),
-            options or ServiceOptions(),
+            MeteredAdmission(self.load, self.metrics, self.vllm_metrics, request_log),
+            options,
         )
         self.max_body_bytes = max_body_bytes
         self._routes = routes_by_path()
@@ -124,11 +133,13 @@ class OpenAIService:
             "tokenize": self._tokenize,
             "detokenize": self._detokenize,
             "health": self._health,
-            "ping": self._ping,
+            "ping": self._health,  # as vLLM: /ping is the health check
             "version": self._version,
             "load": self._load,
             "metrics": self._metrics,
             "openapi": self._openapi,
+            "tokenizer_info": self._tokenizer_info,
+            "reset_prefix_cache": self._reset_prefix_cache,
         }
 
     @property
@@ -245,8 +256,21 @@ class OpenAIService:
             await model.engine.check_health()
         return ServiceResponse(200, b"", _TEXT)
 
-    async def _ping(self, request: ServiceRequest, path: str) -> Answer:
-        return ServiceResponse(200, b"", _TEXT)
+    async def _tokenizer_info(self, request: ServiceRequest, path: str) -> Answer:
+        if not self.ctx.options.enable_tokenizer_info_endpoint:
+            raise NotFoundError(f"no route {request.method} {path}")
+        return ServiceResponse(200, _ENCODER.encode(tokenizer_info(self.ctx.models[0])))
+
+    async def _reset_prefix_cache(self, request: ServiceRequest, path: str) -> Answer:
+        """Every engine forgets its prefix cache: {"success": true}, or false (and the
+        caches stay) while requests hold KV blocks, as vLLM answers."""
+        log.info("Resetting prefix cache...")
+        success = True
+        for model in self.ctx.models:
+            reset = getattr(model.engine, "reset_prefix_cache", None)
+            if reset is not None:
+                success = await reset() and success
+        return ServiceResponse(200, _ENCODER.encode({"success": success}))
 
     async def _version(self, request: ServiceRequest, path: str) -> Answer:
         return _json(VersionResponse(_version()))
@@ -260,6 +284,21 @@ class OpenAIService:
 
     async def _openapi(self, request: ServiceRequest, path: str) -> Answer:
         return ServiceResponse(200, openapi_document(_version()))
+
+
+def tokenizer_info(model: ServedModel) -> dict[str, Any]:
+    """GET /tokenizer_info as vLLM answers it: the tokenizer's class, its special
+    tokens and the chat template (`TokenizerInfoResponse`)."""
+    tok = model.tokenizer
+    info: dict[str, Any] = {
+        "tokenizer_class": type(tok).__name__,
+        "model_max_length": model.max_model_len,
+        "bos_token": tok.bos_token,
+        "eos_token": tok.eos_token,
+    }
+    if model.chat_template is not None:
+        info["chat_template"] = model.chat_template.source
+    return {key: value for key, value in info.items() if value is not None}
 
 
 def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:

@@ -31,12 +31,17 @@ class RequestHead:
     headers: list[tuple[str, str]]
 
     @classmethod
-    def from_h11(cls, request: h11.Request) -> RequestHead:
+    def from_h11(cls, request: h11.Request, root_path: str = "") -> RequestHead:
+        """The head of `request`; a path under `root_path` ("/llm/v1/models") is
+        served as the path below it ("/v1/models"), as uvicorn's root_path does."""
         target = request.target.decode("latin-1")
         if not target.startswith("/") and "://" in target:  # absolute-form
             target = urlsplit(target).path or "/"
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
-        return cls(request.method.decode("latin-1"), target.partition("?")[0], headers)
+        path = target.partition("?")[0]
+        if root_path and (path == root_path or path.startswith(root_path + "/")):
+            path = path[len(root_path) :] or "/"
+        return cls(request.method.decode("latin-1"), path, headers)
 
     def get(self, name: str) -> str | None:
         """The first value of header `name` (lower-case), or None."""

@@ -39,8 +39,13 @@ class HTTPConfig:
     ssl_keyfile: str | None = None
     ssl_keyfile_password: str | None = None
     ssl_ca_certs: str | None = None
-    ssl_cert_reqs: int = ssl.CERT_NONE
+    ssl_cert_reqs: int = ssl.CERT_NONE  # CERT_OPTIONAL/CERT_REQUIRED: client certificates
+    ssl_ciphers: str | None = None  # OpenSSL cipher list (TLS 1.2 and below)
     tls_handshake_timeout: float = 10.0
+
+    # -- the path prefix a proxy mounts the server under ("/llm"; "" for none): a
+    # request path that starts with it is served as if it did not
+    root_path: str = ""
 
     # -- limits
     max_body_size: int = 32 * MiB
@@ -83,6 +88,12 @@ class HTTPConfig:
         _check_uds_allowed_uids(self)
         if any(isinstance(key, str) and not key for key in self.api_keys):
             raise ValueError("api_keys must not contain an empty key")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path == "/"):
+            raise ValueError(f"root_path must start with '/' (e.g. /llm), not {self.root_path!r}")
+        if self.ssl_cert_reqs not in (ssl.CERT_NONE, ssl.CERT_OPTIONAL, ssl.CERT_REQUIRED):
+            raise ValueError(f"ssl_cert_reqs must be 0, 1 or 2, not {self.ssl_cert_reqs!r}")
+        if self.ssl_cert_reqs != ssl.CERT_NONE and self.ssl_ca_certs is None:
+            raise ValueError("ssl_cert_reqs needs ssl_ca_certs to check client certificates")
         if self.allow_credentials and "*" in self.allowed_origins:
             raise ValueError("allow_credentials cannot be combined with allowed_origins '*'")
 

@@ -230,7 +230,7 @@ class HTTPCycle:
             return self._closing(linger=False)  # the client left between requests
 
     def _on_head(self, event: h11.Request) -> Action:
-        head = RequestHead.from_h11(event)
+        head = RequestHead.from_h11(event, self._config.root_path)
         self._head = head
         self._request = admission = self._admission.admit(head)
         refusal = _framing_refusal(event) or admission.refusal

@@ -29,6 +29,8 @@ def server_ssl_context(config: HTTPConfig) -> ssl.SSLContext | None:
     if config.ssl_ca_certs is not None:
         context.load_verify_locations(cafile=config.ssl_ca_certs)
     context.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
+    if config.ssl_ciphers is not None:
+        context.set_ciphers(config.ssl_ciphers)
     context.set_alpn_protocols(["http/1.1"])
     return context
 

@@ -193,3 +193,57 @@ async def test_tls_round_trip(running: Any, connect: Any, tmp_path: Path) -> Non
 def test_config_rejects_half_a_tls_setup() -> None:
     with pytest.raises(ValueError, match="together"):
         HTTPConfig(ssl_certfile="cert.pem")
+
+
+async def test_tls_client_certificates(running: Any, connect: Any, tmp_path: Path) -> None:
+    """--ssl-ca-certs with --ssl-cert-reqs 2: a client with a certificate the CA file
+    vouches for is served; one without is refused in the handshake."""
+    import anyio
+    import h11
+
+    (tmp_path / "server").mkdir()
+    (tmp_path / "client").mkdir()
+    certfile, keyfile = self_signed_cert(tmp_path / "server")
+    client_cert, client_key = self_signed_cert(tmp_path / "client")
+    options = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile),
+               "ssl_ca_certs": str(client_cert), "ssl_cert_reqs": ssl.CERT_REQUIRED}  # fmt: skip
+    with_cert = ssl.create_default_context(cafile=str(certfile))
+    with_cert.load_cert_chain(str(client_cert), str(client_key))
+    without_cert = ssl.create_default_context(cafile=str(certfile))
+    async with running(**options) as server:
+        for context, allowed in ((with_cert, True), (without_cert, False)):
+            tls = {"tls": True, "ssl_context": context, "tls_hostname": "localhost",
+                   "tls_standard_compatible": False}  # fmt: skip
+            if allowed:
+                async with connect(server, **tls) as client:
+                    assert (await client.request("GET", "/health")).status == 200
+                continue
+            refused = (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream,
+                       h11.RemoteProtocolError)  # fmt: skip
+            with pytest.raises(refused):
+                async with connect(server, **tls) as client:
+                    await client.request("GET", "/health")
+
+
+def test_config_rejects_client_certificates_without_a_ca() -> None:
+    with pytest.raises(ValueError, match="ssl_ca_certs"):
+        HTTPConfig(ssl_cert_reqs=ssl.CERT_REQUIRED)
+
+
+# -- root path ---------------------------------------------------------------------------
+
+
+async def test_root_path_is_stripped(running: Any, connect: Any, fake: FakeService) -> None:
+    """--root-path /llm: /llm/v1/models is served as /v1/models (and the API key is
+    checked against the stripped path); paths without the prefix still work."""
+    async with running(root_path="/llm", api_keys=KEYS) as server, connect(server) as client:
+        health = await client.request("GET", "/llm/health")
+        client.next_cycle()
+        models = await client.request("GET", "/llm/v1/models", headers=bearer(KEYS[0]))
+        client.next_cycle()
+        plain = await client.request("GET", "/v1/models", headers=bearer(KEYS[0]))
+        client.next_cycle()
+        other = await client.request("GET", "/llmx/v1", headers=bearer(KEYS[0]))
+    assert health.status == 200
+    assert [r.path for r in fake.requests] == ["/health", "/v1/models", "/v1/models", "/llmx/v1"]
+    assert models.status == plain.status == other.status == 200
