@@ -227,7 +227,8 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _ok("--mamba-cache-philox-rounds", "llmcore serves no Mamba models"),
     _no("--reasoning-parser", _TOOLS),
     _no("--reasoning-parser-plugin", _TOOLS),
-    _ok("--guided-decoding-backend", "structured outputs always use llguidance"),
+    _ok("--guided-decoding-backend", "structured outputs always use llguidance",
+        accepts=("auto", "guidance", "llguidance")),
     # ParallelConfig
     _ok("--distributed-executor-backend", _CPU),
     _ok("--pipeline-parallel-size", "no pipeline parallelism: " + _CPU, short=("-pp",),
