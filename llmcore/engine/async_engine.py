@@ -173,6 +173,7 @@ class AsyncEngine:
             _STEP_THREAD.release()
         else:
             self._executor.shutdown(wait=True)
+        self.core.structured.close()
 
     # ---- the step loop -------------------------------------------------------------------
 
