@@ -11,9 +11,11 @@ and recomputed keeps its matcher as is).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from llmcore.structured_outputs.params import StructuredOutputsParams
@@ -59,24 +61,26 @@ class GrammarBackend(Protocol):
         ...
 
 
+assert sys.byteorder == "little", "bitmask words are read as little-endian bytes"
+
+
 def bitmask_words(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: Sequence[int]) -> None:
     """Set to -inf, in place, the logits of rows `rows` whose tokens the bitmask rows
-    (in the same order) do not allow."""
+    (in the same order) do not allow. The bits are unpacked by numpy (little-endian
+    words, so byte `b` of word `w` holds tokens `32w + 8b ...`), far faster than
+    shifting int32 tensors."""
     if not rows:
         return
     vocab = logits.shape[1]
-    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
-    masks = bitmask[: len(rows)] if len(rows) < bitmask.shape[0] else bitmask
-    allowed = ((masks.unsqueeze(-1) >> shifts) & 1).view(len(rows), -1)[:, :vocab]
-    allowed = allowed.to(device=logits.device, dtype=torch.bool)
+    words = bitmask[: len(rows)].numpy().view(np.uint8)  # [k, 4W], little-endian
+    banned = np.unpackbits(np.invert(words), axis=1, count=vocab, bitorder="little")
+    mask = torch.from_numpy(banned.view(np.bool_)).to(logits.device, non_blocking=True)
     if len(rows) == logits.shape[0] and list(rows) == list(range(len(rows))):
-        logits.masked_fill_(~allowed, float("-inf"))
+        logits.masked_fill_(mask, float("-inf"))
         return
-    index = torch.tensor(list(rows), dtype=torch.long, device=logits.device)
-    sub = logits[index]
-    sub.masked_fill_(~allowed, float("-inf"))
-    logits[index] = sub
+    for j, row in enumerate(rows):  # in place, row by row: no gather and scatter
+        logits[row].masked_fill_(mask[j], float("-inf"))
