@@ -36,6 +36,7 @@ from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.registry import supported_architectures
 from llmcore.sampling_params import SamplingParams
+from llmcore.structured_outputs import StructuredOutputsParams
 from llmcore.tokenization.detokenizer import IncrementalDetokenizer
 from llmcore.tokenization.tokenizer import Tokenizer, load_tokenizer
 
@@ -71,6 +72,7 @@ __all__ = [
     "ServiceRequest",
     "ServiceResponse",
     "ServiceStream",
+    "StructuredOutputsParams",
     "SyncClient",
     "Tokenizer",
     "UnsupportedArchitectureError",

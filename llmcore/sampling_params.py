@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from llmcore.errors import InvalidRequestError
+from llmcore.structured_outputs.params import StructuredOutputsParams
 
 DEFAULT_MAX_LOGPROBS = 20
 
@@ -40,6 +41,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None  # the output must match it
 
     @property
     def greedy(self) -> bool:
@@ -82,6 +84,8 @@ class SamplingParams:
         bad_stop = [t for t in self.stop_token_ids if not 0 <= t < vocab_size]
         _check(not bad_stop, "stop_token_ids", f"ids outside the vocabulary: {bad_stop[:5]}")
         _check(all(self.stop), "stop", "stop strings must not be empty")
+        if self.structured_outputs is not None:
+            self.structured_outputs.validate()
 
 
 def _finite(x: float) -> bool:

@@ -93,9 +93,16 @@ class AsyncEngine:
         self._check_alive()
         if request_id in self._queues:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        requests = self.core.make_requests(
-            prompt_token_ids, params, request_id, priority=priority, cache_salt=cache_salt
+        make = functools.partial(
+            self.core.make_requests,
+            prompt_token_ids,
+            params,
+            request_id,
+            priority=priority,
+            cache_salt=cache_salt,
         )
+        # A grammar may take a while to compile (the backend releases the GIL meanwhile).
+        requests = await asyncio.to_thread(make) if params.structured_outputs else make()
         queue: asyncio.Queue[RequestOutput | PoolingOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
         self.core.add(requests)
@@ -175,6 +182,7 @@ class AsyncEngine:
             _STEP_THREAD.release()
         else:
             self._executor.shutdown(wait=True)
+        self.core.structured.close()
 
     # ---- the step loop -------------------------------------------------------------------
 

@@ -100,6 +100,7 @@ class EngineCore:
         )
         self.output_processor = OutputProcessor(tokenizer)
         self.eos_token_ids = self.input_processor.eos_token_ids
+        self.structured = self.input_processor.structured
         self._inbox = Inbox()
         self._num_prompt_tokens = 0
         self._num_generated = 0
@@ -204,6 +205,8 @@ class EngineCore:
                 )
             )
         sampling = [s.request for s in scheduled if s.completes_sequence]
+        # Grammar masks are computed on a worker while the model runs.
+        pending = self.structured.start_masks([r.grammar for r in sampling])
         logits = self.runner.execute_detailed(chunks)
         for i, s in enumerate(scheduled):
             r = s.request
@@ -215,6 +218,7 @@ class EngineCore:
                 self._num_prompt_tokens += s.num_new_tokens
             r.num_computed_tokens += s.num_new_tokens
         if sampling:
+            masks = None if pending is None else pending.wait()
             rows = [
                 SamplingRow(
                     params=r.params,
@@ -226,7 +230,9 @@ class EngineCore:
                 )
                 for r in sampling
             ]
-            self._append_sampled(sampling, self.sampler(logits.last, rows))
+            grammar_rows = pending.rows if pending is not None else []
+            sampled = self.sampler(logits.last, rows, masks, grammar_rows)
+            self._append_sampled(sampling, sampled)
 
     def _append_sampled(self, sampling: list[Request], sampled: SamplerOutput) -> None:
         """Append each request's token and finish those that stop: by token here, by
@@ -238,12 +244,15 @@ class EngineCore:
             n_out = len(r.output_token_ids)
             reason: FinishReason | None = None
             stop_reason: str | int | None = None
-            if token in r.stop_token_ids and n_out >= r.params.min_tokens:
+            stop_token = token in r.stop_token_ids and n_out >= r.params.min_tokens
+            if stop_token:
                 reason = FinishReason.STOP
                 stop_reason = token if token in r.params.stop_token_ids else None
             elif n_out >= r.max_tokens or r.num_tokens >= max_model_len:
                 reason = FinishReason.LENGTH
-            stop_string = process_token(r, token, lp, reason)
+            if r.grammar is not None and reason is None and self._grammar_done(r, token):
+                reason = FinishReason.STOP
+            stop_string = process_token(r, token, lp, reason, stop_token=stop_token)
             if stop_string is not None:
                 reason, stop_reason = FinishReason.STOP, stop_string
             if reason is not None:
@@ -255,6 +264,17 @@ class EngineCore:
         """Forget every cached prefix (the engine thread only); False, and nothing
         forgotten, while a request holds KV blocks (as vLLM's reset answers)."""
         return self.kv_cache.reset_prefix_cache()
+
+    @staticmethod
+    def _grammar_done(r: Request, token: int) -> bool:
+        """Advance the request's grammar; True when it is complete (nothing more may
+        follow) or refused the token (a row whose other filters left no allowed
+        token; it ends rather than generate what the grammar forbids)."""
+        assert r.grammar is not None
+        if not r.grammar.accept_token(token):
+            log.warning("request %s: the grammar refused token %d; finishing", r.request_id, token)
+            return True
+        return r.grammar.is_terminated()
 
     def statistics(self) -> EngineStatistics:
         kv = self.kv_cache.statistics()

@@ -5,13 +5,14 @@ It runs on the caller's thread, before anything is queued, so every refusal
 caller at once and a refused request never half-runs. For generation it checks the
 prompt against the vocabulary, validates the `SamplingParams`, resolves
 `max_tokens` against the context, and derives once per caller request what its
-n completions share (`ResolvedParams`: stop token ids, tokenized bad words); for
+n completions share (`ResolvedParams`: stop token ids, tokenized bad words, the
+compiled structured-output grammar); for
 embeddings it checks the prompt, its length and the `PoolingParams`.
 
 Invariant: every `Request` and `EncodeRequest` it returns can be scheduled without
 further checks; the step thread never validates caller input. A structured-output
-grammar will be compiled in `resolve` (once per caller request, shared by its n
-completions, cached by grammar text) and carried like the bad words.
+grammar is compiled in `resolve` (once per caller request, cached by grammar
+text); each of the n completions gets its own matcher of it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.model_config import ModelConfig
 from llmcore.pooling import PoolingConfig, PoolingParams
 from llmcore.sampling_params import SamplingParams
+from llmcore.structured_outputs.backend import CompiledGrammar
+from llmcore.structured_outputs.manager import StructuredOutputManager
 from llmcore.tokenization.tokenizer import Tokenizer
 
 
@@ -39,6 +42,7 @@ class ResolvedParams:
     max_tokens: int  # params.max_tokens, or the rest of the context
     stop_token_ids: frozenset[int]  # params.stop_token_ids, and EOS unless ignore_eos
     bad_words_token_ids: list[list[int]]  # each bad word, with and without a leading space
+    grammar: CompiledGrammar | None = None  # params.structured_outputs, compiled
 
 
 class InputProcessor:
@@ -63,6 +67,9 @@ class InputProcessor:
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
+        self.structured = StructuredOutputManager(
+            tokenizer, model.vocab_size, sorted(self.eos_token_ids)
+        )
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -102,6 +109,7 @@ class InputProcessor:
                     if params.seed is not None
                     else None
                 ),
+                grammar=resolved.grammar.new_matcher() if resolved.grammar is not None else None,
             )
             for i in range(params.n)
         ]
@@ -112,6 +120,11 @@ class InputProcessor:
             max_tokens=self._max_tokens(num_prompt_tokens, params),
             stop_token_ids=self._stop_ids(params),
             bad_words_token_ids=self._bad_words_ids(params.bad_words or []),
+            grammar=(
+                self.structured.compile(params.structured_outputs)
+                if params.structured_outputs is not None
+                else None
+            ),
         )
 
     def _max_tokens(self, num_prompt: int, params: SamplingParams) -> int:

@@ -117,17 +117,24 @@ class OutputProcessor:
     # ---- sampled tokens ------------------------------------------------------------------
 
     def process_token(
-        self, r: Request, token: int, lp: TokenLogprobs | None, reason: FinishReason | None
+        self,
+        r: Request,
+        token: int,
+        lp: TokenLogprobs | None,
+        reason: FinishReason | None,
+        *,
+        stop_token: bool = False,
     ) -> str | None:
-        """Take the token just appended to `r` (finishing it for `reason`, if any):
-        detokenize it and return the stop string it completes, if any (the caller
-        then finishes `r` with STOP)."""
+        """Take the token just appended to `r` (finishing it for `reason`, if any;
+        `stop_token`: it is the stop token that ends `r`, whose text is hidden unless
+        include_stop_str_in_output): detokenize it and return the stop string it
+        completes, if any (the caller then finishes `r` with STOP)."""
         state = self._states[r.request_id]
         if lp is not None:
             if state.logprobs is None:
                 state.logprobs = []
             state.logprobs.append(to_logprob(lp))
-        hide_token = reason is FinishReason.STOP and not r.params.include_stop_str_in_output
+        hide_token = stop_token and not r.params.include_stop_str_in_output
         delta = "" if hide_token else state.detokenizer.step([token])
         if reason is not None:
             delta += state.detokenizer.finish()

@@ -23,6 +23,7 @@ import torch
 from llmcore.engine.block_pool import BlockHash
 from llmcore.pooling import PoolingParams
 from llmcore.sampling_params import SamplingParams
+from llmcore.structured_outputs.backend import GrammarMatcher
 
 
 class RequestStatus(enum.Enum):
@@ -52,6 +53,7 @@ class Request:
     stop_token_ids: frozenset[int] = frozenset()
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
     generator: torch.Generator | None = None
+    grammar: GrammarMatcher | None = None  # structured outputs: the tokens allowed next
 
     output_token_ids: list[int] = field(default_factory=list)
     all_token_ids: list[int] = field(default_factory=list)

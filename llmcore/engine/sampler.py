@@ -1,13 +1,14 @@
 """`Sampler`: one step's logits `[B, V]` in, one token (and its logprobs) per row out.
 
-It owns the order in which a request's sampling parameters act on its logits (vLLM
-v1's order: allowed ids, bad words, min_tokens, logit bias, penalties; then greedy
-argmax, or temperature, min_p, top_k, top_p and a random draw) and the randomness of
-every row. Invariants: the caller's logits are never modified; logprobs are of the
-raw model distribution; a random row draws exactly `V` uniforms per step, from its
-own generator when it has one (and nothing else draws from that), and every filter
-is decided by the row's own values, so a seeded request samples the same tokens
-whatever shares its batch. Stages no row needs cost nothing.
+It owns the order in which a request's sampling parameters act on its logits
+(vLLM v1's order: the structured-output grammar's mask, allowed ids, bad words,
+min_tokens, logit bias, penalties; then greedy argmax, or temperature, min_p,
+top_k, top_p and a random draw) and the randomness of every row. Invariants: the
+caller's logits are never modified; logprobs are of the raw model distribution;
+a random row draws exactly `V` uniforms per step, from its own generator when it
+has one (and nothing else draws from that), and every filter is decided by the
+row's own values, so a seeded request samples the same tokens whatever shares its
+batch. Stages no row needs cost nothing.
 
 The edits before the greedy/random split live in `logits_processors`, logprobs in
 `logprobs`; this module owns the split itself, the randomness and the random rows'
@@ -26,6 +27,7 @@ from llmcore.engine.logits_processors import processed_logits
 from llmcore.engine.logits_rows import index_tensor, on_rows, take_rows
 from llmcore.engine.logprobs import TokenLogprobs, sampled_logprobs
 from llmcore.sampling_params import SamplingParams
+from llmcore.structured_outputs.backend import apply_bitmask
 
 _GREEDY_BELOW = 1e-5  # temperatures under this are greedy (as vLLM's _SAMPLING_EPS)
 _FIRST_WINDOW = 256  # top_p candidates looked at first; the window grows x8 until enough
@@ -57,11 +59,22 @@ class Sampler:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._shared_generator(torch.device("cpu"))
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[SamplingRow],
+        grammar_bitmask: torch.Tensor | None = None,
+        grammar_rows: Sequence[int] = (),
+    ) -> SamplerOutput:
+        """`grammar_bitmask` row `j` holds the tokens allowed in row `grammar_rows[j]`."""
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         assert logits.shape[1] >= self.vocab_size, (logits.shape, self.vocab_size)
         raw = logits[:, : self.vocab_size].float()  # drop padded vocabulary columns, if any
-        token_ids = self._pick(processed_logits(raw, rows), rows)
+        allowed = raw
+        if grammar_bitmask is not None and grammar_rows:
+            allowed = raw.clone(memory_format=torch.contiguous_format)
+            apply_bitmask(allowed, grammar_bitmask, grammar_rows)
+        token_ids = self._pick(processed_logits(allowed, rows), rows)
         return SamplerOutput(token_ids.tolist(), sampled_logprobs(raw, token_ids, rows))
 
     def _shared_generator(self, device: torch.device) -> torch.Generator:

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from llmcore.errors import InvalidRequestError
 from llmcore.openai.protocol.requests import _GenerationRequest
+from llmcore.openai.structured import structured_outputs_of
 from llmcore.sampling_params import SamplingParams
 
 # A token id: an optional sign, leading zeros, then at most 18 digits (so `int`
@@ -72,6 +73,7 @@ def build_params(
         prompt_logprobs=prompt_logprobs,
         skip_special_tokens=_or(req.skip_special_tokens, True),
         spaces_between_special_tokens=_or(req.spaces_between_special_tokens, True),
+        structured_outputs=structured_outputs_of(req),
     )
     params.validate(vocab_size, limits.max_logprobs)
     return params

@@ -12,8 +12,6 @@ from llmcore.errors import InvalidRequestError
 from llmcore.openai.protocol import ChatCompletionRequest, CompletionRequest
 from llmcore.openai.protocol.requests import _GenerationRequest
 
-_GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
-
 
 def refuse(param: str, message: str) -> InvalidRequestError:
     return InvalidRequestError(f"{param}: {message}", param=param)
@@ -23,14 +21,8 @@ def check_generation(req: _GenerationRequest) -> None:
     """The checks shared by completions and chat completions."""
     if req.stream_options is not None and not req.stream:
         raise refuse("stream_options", "can only be set when stream is true")
-    fmt = req.response_format
-    if fmt is not None and fmt.get("type") != "text":
-        raise refuse("response_format", 'only {"type": "text"} is supported (no JSON mode yet)')
     if req.use_beam_search:
         raise refuse("use_beam_search", "beam search is not supported")
-    for name in _GUIDED:
-        if getattr(req, name) is not None:
-            raise refuse(name, "guided decoding is not supported")
     if req.return_tokens_as_token_ids:
         raise refuse("return_tokens_as_token_ids", "is not supported")
     if req.truncate_prompt_tokens is not None:

@@ -27,6 +27,41 @@ class StreamOptions(msgspec.Struct, forbid_unknown_fields=False):
     continuous_usage_stats: bool | None = None
 
 
+class JsonSchemaFormat(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """`response_format.json_schema`: OpenAI's name, description, schema and strict."""
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = msgspec.field(default=None, name="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """OpenAI's `response_format` (text, json_object, json_schema) and vLLM's
+    structural_tag (its structures and triggers beside the type)."""
+
+    type: str
+    json_schema: JsonSchemaFormat | None = None
+    structures: list[dict[str, Any]] | None = None
+    triggers: list[str] | None = None
+
+
+class StructuredOutputsIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """vLLM's `structured_outputs` object (unknown keys are a 400: a misspelt
+    constraint must not be dropped)."""
+
+    json: str | dict[str, Any] | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
+    whitespace_pattern: str | None = None
+    disable_any_whitespace: bool | None = None
+    disable_additional_properties: bool | None = None
+    disable_fallback: bool | None = None
+
+
 class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     model: str | None = None
 
@@ -62,14 +97,17 @@ class _GenerationRequest(_Request, kw_only=True):
     echo: bool | None = None
     add_special_tokens: bool | None = None
     user: str | None = None
+    # Structured outputs (llmcore.openai.structured): OpenAI's and vLLM's spellings.
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsIn | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
     # Declared so that they can be refused by name; see llmcore.openai.unsupported.
-    response_format: dict[str, Any] | None = None
     use_beam_search: bool | None = None
-    guided_json: Any = None
-    guided_regex: Any = None
-    guided_choice: Any = None
-    guided_grammar: Any = None
-    structured_outputs: Any = None
     return_tokens_as_token_ids: bool | None = None
     truncate_prompt_tokens: int | None = None
 

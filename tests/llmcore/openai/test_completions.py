@@ -205,10 +205,12 @@ def test_bad_prompts_are_400s(client: Any, prompt: Any) -> None:
     ("field", "value"),
     [
         ("suffix", "the end"),
-        ("response_format", {"type": "json_object"}),
+        ("response_format", {"type": "xml"}),
         ("best_of", 3),
         ("use_beam_search", True),
-        ("guided_json", {"type": "object"}),
+        ("guided_json", {"type": "object", "if": {}}),
+        ("guided_regex", "(unclosed"),
+        ("guided_decoding_backend", "outlines"),
     ],
 )
 def test_unsupported_fields_are_400s_naming_them(client: Any, field: str, value: Any) -> None:

@@ -1,0 +1,86 @@
+"""The grammar backend interface: constraints compile to grammars, grammars make
+matchers, matchers say which tokens may come next.
+
+The engine sees only these protocols; llguidance is one implementation
+(`llguidance_backend`), chosen by name, so that another (xgrammar) could be added
+without touching the engine. Invariants: `compile` refuses a bad constraint with
+`InvalidRequestError` naming the request field, before any token is generated; a
+matcher's state is the tokens it accepted, nothing else (so a request preempted
+and recomputed keeps its matcher as is).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from llmcore.structured_outputs.params import StructuredOutputsParams
+
+
+class GrammarMatcher(Protocol):
+    """The state of one sequence in one grammar."""
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by the sampled token; False if the grammar does not allow it (the
+        matcher is then in an error state and stays there)."""
+        ...
+
+    def is_terminated(self) -> bool:
+        """True when the grammar is complete and allows nothing more (except EOS)."""
+        ...
+
+    def rollback(self, num_tokens: int) -> None:
+        """Forget the last `num_tokens` accepted tokens."""
+        ...
+
+
+class CompiledGrammar(Protocol):
+    def new_matcher(self) -> GrammarMatcher:
+        """A matcher at the grammar's start (cheap: a copy of a pristine one)."""
+        ...
+
+
+class GrammarBackend(Protocol):
+    name: str
+
+    def compile(self, spec: StructuredOutputsParams) -> CompiledGrammar:
+        """Compile a validated constraint (cached by its text); raises
+        InvalidRequestError naming `spec.param` when it does not compile."""
+        ...
+
+    def fill_bitmasks(
+        self, matchers: Sequence[tuple[GrammarMatcher, int]], bitmask: torch.Tensor
+    ) -> None:
+        """Write each matcher's allowed next tokens into row `i` of `bitmask`
+        (int32 `[B, ceil(V / 32)]`, bit `t % 32` of word `t // 32` set when token
+        `t` is allowed). Releases the GIL while it works where the backend can."""
+        ...
+
+
+assert sys.byteorder == "little", "bitmask words are read as little-endian bytes"
+
+
+def bitmask_words(vocab_size: int) -> int:
+    return (vocab_size + 31) // 32
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: Sequence[int]) -> None:
+    """Set to -inf, in place, the logits of rows `rows` whose tokens the bitmask rows
+    (in the same order) do not allow. The bits are unpacked by numpy (little-endian
+    words, so byte `b` of word `w` holds tokens `32w + 8b ...`), far faster than
+    shifting int32 tensors."""
+    if not rows:
+        return
+    vocab = logits.shape[1]
+    words = bitmask[: len(rows)].numpy().view(np.uint8)  # [k, 4W], little-endian
+    banned = np.unpackbits(np.invert(words), axis=1, count=vocab, bitorder="little")
+    mask = torch.from_numpy(banned.view(np.bool_)).to(logits.device, non_blocking=True)
+    if len(rows) == logits.shape[0] and list(rows) == list(range(len(rows))):
+        logits.masked_fill_(mask, float("-inf"))
+        return
+    for j, row in enumerate(rows):  # in place, row by row: no gather and scatter
+        logits[row].masked_fill_(mask[j], float("-inf"))
