@@ -126,10 +126,17 @@ class EngineCore:
         self._inbox.put(AddRequests(requests))
 
     def make_encode_request(
-        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+        self,
+        prompt_token_ids: Sequence[int],
+        params: PoolingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
     ) -> EncodeRequest:
         """Validate and build the encode request of one input."""
-        return self.input_processor.process_encode(prompt_token_ids, params, request_id)
+        return self.input_processor.process_encode(
+            prompt_token_ids, params, request_id, priority=priority
+        )
 
     def add_encode(self, request: EncodeRequest) -> None:
         """Queue an encode request (from `make_encode_request`) for the next step."""
