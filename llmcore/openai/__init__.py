@@ -19,8 +19,8 @@ from llmcore.openai.service import OpenAIService
 
 __all__ = [
     "OpenAIService",
-    "ServiceOptions",
     "ServedModel",
+    "ServiceOptions",
     "ServiceRequest",
     "ServiceResponse",
     "ServiceStream",
