@@ -83,5 +83,5 @@ def decode_base64(
     raw = np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(-1, itemsize)
     if encoding.byteorder != sys.byteorder:
         raw = raw[:, ::-1]
-    values = torch.from_numpy(np.ascontiguousarray(raw)).view(encoding.dtype).flatten()
+    values = torch.from_numpy(raw.copy()).view(encoding.dtype).flatten()  # a writable copy
     return values.float().numpy()
