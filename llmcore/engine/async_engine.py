@@ -122,14 +122,21 @@ class AsyncEngine:
                 self.abort(request_id)
 
     async def encode(
-        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+        self,
+        prompt_token_ids: Sequence[int],
+        params: PoolingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
     ) -> PoolingOutput:
         """Pool one input (embed-task models); raises InvalidRequestError (bad
         parameters, too long) at once. Cancelling the call aborts the request."""
         self._check_alive()
         if request_id in self._queues:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        request = self.core.make_encode_request(prompt_token_ids, params, request_id)
+        request = self.core.make_encode_request(
+            prompt_token_ids, params, request_id, priority=priority
+        )
         queue: asyncio.Queue[RequestOutput | PoolingOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
         self.core.add_encode(request)

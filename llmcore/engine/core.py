@@ -127,10 +127,17 @@ class EngineCore:
         self._inbox.put(AddRequests(requests))
 
     def make_encode_request(
-        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+        self,
+        prompt_token_ids: Sequence[int],
+        params: PoolingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
     ) -> EncodeRequest:
         """Validate and build the encode request of one input."""
-        return self.input_processor.process_encode(prompt_token_ids, params, request_id)
+        return self.input_processor.process_encode(
+            prompt_token_ids, params, request_id, priority=priority
+        )
 
     def add_encode(self, request: EncodeRequest) -> None:
         """Queue an encode request (from `make_encode_request`) for the next step."""
@@ -248,10 +255,10 @@ class EngineCore:
             if stop_token:
                 reason = FinishReason.STOP
                 stop_reason = token if token in r.params.stop_token_ids else None
+            elif r.grammar is not None and self._grammar_done(r, token):
+                reason = FinishReason.STOP  # complete, even if max_tokens is reached too
             elif n_out >= r.max_tokens or r.num_tokens >= max_model_len:
                 reason = FinishReason.LENGTH
-            if r.grammar is not None and reason is None and self._grammar_done(r, token):
-                reason = FinishReason.STOP
             stop_string = process_token(r, token, lp, reason, stop_token=stop_token)
             if stop_string is not None:
                 reason, stop_reason = FinishReason.STOP, stop_string

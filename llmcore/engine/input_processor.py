@@ -157,7 +157,12 @@ class InputProcessor:
     # ---- embeddings ----------------------------------------------------------------------
 
     def process_encode(
-        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+        self,
+        prompt_token_ids: Sequence[int],
+        params: PoolingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
     ) -> EncodeRequest:
         """Validate one input to pool and build its request."""
         if self.pooling_config is None:
@@ -172,7 +177,7 @@ class InputProcessor:
                 param="input",
             )
         params.validate(self.hidden_size, self.pooling_config)
-        return EncodeRequest(request_id, prompt, params, time.monotonic())
+        return EncodeRequest(request_id, prompt, params, time.monotonic(), priority)
 
     # ---- both ----------------------------------------------------------------------------
 

@@ -160,6 +160,7 @@ class OutputProcessor:
                         outputs=completions,
                         finished=finished,
                         prompt_logprobs=group.prompt_logprobs,
+                        num_cached_tokens=group.states[0].request.num_cached_tokens or 0,
                     )
                 )
             if finished:

@@ -30,9 +30,15 @@ class Engine(Protocol):
         ...
 
     async def encode(
-        self, prompt_token_ids: Sequence[int], params: PoolingParams, request_id: str
+        self,
+        prompt_token_ids: Sequence[int],
+        params: PoolingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
     ) -> PoolingOutput:
-        """The pooled vector of one input (embeddings, score, rerank); raises
+        """The pooled vector of one input (embeddings, score, rerank), queued by
+        `priority` (lower first) then arrival; raises
         InvalidRequestError (bad parameters, too long, a generate-task model) at once,
         EngineDeadError if the engine dies. Cancelling the call aborts the request."""
         ...

@@ -63,6 +63,7 @@ class Request:
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None  # the stop token or stop string that ended it
     num_preemptions: int = 0
+    num_cached_tokens: int | None = None  # prefix-cache hits when first scheduled
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:
@@ -98,7 +99,12 @@ class EncodeRequest:
     prompt_token_ids: list[int]
     params: PoolingParams
     arrival_time: float
+    priority: int = 0
 
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids)
+
+    def sort_key(self) -> tuple[int, float]:
+        """Lower runs first: priority, then arrival (FCFS)."""
+        return (self.priority, self.arrival_time)

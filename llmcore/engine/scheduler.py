@@ -9,9 +9,9 @@ request is preempted (its blocks freed, its tokens recomputed later: its output 
 unchanged). Waiting requests are admitted in (priority, arrival) order, reusing
 prefix-cache hits, until the budget, the sequence cap or the free blocks run out.
 
-Encode requests (pooling) wait in their own FCFS queue and take what the step's
-token budget leaves after generation: each runs whole in one pass (no chunking, no
-KV blocks kept), at least one per step when nothing else runs.
+Encode requests (pooling) wait in their own queue, in (priority, arrival) order, and
+take what the step's token budget leaves after generation: each runs whole in one
+pass (no chunking, no KV blocks kept), at least one per step when nothing else runs.
 
 Invariant: every running request holds blocks for all its computed tokens, and
 `waiting` and `running` stay sorted by `Request.sort_key`.
@@ -20,7 +20,6 @@ Invariant: every running request holds blocks for all its computed tokens, and
 from __future__ import annotations
 
 import bisect
-import collections
 from dataclasses import dataclass, field
 
 from llmcore.engine.block_pool import KVBlock
@@ -76,7 +75,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self._group_leaders: dict[str, Request] = {}
         self.num_preemptions = 0
-        self.encode_waiting: collections.deque[EncodeRequest] = collections.deque()
+        self.encode_waiting: list[EncodeRequest] = []  # sorted by EncodeRequest.sort_key
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -107,7 +106,7 @@ class Scheduler:
         return bool(self.requests) or bool(self.encode_waiting)
 
     def add_encode(self, request: EncodeRequest) -> None:
-        self.encode_waiting.append(request)
+        bisect.insort(self.encode_waiting, request, key=EncodeRequest.sort_key)
 
     def abort_encode(self, request_id: str) -> bool:
         """Drop a waiting encode request; False if it is not waiting."""
@@ -134,7 +133,7 @@ class Scheduler:
             size = queue[0].num_tokens
             if size > budget and (out.encode or out.scheduled):
                 break  # an input longer than the budget runs alone, in a step of its own
-            out.encode.append(queue.popleft())
+            out.encode.append(queue.pop(0))
             budget -= size
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -180,6 +179,8 @@ class Scheduler:
             if self.kv_cache.allocate_slots(request, num_new, blocks) is None:
                 break  # FCFS: nothing behind the head of the line jumps it
             request.num_computed_tokens = num_cached
+            if request.num_cached_tokens is None:  # first admission (not a preempted one's)
+                request.num_cached_tokens = num_cached
             request.status = RequestStatus.RUNNING
             admitted.append(request)
             out.scheduled.append(ScheduledRequest(request, num_new))

@@ -24,7 +24,7 @@ from llmcore.openai.generation import (
     public_finish_reason,
     usage,
 )
-from llmcore.openai.logprobs import chat_logprobs, prompt_logprobs
+from llmcore.openai.logprobs import Strings, chat_logprobs, prompt_logprobs
 from llmcore.openai.params import build_params, check_logprobs
 from llmcore.openai.prompts import chat_prompt, check_context, content_text
 from llmcore.openai.protocol import (
@@ -37,8 +37,9 @@ from llmcore.openai.protocol import (
     ChatMessageOut,
     DeltaMessage,
 )
+from llmcore.openai.request_ids import resolve_request_id
 from llmcore.openai.streaming import ClosingStream, PrimedStream, prime
-from llmcore.openai.unsupported import check_chat
+from llmcore.openai.unsupported import check_chat, check_request_template
 
 OBJECT = "chat.completion"
 CHUNK_OBJECT = "chat.completion.chunk"
@@ -49,12 +50,14 @@ class _Plan:
     gen: Generation
     id: str
     created: int
-    role: str  # of the answer: "assistant", or the final message's when continuing it
+    role: str  # of the answer: response_role, or the final message's when continuing it
     echo: str  # vLLM's echo: the final message's content, when it has the answer's role
     logprobs: bool
     prompt_logprobs: bool
     include_usage: bool
     continuous_usage: bool
+    token_ids: bool  # return_token_ids
+    strings: Strings  # logprob token strings (text, or "token_id:N")
 
 
 def _generation_prompt_flags(req: ChatCompletionRequest) -> tuple[bool, bool]:
@@ -68,6 +71,8 @@ def _generation_prompt_flags(req: ChatCompletionRequest) -> tuple[bool, bool]:
 async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str) -> _Plan:
     model = ctx.model_for(req.model, "generate", "chat completions")
     check_chat(req)
+    check_request_template(req.chat_template, ctx.options)
+    request_id = resolve_request_id(request_id, req.request_id)
     check_logprobs("top_logprobs", req.top_logprobs, ctx.limits)
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequestError(
@@ -83,6 +88,7 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
         chat_template_kwargs=req.chat_template_kwargs,
         tools=req.tools,
         documents=req.documents,
+        chat_template=req.chat_template,
     )
     max_tokens = (
         req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -97,9 +103,9 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
     )
     check_context(model, len(prompt.token_ids), max_tokens, "messages")
     last = req.messages[-1]
-    role = "assistant" if add_generation_prompt else ROLE_OF[type(last)]
+    role = ctx.options.response_role if add_generation_prompt else ROLE_OF[type(last)]
     echo = content_text(last.content) if req.echo and ROLE_OF[type(last)] == role else ""
-    options = req.stream_options
+    include_usage, continuous_usage = ctx.include_usage(req.stream_options)
     return _Plan(
         gen=Generation(model, [prompt], params, request_id, req.priority or 0, req.cache_salt),
         id=f"chatcmpl-{request_id}",
@@ -108,8 +114,10 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
         echo=echo,
         logprobs=bool(req.logprobs),
         prompt_logprobs=req.prompt_logprobs is not None,
-        include_usage=bool(options and options.include_usage),
-        continuous_usage=bool(options and options.continuous_usage_stats),
+        include_usage=include_usage,
+        continuous_usage=continuous_usage,
+        token_ids=bool(req.return_token_ids),
+        strings=ctx.logprob_strings(model, req.return_tokens_as_token_ids),
     )
 
 
@@ -127,28 +135,31 @@ async def create_chat_completion(
 
 
 def _response(ctx: ServiceContext, plan: _Plan, collected: Collected) -> ChatCompletionResponse:
-    strings = ctx.strings(plan.gen.model)
     choices = [
         ChatChoice(
             index=index,
             message=ChatMessageOut(role=plan.role, content=plan.echo + choice.text),
-            logprobs=chat_logprobs(strings, choice.token_ids, choice.logprobs)
+            logprobs=chat_logprobs(plan.strings, choice.token_ids, choice.logprobs)
             if plan.logprobs
             else None,
             finish_reason=choice.finish_reason,
             stop_reason=choice.stop_reason,
+            token_ids=choice.token_ids if plan.token_ids else None,
         )
         for index, choice in enumerate(collected.choices)
     ]
     prompt_lps = collected.prompt_logprobs[0]
+    strings = ctx.strings(plan.gen.model)
+    cached = ctx.cached_tokens(sum(collected.cached_tokens))
     return ChatCompletionResponse(
         id=plan.id,
         object=OBJECT,
         created=plan.created,
         model=plan.gen.model.name,
         choices=choices,
-        usage=usage(plan.gen.num_prompt_tokens, collected.num_completion_tokens),
+        usage=usage(plan.gen.num_prompt_tokens, collected.num_completion_tokens, cached),
         prompt_logprobs=prompt_logprobs(strings, prompt_lps) if plan.prompt_logprobs else None,
+        prompt_token_ids=plan.gen.prompts[0].token_ids if plan.token_ids else None,
     )
 
 
@@ -158,6 +169,7 @@ class _Chunker:
     def __init__(self, plan: _Plan) -> None:
         self.plan = plan
         self.completion_tokens = 0
+        self.cached_tokens = 0  # reported in usage (0: no details)
 
     def chunk(self, choices: list[ChatChunkChoice], final: bool = False) -> ChatCompletionChunk:
         plan = self.plan
@@ -165,7 +177,8 @@ class _Chunker:
             plan.id, CHUNK_OBJECT, plan.created, plan.gen.model.name, choices
         )
         if final or plan.continuous_usage:
-            chunk.usage = usage(plan.gen.num_prompt_tokens, self.completion_tokens)
+            num_prompt = plan.gen.num_prompt_tokens
+            chunk.usage = usage(num_prompt, self.completion_tokens, self.cached_tokens)
         return chunk
 
     def delta(self, index: int, delta: DeltaMessage) -> ChatCompletionChunk:
@@ -175,29 +188,35 @@ class _Chunker:
 async def _chunks(
     ctx: ServiceContext, plan: _Plan, outputs: PrimedStream[IndexedOutput]
 ) -> AsyncGenerator[ChatCompletionChunk, None]:
-    strings, n = ctx.strings(plan.gen.model), plan.gen.params.n
+    n = plan.gen.params.n
     chunker = _Chunker(plan)
     async with aclosing(outputs) as items:
         for index in range(n):
-            yield chunker.delta(index, DeltaMessage(role=plan.role, content=""))
+            role_chunk = chunker.delta(index, DeltaMessage(role=plan.role, content=""))
+            if plan.token_ids:  # as vLLM: on each role chunk
+                role_chunk.prompt_token_ids = plan.gen.prompts[0].token_ids
+            yield role_chunk
         if plan.echo:
             for index in range(n):
                 yield chunker.delta(index, DeltaMessage(content=plan.echo))
         async for _, out in items:
+            chunker.cached_tokens = ctx.cached_tokens(out.num_cached_tokens)
             for delta in out.outputs:
                 chunker.completion_tokens += len(delta.token_ids)
                 logprobs = None
                 if plan.logprobs and delta.token_ids:
-                    logprobs = chat_logprobs(strings, delta.token_ids, delta.logprobs)
+                    logprobs = chat_logprobs(plan.strings, delta.token_ids, delta.logprobs)
                 finish = public_finish_reason(delta.finish_reason)
-                if not delta.text and finish is None and logprobs is None:
-                    continue  # tokens whose text is held back, and no logprobs asked for
+                token_ids = list(delta.token_ids) if plan.token_ids else None
+                if not delta.text and finish is None and logprobs is None and not token_ids:
+                    continue  # tokens whose text is held back, and nothing else asked for
                 choice = ChatChunkChoice(
                     index=delta.index,
                     delta=DeltaMessage(content=delta.text or None),
                     logprobs=logprobs,
                     finish_reason=finish,
                     stop_reason=delta.stop_reason if finish is not None else None,
+                    token_ids=token_ids,
                 )
                 yield chunker.chunk([choice])
     if plan.include_usage:

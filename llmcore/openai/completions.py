@@ -23,7 +23,7 @@ from llmcore.openai.generation import (
     public_finish_reason,
     usage,
 )
-from llmcore.openai.logprobs import completion_logprobs, prompt_logprobs
+from llmcore.openai.logprobs import Strings, completion_logprobs, prompt_logprobs
 from llmcore.openai.params import build_params, check_logprobs
 from llmcore.openai.prompts import check_context, completion_prompts, prompt_text
 from llmcore.openai.protocol import (
@@ -33,6 +33,7 @@ from llmcore.openai.protocol import (
     CompletionRequest,
     CompletionResponse,
 )
+from llmcore.openai.request_ids import resolve_request_id
 from llmcore.openai.streaming import ClosingStream, PrimedStream, prime
 from llmcore.openai.unsupported import check_completion
 from llmcore.outputs import Logprob
@@ -50,11 +51,15 @@ class _Plan:
     prompt_logprobs: bool  # vLLM's extension: return them per choice
     include_usage: bool
     continuous_usage: bool
+    token_ids: bool  # return_token_ids
+    strings: Strings  # logprob token strings (text, or "token_id:N")
 
 
 async def _plan(ctx: ServiceContext, req: CompletionRequest, request_id: str) -> _Plan:
     model = ctx.model_for(req.model, "generate", "completions")
     check_completion(req)
+    assert req.prompt is not None  # check_completion refused its absence
+    request_id = resolve_request_id(request_id, req.request_id)
     check_logprobs("logprobs", req.logprobs, ctx.limits)
     prompts = await completion_prompts(model, req.prompt, req.add_special_tokens is not False)
     echo = bool(req.echo)
@@ -69,7 +74,7 @@ async def _plan(ctx: ServiceContext, req: CompletionRequest, request_id: str) ->
     )
     for prompt in prompts:
         check_context(model, len(prompt.token_ids), params.max_tokens, "prompt")
-    options = req.stream_options
+    include_usage, continuous_usage = ctx.include_usage(req.stream_options)
     return _Plan(
         gen=Generation(model, prompts, params, request_id, req.priority or 0, req.cache_salt),
         id=f"cmpl-{request_id}",
@@ -77,8 +82,10 @@ async def _plan(ctx: ServiceContext, req: CompletionRequest, request_id: str) ->
         echo=echo,
         logprobs=req.logprobs is not None,
         prompt_logprobs=req.prompt_logprobs is not None,
-        include_usage=bool(options and options.include_usage),
-        continuous_usage=bool(options and options.continuous_usage_stats),
+        include_usage=include_usage,
+        continuous_usage=continuous_usage,
+        token_ids=bool(req.return_token_ids),
+        strings=ctx.logprob_strings(model, req.return_tokens_as_token_ids),
     )
 
 
@@ -116,7 +123,7 @@ def _response(ctx: ServiceContext, plan: _Plan, collected: Collected) -> Complet
         if plan.echo:
             echo_text, echo_ids, echo_lps = _echoed(plan, prompt_index, prompt_lps)
             text, ids, lps = echo_text + text, echo_ids + ids, echo_lps + lps
-        logprobs = completion_logprobs(strings, ids, lps)[0] if plan.logprobs else None
+        logprobs = completion_logprobs(plan.strings, ids, lps)[0] if plan.logprobs else None
         choices.append(
             CompletionChoice(
                 index=index,
@@ -127,15 +134,20 @@ def _response(ctx: ServiceContext, plan: _Plan, collected: Collected) -> Complet
                 prompt_logprobs=prompt_logprobs(strings, prompt_lps)
                 if plan.prompt_logprobs
                 else None,
+                token_ids=choice.token_ids if plan.token_ids else None,
+                prompt_token_ids=plan.gen.prompts[prompt_index].token_ids
+                if plan.token_ids
+                else None,
             )
         )
+    cached = ctx.cached_tokens(sum(collected.cached_tokens))
     return CompletionResponse(
         id=plan.id,
         object=OBJECT,
         created=plan.created,
         model=plan.gen.model.name,
         choices=choices,
-        usage=usage(plan.gen.num_prompt_tokens, collected.num_completion_tokens),
+        usage=usage(plan.gen.num_prompt_tokens, collected.num_completion_tokens, cached),
     )
 
 
@@ -146,12 +158,15 @@ def _chunk(plan: _Plan, choices: list[CompletionChoice]) -> CompletionChunk:
 async def _chunks(
     ctx: ServiceContext, plan: _Plan, outputs: PrimedStream[IndexedOutput]
 ) -> AsyncGenerator[CompletionChunk, None]:
-    gen, strings = plan.gen, ctx.strings(plan.gen.model)
+    gen = plan.gen
     num_choices = len(gen.prompts) * gen.params.n
     offsets, echoed = [0] * num_choices, [False] * num_choices
+    started = [False] * num_choices  # has the choice had a chunk (prompt_token_ids go first)
     completion_tokens = 0
+    cached = [0] * len(gen.prompts)
     async with aclosing(outputs) as items:
         async for prompt_index, out in items:
+            cached[prompt_index] = out.num_cached_tokens
             for delta in out.outputs:
                 index = gen.choice_index(prompt_index, delta.index)
                 completion_tokens += len(delta.token_ids)
@@ -164,17 +179,26 @@ async def _chunks(
                 logprobs: CompletionLogprobs | None = None
                 if plan.logprobs and ids:
                     logprobs, offsets[index] = completion_logprobs(
-                        strings, ids, lps, offsets[index]
+                        plan.strings, ids, lps, offsets[index]
                     )
                 finish = public_finish_reason(delta.finish_reason)
-                if not text and finish is None and logprobs is None:
-                    continue  # tokens whose text is held back, and no logprobs asked for
+                token_ids = list(delta.token_ids) if plan.token_ids else None
+                if not text and finish is None and logprobs is None and not token_ids:
+                    continue  # tokens whose text is held back, and nothing else asked for
                 stop_reason = delta.stop_reason if finish is not None else None
-                chunk = _chunk(plan, [CompletionChoice(index, text, logprobs, finish, stop_reason)])
+                choice = CompletionChoice(index, text, logprobs, finish, stop_reason)
+                if plan.token_ids:
+                    choice.token_ids = token_ids
+                    if not started[index]:
+                        choice.prompt_token_ids = gen.prompts[prompt_index].token_ids
+                started[index] = True
+                chunk = _chunk(plan, [choice])
                 if plan.continuous_usage:
-                    chunk.usage = usage(gen.num_prompt_tokens, completion_tokens)
+                    num_cached = ctx.cached_tokens(sum(cached))
+                    chunk.usage = usage(gen.num_prompt_tokens, completion_tokens, num_cached)
                 yield chunk
     if plan.include_usage:
         final = _chunk(plan, [])
-        final.usage = usage(gen.num_prompt_tokens, completion_tokens)
+        num_cached = ctx.cached_tokens(sum(cached))
+        final.usage = usage(gen.num_prompt_tokens, completion_tokens, num_cached)
         yield final

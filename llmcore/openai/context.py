@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from llmcore.errors import InvalidRequestError, NotFoundError
 from llmcore.openai.generation import MeteredAdmission
 from llmcore.openai.interface import ServedModel
-from llmcore.openai.logprobs import TokenStrings
+from llmcore.openai.logprobs import Strings, TokenIdStrings, TokenStrings
 from llmcore.openai.options import ServiceOptions
 from llmcore.openai.params import Limits
+from llmcore.openai.protocol import StreamOptions
 
 
 class ServiceContext:
@@ -70,3 +71,23 @@ class ServiceContext:
 
     def strings(self, model: ServedModel) -> TokenStrings:
         return self._strings[model.name]
+
+    def logprob_strings(self, model: ServedModel, as_token_ids: bool | None) -> Strings:
+        """The token strings of logprobs: "token_id:N" with `return_tokens_as_token_ids`
+        (None: the service's default, `ServiceOptions.return_tokens_as_token_ids`)."""
+        if as_token_ids is None:
+            as_token_ids = self.options.return_tokens_as_token_ids
+        strings = self._strings[model.name]
+        return TokenIdStrings(strings) if as_token_ids else strings
+
+    def include_usage(self, stream_options: StreamOptions | None) -> tuple[bool, bool]:
+        """(usage at the end of a stream, usage on every chunk): as asked, and at the
+        end always with `ServiceOptions.enable_force_include_usage`."""
+        asked = bool(stream_options and stream_options.include_usage)
+        continuous = bool(stream_options and stream_options.continuous_usage_stats)
+        return asked or self.options.enable_force_include_usage, continuous
+
+    def cached_tokens(self, num_cached_tokens: int) -> int:
+        """What usage reports as cached: the prefix-cache hits with
+        `ServiceOptions.enable_prompt_tokens_details`, else 0 (no details)."""
+        return num_cached_tokens if self.options.enable_prompt_tokens_details else 0

@@ -1,7 +1,8 @@
 """POST /v1/embeddings (OpenAI's shape) and POST /pooling (vLLM's): inputs tokenized,
 truncated when asked, pooled by the engine (all inputs of a request at once, so the
-scheduler batches them), and encoded as float lists or base64 (little-endian
-float32, as OpenAI sends it).
+scheduler batches them, at the request's `priority`), and encoded as float lists or
+base64 (`llmcore.openai.vectors`: float32 by default, as OpenAI sends it, or any of
+vLLM's `embed_dtype`s and byte orders).
 
 Invariant: every input either fits the model's input length, is truncated to
 `truncate_prompt_tokens` (text: the end is cut, the special tokens kept; token ids:
@@ -12,11 +13,8 @@ data come back in input order with their index.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Sequence
-
-import numpy as np
 
 from llmcore.errors import InvalidRequestError
 from llmcore.openai.context import ServiceContext
@@ -39,10 +37,13 @@ from llmcore.openai.protocol import (
     PoolingResponse,
     PromptInput,
 )
+from llmcore.openai.request_ids import resolve_request_id
+from llmcore.openai.unsupported import check_embedding, check_pooling_request
+from llmcore.openai.vectors import decode_base64, encode_vector, vector_encoding
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.tokenization.tokenizer import Tokenizer
 
-ENCODING_FORMATS = ("float", "base64")
+__all__ = ["create_embedding", "create_pooling", "decode_base64", "encode_all", "tokenize_inputs"]
 
 
 def truncated(tokenizer: Tokenizer, text: str, limit: int, add_special_tokens: bool) -> list[int]:
@@ -105,13 +106,18 @@ def _truncation_limit(model: ServedModel, truncate: int | None) -> int | None:
 
 
 async def encode_all(
-    model: ServedModel, prompts: Sequence[list[int]], params: PoolingParams, request_id: str
+    model: ServedModel,
+    prompts: Sequence[list[int]],
+    params: PoolingParams,
+    request_id: str,
+    priority: int = 0,
 ) -> list[PoolingOutput]:
     """Pool every prompt concurrently (one engine request each); all or nothing."""
+    engine = model.engine
     if len(prompts) == 1:
-        return [await model.engine.encode(prompts[0], params, request_id)]
+        return [await engine.encode(prompts[0], params, request_id, priority=priority)]
     tasks = [
-        asyncio.ensure_future(model.engine.encode(p, params, f"{request_id}-{i}"))
+        asyncio.ensure_future(engine.encode(p, params, f"{request_id}-{i}", priority=priority))
         for i, p in enumerate(prompts)
     ]
     try:
@@ -130,14 +136,11 @@ def _items(input_: PromptInput) -> list[str | list[int]]:
 
 async def _pool(
     ctx: ServiceContext, req: EmbeddingRequest, request_id: str, what: str
-) -> tuple[ServedModel, list[PoolingOutput], int]:
+) -> tuple[ServedModel, list[list[float] | str], int]:
+    """The request's vectors, encoded as asked, and its prompt tokens."""
     model = ctx.model_for(req.model, "embed", what)
-    fmt = req.encoding_format or "float"
-    if fmt not in ENCODING_FORMATS:
-        raise InvalidRequestError(
-            f"encoding_format: {fmt!r} is not supported; choose float or base64",
-            param="encoding_format",
-        )
+    encoding = vector_encoding(req.encoding_format, req.embed_dtype, req.endianness)
+    assert req.input is not None  # check_embedding refused its absence
     prompts = await tokenize_inputs(
         model,
         _items(req.input),
@@ -146,22 +149,17 @@ async def _pool(
         "input",
     )
     params = PoolingParams(dimensions=req.dimensions, normalize=req.normalize)
-    outputs = await encode_all(model, prompts, params, request_id)
-    return model, outputs, sum(len(p) for p in prompts)
-
-
-def encode_vector(output: PoolingOutput, fmt: str | None) -> list[float] | str:
-    if fmt == "base64":
-        raw = output.data.numpy().astype("<f4", copy=False).tobytes()
-        return base64.b64encode(raw).decode("ascii")
-    return output.data.tolist()  # type: ignore[no-any-return]
+    outputs = await encode_all(model, prompts, params, request_id, req.priority or 0)
+    vectors = [encode_vector(o.data, encoding) for o in outputs]
+    return model, vectors, sum(len(p) for p in prompts)
 
 
 async def create_embedding(
     ctx: ServiceContext, req: EmbeddingRequest, request_id: str
 ) -> EmbeddingResponse:
-    model, outputs, tokens = await _pool(ctx, req, request_id, "embeddings")
-    vectors = [encode_vector(o, req.encoding_format) for o in outputs]
+    check_embedding(req)
+    request_id = resolve_request_id(request_id, req.request_id)
+    model, vectors, tokens = await _pool(ctx, req, request_id, "embeddings")
     data = [EmbeddingData(i, "embedding", v) for i, v in enumerate(vectors)]
     return EmbeddingResponse(
         f"embd-{request_id}", "list", int(time.time()), model.name, data, _usage(tokens)
@@ -171,8 +169,9 @@ async def create_embedding(
 async def create_pooling(
     ctx: ServiceContext, req: PoolingRequest, request_id: str
 ) -> PoolingResponse:
-    model, outputs, tokens = await _pool(ctx, req, request_id, "pooling")
-    vectors = [encode_vector(o, req.encoding_format) for o in outputs]
+    check_pooling_request(req)
+    request_id = resolve_request_id(request_id, req.request_id)
+    model, vectors, tokens = await _pool(ctx, req, request_id, "pooling")
     data = [PoolingData(i, "pooling", v) for i, v in enumerate(vectors)]
     return PoolingResponse(
         f"pool-{request_id}", "list", int(time.time()), model.name, data, _usage(tokens)
@@ -181,8 +180,3 @@ async def create_pooling(
 
 def _usage(tokens: int) -> EmbeddingUsage:
     return EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
-
-
-def decode_base64(text: str) -> np.ndarray:
-    """The inverse of the base64 encoding (for clients and tests)."""
-    return np.frombuffer(base64.b64decode(text), dtype="<f4")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from llmcore.openai.interface import ServedModel
 from llmcore.openai.metrics import LoadTracker, ServiceMetrics
-from llmcore.openai.protocol import UsageInfo
+from llmcore.openai.protocol import PromptTokensDetails, UsageInfo
 from llmcore.openai.request_log import RequestLogger
 from llmcore.openai.vllm_metrics import VLLMMetrics
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
@@ -58,8 +58,12 @@ def public_finish_reason(reason: str | None) -> str | None:
     return None if reason == "abort" else reason
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> UsageInfo:
-    return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> UsageInfo:
+    """Usage; `prompt_tokens_details` only for a prefix-cache hit (as vLLM reports it)."""
+    out = UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+    if cached_tokens:
+        out.prompt_tokens_details = PromptTokensDetails(cached_tokens)
+    return out
 
 
 async def _closing(iterator: AsyncIterator[RequestOutput]) -> AsyncGenerator[RequestOutput, None]:
@@ -254,6 +258,7 @@ class Choice:
 class Collected:
     choices: list[Choice]  # by choice index (prompt index * n + output index)
     prompt_logprobs: list[Sequence[Logprob | None] | None]  # by prompt index
+    cached_tokens: list[int]  # by prompt index: prompt tokens found in the prefix cache
 
     @property
     def num_completion_tokens(self) -> int:
@@ -262,11 +267,12 @@ class Collected:
 
 async def collect(gen: Generation, outputs: AsyncGenerator[IndexedOutput, None]) -> Collected:
     """Run `outputs` to the end (closing it on every path) and accumulate the choices."""
-    result = Collected(
-        [Choice() for _ in range(len(gen.prompts) * gen.params.n)], [None] * len(gen.prompts)
-    )
+    num_prompts = len(gen.prompts)
+    choices = [Choice() for _ in range(num_prompts * gen.params.n)]
+    result = Collected(choices, [None] * num_prompts, [0] * num_prompts)
     async with aclosing(outputs) as items:
         async for prompt_index, out in items:
+            result.cached_tokens[prompt_index] = out.num_cached_tokens
             if out.prompt_logprobs is not None:
                 result.prompt_logprobs[prompt_index] = out.prompt_logprobs
             for delta in out.outputs:

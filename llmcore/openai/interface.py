@@ -23,6 +23,7 @@ from llmcore.default_model import (
     DEFAULT_EMBEDDING_PACKAGE,
 )
 from llmcore.engine.protocol import Engine
+from llmcore.openai.request_ids import HeaderRequestId
 from llmcore.tokenization.tokenizer import Tokenizer
 
 
@@ -32,7 +33,11 @@ class ServiceRequest:
     path: str  # without the query string, e.g. "/v1/chat/completions"
     headers: list[tuple[str, str]]  # names in lower case
     body: bytes
-    request_id: str  # decided by the transport; the engine request id
+    request_id: str  # decided by the transport (see llmcore.openai.request_ids)
+
+    def __post_init__(self) -> None:
+        if self.request_id and self.header("x-request-id") == self.request_id:
+            self.request_id = HeaderRequestId(self.request_id)  # the client's: it wins
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (lower case), or None."""

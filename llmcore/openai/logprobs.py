@@ -82,6 +82,26 @@ class TokenStrings:
         return list(text.encode("utf-8"))
 
 
+class TokenIdStrings:
+    """`TokenStrings` with "token_id:N" as every token's text (vLLM's
+    `return_tokens_as_token_ids`, for tokens that are not valid text alone); a
+    token's `bytes` stay its own."""
+
+    __slots__ = ("_strings",)
+
+    def __init__(self, strings: TokenStrings) -> None:
+        self._strings = strings
+
+    def text(self, token_id: int) -> str:
+        return f"token_id:{token_id}"
+
+    def bytes(self, token_id: int) -> list[int]:
+        return self._strings.bytes(token_id)
+
+
+Strings = TokenStrings | TokenIdStrings
+
+
 def finite(logprob: float) -> float:
     return logprob if math.isfinite(logprob) else _FLOOR
 
@@ -92,7 +112,7 @@ def _padded(logprobs: Sequence[Logprob | None] | None, n: int) -> list[Logprob |
 
 
 def completion_logprobs(
-    strings: TokenStrings,
+    strings: Strings,
     token_ids: Sequence[int],
     logprobs: Sequence[Logprob | None] | None,
     offset: int = 0,
@@ -117,7 +137,7 @@ def completion_logprobs(
 
 
 def chat_logprobs(
-    strings: TokenStrings, token_ids: Sequence[int], logprobs: Sequence[Logprob | None] | None
+    strings: Strings, token_ids: Sequence[int], logprobs: Sequence[Logprob | None] | None
 ) -> ChatChoiceLogprobs:
     """The chat shape: one entry per token (with `top_logprobs` the top-k asked for)."""
     content = []

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from llmcore.chat_template import render_conversation
+from llmcore.chat_template import ChatTemplate, render_conversation
 from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.openai.generation import Prompt
 from llmcore.openai.interface import ServedModel
@@ -178,11 +178,14 @@ async def chat_prompt(
     chat_template_kwargs: dict[str, Any] | None = None,
     tools: list[dict[str, Any]] | None = None,
     documents: list[dict[str, Any]] | None = None,
+    chat_template: str | None = None,
 ) -> Prompt:
-    """The conversation rendered by the model's chat template, and its token ids."""
+    """The conversation rendered by the model's chat template (or the request's own
+    `chat_template`, already allowed by the caller), and its token ids."""
     tokenizer = model.tokenizer
+    template = model.chat_template if chat_template is None else ChatTemplate(chat_template)
     text = render_conversation(
-        model.chat_template,
+        template,
         messages,
         tokenizer,
         add_generation_prompt=add_generation_prompt,

@@ -29,14 +29,15 @@ from llmcore.openai.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
+from llmcore.openai.request_ids import resolve_request_id
+from llmcore.openai.unsupported import check_pooling, check_score_format
 from llmcore.pooling import PoolingParams
 
 
 async def _embed(
     model: ServedModel,
     texts: list[str],
-    truncate: int | None,
-    add_special_tokens: bool,
+    req: ScoreRequest | RerankRequest,
     request_id: str,
     param: str,
 ) -> tuple[torch.Tensor, int]:
@@ -44,8 +45,11 @@ async def _embed(
     unique = list(dict.fromkeys(texts))
     if any(not t for t in unique):
         raise InvalidRequestError(f"{param}: a text is empty", param=param)
-    prompts = await tokenize_inputs(model, unique, truncate, add_special_tokens, param)
-    outputs = await encode_all(model, prompts, PoolingParams(), request_id)
+    add_special_tokens = req.add_special_tokens is not False
+    prompts = await tokenize_inputs(
+        model, unique, req.truncate_prompt_tokens, add_special_tokens, param
+    )
+    outputs = await encode_all(model, prompts, PoolingParams(), request_id, req.priority or 0)
     by_text = dict(zip(unique, (o.data for o in outputs), strict=True))
     tokens = dict(zip(unique, (len(p) for p in prompts), strict=True))
     return torch.stack([by_text[t] for t in texts]), sum(tokens[t] for t in texts)
@@ -71,13 +75,18 @@ def _pairs(text_1: str | list[str], text_2: str | list[str]) -> tuple[list[str],
     return left, right
 
 
+def _checked(req: ScoreRequest | RerankRequest, request_id: str) -> str:
+    """The checks shared by /score and /rerank; the id the request runs under."""
+    check_pooling(req)
+    check_score_format(req.encoding_format)
+    return resolve_request_id(request_id, req.request_id)
+
+
 async def score(ctx: ServiceContext, req: ScoreRequest, request_id: str) -> ScoreResponse:
     model = ctx.model_for(req.model, "embed", "score")
+    request_id = _checked(req, request_id)
     left, right = _pairs(req.text_1, req.text_2)
-    add = req.add_special_tokens is not False
-    both, tokens = await _embed(
-        model, left + right, req.truncate_prompt_tokens, add, request_id, "text_1"
-    )
+    both, tokens = await _embed(model, left + right, req, request_id, "text_1")
     scores = cosine(both[: len(left)], both[len(left) :])
     data = [ScoreData(i, "score", s) for i, s in enumerate(scores)]
     usage = EmbeddingUsage(tokens, tokens)
@@ -86,15 +95,13 @@ async def score(ctx: ServiceContext, req: ScoreRequest, request_id: str) -> Scor
 
 async def rerank(ctx: ServiceContext, req: RerankRequest, request_id: str) -> RerankResponse:
     model = ctx.model_for(req.model, "embed", "rerank")
+    request_id = _checked(req, request_id)
     if not req.documents:
         raise InvalidRequestError("documents: give at least one document", param="documents")
     if req.top_n is not None and req.top_n < 0:
         raise InvalidRequestError("top_n: must be 0 (all) or more", param="top_n")
     docs = [d if isinstance(d, str) else d.text for d in req.documents]
-    add = req.add_special_tokens is not False
-    both, tokens = await _embed(
-        model, [req.query, *docs], req.truncate_prompt_tokens, add, request_id, "documents"
-    )
+    both, tokens = await _embed(model, [req.query, *docs], req, request_id, "documents")
     scores = cosine(both[:1], both[1:])
     order = sorted(range(len(docs)), key=lambda i: -scores[i])
     if req.top_n:

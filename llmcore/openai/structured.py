@@ -1,8 +1,8 @@
 """A request's structured-output constraint, from whichever of its fields carries it:
 OpenAI's `response_format` (`json_object`, `json_schema`; vLLM's `structural_tag`),
 vLLM's `structured_outputs` object, or vLLM's older top-level `guided_json`,
-`guided_regex`, `guided_choice`, `guided_grammar` (with `guided_whitespace_pattern`
-and `guided_decoding_backend`).
+`guided_regex`, `guided_choice`, `guided_grammar`, `structural_tag` (with
+`guided_whitespace_pattern` and `guided_decoding_backend`).
 
 Invariant: at most one constraint per request (two are a 400 naming both); every
 refusal names the field the caller wrote; what leaves here is a validated
@@ -24,6 +24,7 @@ _GUIDED = {
     "guided_regex": "regex",
     "guided_choice": "choice",
     "guided_grammar": "grammar",
+    "structural_tag": "structural_tag",
 }
 
 

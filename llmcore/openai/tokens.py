@@ -1,8 +1,9 @@
 """POST /tokenize and POST /detokenize, in vLLM's shapes.
 
 Invariant: /tokenize of `messages` yields exactly the prompt ids a chat completion
-of the same conversation and options would run; /detokenize refuses ids outside
-the vocabulary instead of guessing.
+of the same conversation and options (tools, documents, chat_template,
+chat_template_kwargs) would run: the same `chat_prompt` call renders both;
+/detokenize refuses ids outside the vocabulary instead of guessing.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from llmcore.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from llmcore.openai.unsupported import check_request_template, check_tokenize
 
 
 async def tokenize(ctx: ServiceContext, req: TokenizeRequest) -> TokenizeResponse:
     model = ctx.model(req.model)
+    check_tokenize(req)
     if (req.prompt is None) == (req.messages is None):
         raise InvalidRequestError("give exactly one of prompt or messages", param="prompt")
     if req.messages is not None:
+        check_request_template(req.chat_template, ctx.options)
         cont = bool(req.continue_final_message)
         add = (not cont) if req.add_generation_prompt is None else req.add_generation_prompt
         ids = (
@@ -34,6 +38,8 @@ async def tokenize(ctx: ServiceContext, req: TokenizeRequest) -> TokenizeRespons
                 add_special_tokens=bool(req.add_special_tokens),
                 chat_template_kwargs=req.chat_template_kwargs,
                 tools=req.tools,
+                documents=req.documents,
+                chat_template=req.chat_template,
             )
         ).token_ids
     else:

@@ -6,6 +6,8 @@ Invariant: data shapes only; one decoder per request type, built once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from llmcore.openai.protocol.decoding import RequestDecoder
@@ -16,23 +18,45 @@ class _PoolingRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=False)
     model: str | None = None
     truncate_prompt_tokens: int | None = None  # keep this many tokens; -1: the model's limit
     add_special_tokens: bool | None = None  # None: True
-    user: str | None = None
+    user: str | None = None  # accepted, no effect (as in vLLM)
+    request_id: str | None = None  # the X-Request-Id header wins, as in vLLM
+    priority: int | None = None  # the engine's encode queue: lower runs first
+    cache_salt: str | None = None  # accepted, no effect: pooling keeps no KV cache
+    # vLLM's, refused unless null (see llmcore.openai.unsupported).
+    mm_processor_kwargs: dict[str, Any] | None = None  # only {} (text-only models)
+    softmax: bool | None = None  # the activation of classification outputs...
+    activation: bool | None = None  # ...under its older names...
+    use_activation: bool | None = None  # ...and its current one
+    truncation_side: str | None = None
+    padding: str | None = None
 
 
 class EmbeddingRequest(_PoolingRequest, kw_only=True):
-    input: PromptInput
+    input: PromptInput | None = None  # required unless `messages` (refused)
     encoding_format: str | None = None  # "float" (default) or "base64"
+    embed_dtype: str | None = None  # base64's dtype: float32 (default), float16, ...
+    endianness: str | None = None  # base64's byte order: native (default), little, big
     dimensions: int | None = None
     normalize: bool | None = None  # None: as the model is configured
+    # vLLM's chat variant, refused (the embedding models served have no chat template).
+    messages: Any = None
+    add_generation_prompt: Any = None
+    continue_final_message: Any = None
+    chat_template: Any = None
+    chat_template_kwargs: Any = None
 
 
 class PoolingRequest(EmbeddingRequest, kw_only=True):
     """/pooling: the pooled vector as the model's pooling configures it."""
 
+    task: str | None = None  # None or "embed" (what /pooling computes here)
+    data: Any = None  # vLLM's IO-processor plugins: refused
+
 
 class ScoreRequest(_PoolingRequest, kw_only=True):
     text_1: str | list[str]
     text_2: str | list[str]
+    encoding_format: str | None = None  # not vLLM's: scores are numbers ("float" only)
 
 
 class RerankDocumentIn(msgspec.Struct, forbid_unknown_fields=False):
@@ -44,6 +68,7 @@ class RerankRequest(_PoolingRequest, kw_only=True):
     documents: list[str | RerankDocumentIn]
     top_n: int | None = None  # None or 0: all
     return_documents: bool | None = None  # None: True
+    encoding_format: str | None = None  # not vLLM's: scores are numbers ("float" only)
 
 
 class _Response(msgspec.Struct, omit_defaults=True):
@@ -58,7 +83,7 @@ class EmbeddingUsage(_Response):
 class EmbeddingData(_Response):
     index: int
     object: str  # "embedding"
-    embedding: list[float] | str  # a string: base64 of little-endian float32
+    embedding: list[float] | str  # a string: base64 of the values in `embed_dtype`
 
 
 class EmbeddingResponse(_Response):

@@ -96,7 +96,12 @@ class _GenerationRequest(_Request, kw_only=True):
     stream_options: StreamOptions | None = None
     echo: bool | None = None
     add_special_tokens: bool | None = None
-    user: str | None = None
+    user: str | None = None  # accepted, no effect (as in vLLM)
+    request_id: str | None = None  # the X-Request-Id header wins, as in vLLM
+    return_token_ids: bool | None = None
+    return_tokens_as_token_ids: bool | None = None  # None: the service's default
+    length_penalty: float | None = None  # beam search only (refused): no effect, as in vLLM
+    best_of: int | None = None  # only best_of == n (see llmcore.openai.unsupported)
     # Structured outputs (llmcore.openai.structured): OpenAI's and vLLM's spellings.
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputsIn | None = None
@@ -106,18 +111,21 @@ class _GenerationRequest(_Request, kw_only=True):
     guided_grammar: str | None = None
     guided_decoding_backend: str | None = None
     guided_whitespace_pattern: str | None = None
+    structural_tag: str | dict[str, Any] | None = None
     # Declared so that they can be refused by name; see llmcore.openai.unsupported.
     use_beam_search: bool | None = None
-    return_tokens_as_token_ids: bool | None = None
     truncate_prompt_tokens: int | None = None
+    logits_processors: list[Any] | None = None  # only [] (no --logits-processor-pattern)
+    vllm_xargs: dict[str, Any] | None = None  # only {} (no extension reads them)
+    kv_transfer_params: dict[str, Any] | None = None  # only {} (no KV transfer)
 
 
 class CompletionRequest(_GenerationRequest, kw_only=True):
-    prompt: PromptInput
+    prompt: PromptInput | None = None  # required (checked after decoding, see prompt_embeds)
     max_tokens: int | None = 16  # explicit null: the rest of the context
     logprobs: int | None = None
-    best_of: int | None = None
     suffix: str | None = None
+    prompt_embeds: Any = None  # refused
 
 
 class ChatCompletionRequest(_GenerationRequest, kw_only=True):
@@ -139,6 +147,18 @@ class ChatCompletionRequest(_GenerationRequest, kw_only=True):
     audio: Any = None
     modalities: list[str] | None = None
     prediction: Any = None
+    mm_processor_kwargs: dict[str, Any] | None = None  # only {} (text-only models)
+    reasoning_effort: Any = None  # refused unless null (no reasoning parser)
+    include_reasoning: bool | None = None  # false refused (no reasoning parser)
+    # OpenAI's, with no effect here (as in vLLM)...
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # ...and OpenAI's that would change the answer: refused unless null.
+    web_search_options: dict[str, Any] | None = None
+    verbosity: str | None = None
 
 
 class TokenizeRequest(_Request, kw_only=True):
@@ -151,6 +171,9 @@ class TokenizeRequest(_Request, kw_only=True):
     continue_final_message: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+    documents: list[dict[str, Any]] | None = None  # rendered as chat renders them
+    chat_template: str | None = None  # needs ServiceOptions.trust_request_chat_template
+    mm_processor_kwargs: dict[str, Any] | None = None  # only {} (text-only models)
     return_token_strs: bool | None = None
 
 

@@ -15,10 +15,15 @@ class _Response(msgspec.Struct, omit_defaults=True):
     pass
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int  # prompt tokens served from the prefix cache
+
+
 class UsageInfo(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None  # --enable-prompt-tokens-details
 
 
 class PromptLogprob(_Response):
@@ -50,6 +55,8 @@ class CompletionChoice(_Response):
     finish_reason: str | None
     stop_reason: str | int | None = None
     prompt_logprobs: PromptLogprobs | None = None
+    token_ids: list[int] | None = None  # return_token_ids: generated (streamed: the delta)
+    prompt_token_ids: list[int] | None = None  # return_token_ids (streamed: first chunk)
 
 
 class CompletionResponse(_Response):
@@ -101,6 +108,7 @@ class ChatChoice(_Response):
     logprobs: ChatChoiceLogprobs | None
     finish_reason: str | None
     stop_reason: str | int | None = None
+    token_ids: list[int] | None = None  # return_token_ids
 
 
 class ChatCompletionResponse(_Response):
@@ -111,6 +119,7 @@ class ChatCompletionResponse(_Response):
     choices: list[ChatChoice]
     usage: UsageInfo
     prompt_logprobs: PromptLogprobs | None = None
+    prompt_token_ids: list[int] | None = None  # return_token_ids
 
 
 class DeltaMessage(_Response):
@@ -124,6 +133,7 @@ class ChatChunkChoice(_Response):
     logprobs: ChatChoiceLogprobs | None
     finish_reason: str | None
     stop_reason: str | int | None = None
+    token_ids: list[int] | None = None  # return_token_ids: this chunk's tokens
 
 
 class ChatCompletionChunk(_Response):
@@ -133,6 +143,7 @@ class ChatCompletionChunk(_Response):
     model: str
     choices: list[ChatChunkChoice]
     usage: UsageInfo | None = None
+    prompt_token_ids: list[int] | None = None  # return_token_ids: on the role chunks
 
 
 # ---- models, tokenizer, server ----------------------------------------------------------

@@ -1,0 +1,33 @@
+"""Which id a request runs under: the client's X-Request-Id header, else the body's
+`request_id` (vLLM's extension), else the id the transport made up.
+
+Invariant: the header wins over the body, as in vLLM; the id chosen is the engine
+request id (one per prompt, "-i" appended when a request has several) and appears
+in the response id ("chatcmpl-<id>", "cmpl-<id>", "embd-<id>", ...).
+"""
+
+from __future__ import annotations
+
+from llmcore.errors import InvalidRequestError
+
+MAX_REQUEST_ID_CHARS = 256
+
+
+class HeaderRequestId(str):
+    """A request id the client chose in its X-Request-Id header (`ServiceRequest`
+    marks it so); a plain `str` is one the transport made up, which the body's
+    `request_id` replaces."""
+
+    __slots__ = ()
+
+
+def resolve_request_id(transport_id: str, body_id: str | None) -> str:
+    """The id a request runs under (see the module's invariant)."""
+    if not body_id or isinstance(transport_id, HeaderRequestId):
+        return str(transport_id)
+    if len(body_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequestError(
+            f"request_id: at most {MAX_REQUEST_ID_CHARS} characters, got {len(body_id)}",
+            param="request_id",
+        )
+    return body_id
