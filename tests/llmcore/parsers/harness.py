@@ -81,15 +81,15 @@ def check_tools(
 
 
 def check_tools_broken_late(
-    make: Callable[[], ToolParser], text: str, name: str, arguments_from: str
+    make: Callable[[], ToolParser], text: str, name: str, arguments_of: str
 ) -> None:
     """A call that breaks after it could be announced: `extract` gives the text as
     content. A stream that saw it whole agrees; one that announced the call first
-    keeps it, with arguments that are a prefix of the text from `arguments_from` on,
-    and no content. No split raises."""
+    keeps it, with arguments that are a prefix of `arguments_of`, and no content.
+    No split raises."""
     extracted = make().extract(text)
     assert extracted.tool_calls == [] and extracted.content == text
-    tail = text[text.index(arguments_from) :]
+    tail = arguments_of
     for deltas in splits(text):
         got = stream_tools(make(), deltas)
         if got.calls:
