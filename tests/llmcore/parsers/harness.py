@@ -17,6 +17,8 @@ def splits(text: str, *, seed: int = 0, random_cuts: int = 6) -> Iterator[list[s
     for i in range(len(text) + 1):
         yield [text[:i], text[i:]]
     yield list(text)
+    if len(text) < 3:
+        return
     rng = random.Random(seed)
     for _ in range(random_cuts):
         cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(2, 8))))
