@@ -46,6 +46,14 @@ class CorruptModelFileError(ModelLoadError):
     """A weight file is truncated, not of the format it claims, or inconsistent."""
 
 
+class UnknownParserError(LLMCoreError):
+    """A tool-call or reasoning parser was asked for by a name nobody registered (a
+    start-up error: the message lists the known names)."""
+
+    status = 500
+    type = "configuration_error"
+
+
 # ---- requests ---------------------------------------------------------------------------
 
 

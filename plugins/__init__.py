@@ -1,2 +1,3 @@
-"""Parts of llmcore chosen by name: model architectures today; tool-call and
-reasoning parsers later. llmcore finds them through `llmcore.registry`."""
+"""Parts of llmcore chosen by name: model architectures (found through
+`llmcore.registry`), tool-call and reasoning parsers (through
+`llmcore.parsers.registry`)."""

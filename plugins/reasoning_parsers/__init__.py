@@ -1,0 +1,1 @@
+"""Reasoning parsers, found by name through `llmcore.parsers.registry`."""

@@ -1,0 +1,1 @@
+"""Tool-call parsers, found by name through `llmcore.parsers.registry`."""
