@@ -248,6 +248,19 @@ def add_service_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     s.add_argument("--enable-tokenizer-info-endpoint", action="store_true",
                    help="serve GET /tokenizer_info (shows the chat template and special "
                    "tokens)")  # fmt: skip
+    s.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='tool_choice "auto": the model decides, --tool-call-parser reads the '
+                   "calls")  # fmt: skip
+    s.add_argument("--tool-call-parser", metavar="NAME",
+                   help="how tool calls are written by the model: hermes, llama3_json, "
+                   "mistral, pythonic, qwen3_coder, or a plugin's name")  # fmt: skip
+    s.add_argument("--tool-parser-plugin", metavar="FILE",
+                   help="a Python file that registers tool or reasoning parsers")  # fmt: skip
+    s.add_argument("--reasoning-parser", metavar="NAME",
+                   help="split reasoning_content from the answer: deepseek_r1, qwen3, or a "
+                   "plugin's name")  # fmt: skip
+    s.add_argument("--reasoning-parser-plugin", metavar="FILE",
+                   help="a Python file that registers reasoning parsers")  # fmt: skip
     s.add_argument("--enable-server-load-tracking", action="store_true",
                    help="accepted for vLLM: /load and llmcore_server_load are always "
                    "on")  # fmt: skip
@@ -336,3 +349,26 @@ def add_single_model_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens to generate")
     parser.add_argument("--chat-template", help="a chat template file or inline template")
+
+
+def check_parsers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Load the parser plugin files and resolve the parser names now, so that a wrong
+    name or file is a usage error (exit 2) listing the known names, as vLLM's is."""
+    from llmcore.errors import UnknownParserError
+    from llmcore.parsers import load_plugin_file, reasoning_parser, tool_parser
+
+    for path in (args.tool_parser_plugin, args.reasoning_parser_plugin):
+        if path is not None:
+            try:
+                load_plugin_file(path)
+            except Exception as exc:  # the user's file: any error is theirs to see
+                parser.error(f"cannot load parser plugin {path}: {exc}")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        parser.error("--enable-auto-tool-choice requires --tool-call-parser")
+    try:
+        if args.tool_call_parser:
+            tool_parser(args.tool_call_parser)
+        if args.reasoning_parser:
+            reasoning_parser(args.reasoning_parser)
+    except UnknownParserError as exc:
+        parser.error(str(exc))

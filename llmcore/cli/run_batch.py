@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = parse_serving_args(parser, argv)
     flags.configure_logging(args.log_level)
     vllm_flags.check_vllm_flags(parser, args)
+    flags.check_parsers(parser, args)
     import anyio
 
     from transports.jsonl import BatchSetupError, check_files, exit_code

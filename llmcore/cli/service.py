@@ -114,6 +114,9 @@ def service_options(args: argparse.Namespace) -> ServiceOptions:
         max_log_len=args.max_log_len,
         enable_tokenizer_info_endpoint=args.enable_tokenizer_info_endpoint,
         trust_request_chat_template=args.trust_request_chat_template,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
     )
 
 

@@ -63,7 +63,6 @@ _LORA = "llmcore has no LoRA adapters"
 _SPEC = "llmcore has no speculative decoding"
 _HUB = "llmcore loads local files only; nothing is downloaded"
 _CUDA = "llmcore has no CUDA graphs, torch.compile or custom kernels to choose"
-_TOOLS = "llmcore has no tool-call or reasoning parsers yet"
 _KV = "llmcore's KV cache is sized by --kv-cache-memory"
 _TRACE = "llmcore has no tracing or extra engine metrics"
 _LB = "llmcore has no data-parallel load balancing"
@@ -100,10 +99,10 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _no("--default-chat-template-kwargs", "not supported: send chat_template_kwargs per request"),
     _same("--response-role"),
     _same("--return-tokens-as-token-ids", "bool"),
-    _no("--enable-auto-tool-choice", _TOOLS, "bool"),
+    _same("--enable-auto-tool-choice", "bool"),
     _ok("--exclude-tools-when-tool-choice-none", "tool definitions are rendered as given", "bool"),
-    _no("--tool-call-parser", _TOOLS),
-    _no("--tool-parser-plugin", _TOOLS),
+    _same("--tool-call-parser"),
+    _same("--tool-parser-plugin"),
     _no("--tool-server", "llmcore runs no built-in tools"),
     _ok("--log-config-file", "logging is configured by --log-level"),
     _same("--max-log-len"),
@@ -225,8 +224,8 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _ok("--mamba-backend", "llmcore serves no Mamba models"),
     _ok("--enable-mamba-cache-stochastic-rounding", "llmcore serves no Mamba models", "bool"),
     _ok("--mamba-cache-philox-rounds", "llmcore serves no Mamba models"),
-    _no("--reasoning-parser", _TOOLS),
-    _no("--reasoning-parser-plugin", _TOOLS),
+    _same("--reasoning-parser"),
+    _same("--reasoning-parser-plugin"),
     _ok("--guided-decoding-backend", "structured outputs always use llguidance",
         accepts=("auto", "guidance", "llguidance")),
     # ParallelConfig
@@ -388,7 +387,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _no("--ec-transfer-config", "llmcore has no encoder cache transfer"),
     _ok("--compilation-config", _CUDA, short=("-cc",)),
     _ok("--attention-config", _CUDA, short=("-ac",)),
-    _no("--reasoning-config", _TOOLS),
+    _no("--reasoning-config", "reasoning budgets are not supported"),
     _ok("--kernel-config", _CUDA),
     _ok("--additional-config", "llmcore has no platform plugins"),
     _ok("--structured-outputs-config", "structured outputs always use llguidance"),

@@ -2,9 +2,11 @@
 
 Invariants: the prompt is the conversation rendered by the model's chat template
 (400 if the model has none); a stream opens with one `{"role": ..., "content": ""}`
-delta per choice, then content deltas whose concatenation is the non-streamed
-content, exactly one `finish_reason` per choice (none for an aborted one), then the
-usage chunk if asked for; `usage` is exact (total = prompt + completion).
+delta per choice, then deltas whose concatenations are the non-streamed content,
+reasoning and tool calls (`chat_output`), exactly one `finish_reason` per choice
+(none for an aborted one; `tool_calls` when calls were made under `"auto"` or
+`"required"`), then the usage chunk if asked for; `usage` is exact (total = prompt
++ completion).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 from llmcore.errors import InvalidRequestError
+from llmcore.openai.chat_output import ChoiceDelta, ChoiceShape, ChoiceStream
 from llmcore.openai.context import ServiceContext
 from llmcore.openai.generation import (
     Collected,
@@ -35,10 +39,15 @@ from llmcore.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessageOut,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
 )
 from llmcore.openai.request_ids import resolve_request_id
 from llmcore.openai.streaming import ClosingStream, PrimedStream, prime
+from llmcore.openai.tools import ToolPlan, calls_parser, plan_tools, tool_constraint
 from llmcore.openai.unsupported import check_chat, check_request_template
 
 OBJECT = "chat.completion"
@@ -58,6 +67,8 @@ class _Plan:
     continuous_usage: bool
     token_ids: bool  # return_token_ids
     strings: Strings  # logprob token strings (text, or "token_id:N")
+    tools: ToolPlan
+    shape: ChoiceShape  # reasoning, content and tool calls of each choice's text
 
 
 def _generation_prompt_flags(req: ChatCompletionRequest) -> tuple[bool, bool]:
@@ -79,13 +90,15 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
             "top_logprobs: requires logprobs to be true", param="top_logprobs"
         )
     add_generation_prompt, continue_final = _generation_prompt_flags(req)
+    tools = plan_tools(req, ctx.options)
+    template_kwargs = _template_kwargs(req, ctx)
     prompt = await chat_prompt(
         model,
         req.messages,
         add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final,
         add_special_tokens=bool(req.add_special_tokens),
-        chat_template_kwargs=req.chat_template_kwargs,
+        chat_template_kwargs=template_kwargs,
         tools=req.tools,
         documents=req.documents,
         chat_template=req.chat_template,
@@ -102,6 +115,15 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
         vocab_size=model.tokenizer.vocab_size,
     )
     check_context(model, len(prompt.token_ids), max_tokens, "messages")
+    constraint = tool_constraint(tools)
+    if constraint is not None:
+        if params.structured_outputs is not None:
+            raise InvalidRequestError(
+                f"{params.structured_outputs.param}: cannot be combined with tool_choice "
+                '"required" or a named function (the call is the answer)',
+                param=params.structured_outputs.param,
+            )
+        params.structured_outputs = constraint
     last = req.messages[-1]
     role = ctx.options.response_role if add_generation_prompt else ROLE_OF[type(last)]
     echo = content_text(last.content) if req.echo and ROLE_OF[type(last)] == role else ""
@@ -118,7 +140,35 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
         continuous_usage=continuous_usage,
         token_ids=bool(req.return_token_ids),
         strings=ctx.logprob_strings(model, req.return_tokens_as_token_ids),
+        tools=tools,
+        shape=ChoiceShape(
+            reasoning_parser_name=ctx.options.reasoning_parser,
+            chat_template_kwargs=template_kwargs,
+            include_reasoning=req.include_reasoning is not False,
+            tools=calls_parser(tools, ctx.options),
+            parallel=tools.parallel,
+        ),
     )
+
+
+def _template_kwargs(req: ChatCompletionRequest, ctx: ServiceContext) -> dict[str, Any] | None:
+    """The request's chat_template_kwargs, with its reasoning_effort when a reasoning
+    parser is on (templates that know it, such as gpt-oss's, read it there)."""
+    if ctx.options.reasoning_parser is None:
+        if req.include_reasoning is False:
+            raise InvalidRequestError(
+                "include_reasoning: there is no reasoning to drop (no --reasoning-parser)",
+                param="include_reasoning",
+            )
+        if req.reasoning_effort is not None:
+            raise InvalidRequestError(
+                "reasoning_effort: reasoning is not supported (no --reasoning-parser)",
+                param="reasoning_effort",
+            )
+        return req.chat_template_kwargs
+    if req.reasoning_effort is None:
+        return req.chat_template_kwargs
+    return {"reasoning_effort": req.reasoning_effort, **(req.chat_template_kwargs or {})}
 
 
 async def create_chat_completion(
@@ -135,19 +185,21 @@ async def create_chat_completion(
 
 
 def _response(ctx: ServiceContext, plan: _Plan, collected: Collected) -> ChatCompletionResponse:
-    choices = [
-        ChatChoice(
-            index=index,
-            message=ChatMessageOut(role=plan.role, content=plan.echo + choice.text),
-            logprobs=chat_logprobs(plan.strings, choice.token_ids, choice.logprobs)
-            if plan.logprobs
-            else None,
-            finish_reason=choice.finish_reason,
-            stop_reason=choice.stop_reason,
-            token_ids=choice.token_ids if plan.token_ids else None,
+    choices = []
+    for index, choice in enumerate(collected.choices):
+        message, finish_reason = _message(plan, choice.text, choice.finish_reason)
+        choices.append(
+            ChatChoice(
+                index=index,
+                message=message,
+                logprobs=chat_logprobs(plan.strings, choice.token_ids, choice.logprobs)
+                if plan.logprobs
+                else None,
+                finish_reason=finish_reason,
+                stop_reason=choice.stop_reason,
+                token_ids=choice.token_ids if plan.token_ids else None,
+            )
         )
-        for index, choice in enumerate(collected.choices)
-    ]
     prompt_lps = collected.prompt_logprobs[0]
     strings = ctx.strings(plan.gen.model)
     cached = ctx.cached_tokens(sum(collected.cached_tokens))
@@ -160,6 +212,44 @@ def _response(ctx: ServiceContext, plan: _Plan, collected: Collected) -> ChatCom
         usage=usage(plan.gen.num_prompt_tokens, collected.num_completion_tokens, cached),
         prompt_logprobs=prompt_logprobs(strings, prompt_lps) if plan.prompt_logprobs else None,
         prompt_token_ids=plan.gen.prompts[0].token_ids if plan.token_ids else None,
+    )
+
+
+def _message(
+    plan: _Plan, text: str, finish_reason: str | None
+) -> tuple[ChatMessageOut, str | None]:
+    """The message of one choice's whole text, and its finish reason (`tool_calls`
+    when it called tools under "auto" or "required")."""
+    if plan.shape.plain:
+        return ChatMessageOut(role=plan.role, content=plan.echo + text), finish_reason
+    read = plan.shape.whole(text)
+    content = plan.echo + (read.content or "")
+    calls = [ToolCall(c.id, FunctionCall(c.name, c.arguments)) for c in read.tool_calls]
+    if calls and plan.tools.calls_finish and finish_reason == "stop":
+        finish_reason = "tool_calls"
+    message = ChatMessageOut(
+        role=plan.role,
+        content=content or None,
+        reasoning_content=read.reasoning,
+        tool_calls=calls or None,
+    )
+    return message, finish_reason
+
+
+def _delta_message(delta: ChoiceDelta) -> DeltaMessage:
+    calls = [
+        DeltaToolCall(
+            index=c.index,
+            id=c.id,
+            type="function" if c.id is not None else None,
+            function=DeltaFunctionCall(name=c.name, arguments=c.arguments),
+        )
+        for c in delta.tool_calls
+    ]
+    return DeltaMessage(
+        content=delta.content or None,
+        reasoning_content=delta.reasoning or None,
+        tool_calls=calls or None,
     )
 
 
@@ -199,6 +289,7 @@ async def _chunks(
         if plan.echo:
             for index in range(n):
                 yield chunker.delta(index, DeltaMessage(content=plan.echo))
+        streams = None if plan.shape.plain else [plan.shape.stream() for _ in range(n)]
         async for _, out in items:
             chunker.cached_tokens = ctx.cached_tokens(out.num_cached_tokens)
             for delta in out.outputs:
@@ -208,11 +299,16 @@ async def _chunks(
                     logprobs = chat_logprobs(plan.strings, delta.token_ids, delta.logprobs)
                 finish = public_finish_reason(delta.finish_reason)
                 token_ids = list(delta.token_ids) if plan.token_ids else None
-                if not delta.text and finish is None and logprobs is None and not token_ids:
+                if streams is None:
+                    message = DeltaMessage(content=delta.text or None)
+                else:
+                    message, finish = _parsed_delta(plan, streams[delta.index], delta.text, finish)
+                shown = message.content or message.reasoning_content or message.tool_calls
+                if not shown and finish is None and logprobs is None and not token_ids:
                     continue  # tokens whose text is held back, and nothing else asked for
                 choice = ChatChunkChoice(
                     index=delta.index,
-                    delta=DeltaMessage(content=delta.text or None),
+                    delta=message,
                     logprobs=logprobs,
                     finish_reason=finish,
                     stop_reason=delta.stop_reason if finish is not None else None,
@@ -221,3 +317,20 @@ async def _chunks(
                 yield chunker.chunk([choice])
     if plan.include_usage:
         yield chunker.chunk([], final=True)
+
+
+def _parsed_delta(
+    plan: _Plan, stream: ChoiceStream, text: str, finish: str | None
+) -> tuple[DeltaMessage, str | None]:
+    """One choice's new text through its parsers (all of it decided at its finish)."""
+    parsed = stream.feed(text) if text else ChoiceDelta()
+    if finish is not None:
+        last = stream.finish()
+        parsed = ChoiceDelta(
+            parsed.reasoning + last.reasoning,
+            parsed.content + last.content,
+            [*parsed.tool_calls, *last.tool_calls],
+        )
+        if stream.called and plan.tools.calls_finish and finish == "stop":
+            finish = "tool_calls"
+    return _delta_message(parsed), finish

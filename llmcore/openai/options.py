@@ -20,3 +20,6 @@ class ServiceOptions:
     max_log_len: int | None = None  # None: whole prompts in the request log
     enable_tokenizer_info_endpoint: bool = False  # GET /tokenizer_info
     trust_request_chat_template: bool = False  # a request's own chat_template (else a 400)
+    enable_auto_tool_choice: bool = False  # tool_choice "auto" (needs tool_call_parser)
+    tool_call_parser: str | None = None  # the registered name (llmcore.parsers)
+    reasoning_parser: str | None = None  # the registered name: reasoning_content in answers

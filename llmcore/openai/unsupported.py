@@ -27,7 +27,6 @@ _GENERATION_EXTRAS = {
     "kv_transfer_params": "disaggregated serving (KV transfer) is not supported",
 }
 _CHAT_EXTRAS = {
-    "reasoning_effort": "reasoning is not supported (no reasoning parser)",
     "web_search_options": "web search is not supported",
     "verbosity": "is not supported",
     "mm_processor_kwargs": "only text is served (no multimodal processor)",
@@ -85,13 +84,6 @@ def check_completion(req: CompletionRequest) -> None:
 
 def check_chat(req: ChatCompletionRequest) -> None:
     check_generation(req)
-    tools = bool(req.tools)
-    if req.tool_choice is not None and req.tool_choice != "none":
-        raise refuse("tool_choice", "tool calling is not supported yet")
-    if tools and req.tool_choice is None:  # OpenAI's default with tools is "auto"
-        raise refuse("tools", 'tool calling is not supported yet (tool_choice "none" only)')
-    if tools and req.parallel_tool_calls:
-        raise refuse("parallel_tool_calls", "tool calling is not supported yet")
     if _given(req.functions) or req.function_call not in (None, "none"):
         raise refuse("functions", "function calling is not supported")
     if req.audio is not None:
@@ -100,8 +92,6 @@ def check_chat(req: ChatCompletionRequest) -> None:
         raise refuse("modalities", "only text output is supported")
     if req.prediction is not None:
         raise refuse("prediction", "predicted outputs are not supported")
-    if req.include_reasoning is False:
-        raise refuse("include_reasoning", "reasoning is not supported (no reasoning parser)")
     _refuse_given(req, _CHAT_EXTRAS)
 
 

@@ -27,6 +27,7 @@ REASONING_PARSER_GROUP = "llmcore.reasoning_parsers"
 
 _BUILTIN_TOOL_PARSERS: dict[str, str] = {
     "hermes": "plugins.tool_parsers.hermes:HermesToolParser",
+    "json_array": "plugins.tool_parsers.json_array:JsonArrayToolParser",
     "llama3_json": "plugins.tool_parsers.llama3_json:Llama3JsonToolParser",
     "mistral": "plugins.tool_parsers.mistral:MistralToolParser",
     "pythonic": "plugins.tool_parsers.pythonic:PythonicToolParser",

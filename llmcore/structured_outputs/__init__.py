@@ -8,6 +8,16 @@ each step before sampling. Importing this package does not import llguidance.
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmcore.structured_outputs.params import ConstraintKind, StructuredOutputsParams
 
-__all__ = ["ConstraintKind", "StructuredOutputsParams"]
+
+def json_schema_error(schema: dict[str, Any]) -> str | None:
+    """Why the grammar backend cannot compile the JSON Schema `schema` (None: it can)."""
+    from llmcore.structured_outputs.llguidance_backend import json_schema_error as check
+
+    return check(schema)
+
+
+__all__ = ["ConstraintKind", "StructuredOutputsParams", "json_schema_error"]

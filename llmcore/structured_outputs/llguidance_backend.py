@@ -214,3 +214,15 @@ def _without_additional_properties(schema: Any) -> Any:
 def _short(message: str) -> str:
     message = message.strip()
     return message if len(message) <= _MAX_ERROR_CHARS else message[:_MAX_ERROR_CHARS] + "..."
+
+
+def json_schema_error(schema: dict[str, Any]) -> str | None:
+    """Why llguidance cannot compile `schema` (None when it can); no tokenizer needed."""
+    import llguidance
+
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+    except (ValueError, TypeError, RecursionError) as exc:
+        return _short(str(exc) or type(exc).__name__)
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    return _short(messages[0] if messages else "the schema is invalid") if is_error else None

@@ -51,7 +51,7 @@ class FunctionCall(msgspec.Struct, omit_defaults=True):
     arguments: str
 
 
-class ToolCall(msgspec.Struct, omit_defaults=True):
+class ToolCall(msgspec.Struct):
     id: str
     function: FunctionCall
     type: str = "function"

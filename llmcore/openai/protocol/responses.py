@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
+from llmcore.openai.protocol.messages import ToolCall
+
 
 class _Response(msgspec.Struct, omit_defaults=True):
     pass
@@ -100,6 +102,8 @@ class ChatChoiceLogprobs(_Response):
 class ChatMessageOut(_Response):
     role: str
     content: str | None
+    reasoning_content: str | None = None  # with a reasoning parser
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(_Response):
@@ -122,9 +126,25 @@ class ChatCompletionResponse(_Response):
     prompt_token_ids: list[int] | None = None  # return_token_ids
 
 
+class DeltaFunctionCall(_Response):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(_Response):
+    """OpenAI's streamed call: the first delta of a call has its id, type and name."""
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: DeltaFunctionCall | None = None
+
+
 class DeltaMessage(_Response):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(_Response):
