@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 CACHE_SIZE = 256  # compiled grammars kept
 _MAX_ERROR_CHARS = 400
 _BEGIN_END = ("begin", "end")
+# JSON whitespace between tokens when the request says nothing: any of JSON's four
+# whitespace characters, as vLLM allows, but at most 32 in a row (room for pretty
+# printing) so that a small model sampling at temperature 1 cannot emit newlines
+# forever, the classic way a constrained generation runs to max_tokens.
+DEFAULT_WHITESPACE = r"[\x20\x0A\x0D\x09]{0,32}"
 
 
 class LLGuidanceMatcher:
@@ -146,6 +151,8 @@ class LLGuidanceBackend:
             options["item_separator"], options["key_separator"] = ",", ":"
         if spec.whitespace_pattern is not None:
             options["whitespace_pattern"] = spec.whitespace_pattern
+        elif not spec.disable_any_whitespace:
+            options["whitespace_pattern"] = DEFAULT_WHITESPACE
         return options
 
     def _json_grammar(self, spec: StructuredOutputsParams, schema: dict[str, Any]) -> str:

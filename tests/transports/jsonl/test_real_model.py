@@ -131,3 +131,36 @@ def test_killed_half_way_then_resumed(batch_file: Path, tmp_path: Path) -> None:
     assert f"{written} lines from an earlier run" in done.stderr
     _check_complete(out)
     assert out.read_bytes().startswith(first[: first.rfind(b"\n") + 1])
+
+
+def test_structured_outputs_in_a_batch(tmp_path: Path) -> None:
+    """A json_schema `response_format` and a `guided_choice` travel in batch bodies."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+              "properties": {"name": {"type": "string", "maxLength": 20},
+                             "age": {"type": "integer", "minimum": 0, "maximum": 120}}}  # fmt: skip
+    json_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    bodies = {
+        "schema": {"messages": [{"role": "user", "content": "Describe a person as JSON."}],
+                   "response_format": json_format, "max_tokens": 200, "temperature": 0},
+        "choice": {"messages": [{"role": "user", "content": "Classify: I love it!"}],
+                   "guided_choice": ["positive", "negative"], "max_tokens": 200},
+        "completion": {"prompt": "A person as JSON:", "max_tokens": 200, "temperature": 1,
+                       "seed": 3, "response_format": json_format},
+    }  # fmt: skip
+    source = tmp_path / "in.jsonl"
+    lines = [{"custom_id": cid, "method": "POST", "body": body,
+              "url": "/v1/completions" if "prompt" in body else "/v1/chat/completions"}
+             for cid, body in bodies.items()]  # fmt: skip
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(_command("-q", "-i", str(source), "-o", str(out)),
+                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = {r["custom_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    choices = {cid: r["response"]["body"]["choices"][0] for cid, r in records.items()}
+    assert all(c["finish_reason"] == "stop" for c in choices.values()), choices
+    for text in (choices["schema"]["message"]["content"], choices["completion"]["text"]):
+        person = json.loads(text)
+        assert set(person) == {"name", "age"} and 0 <= person["age"] <= 120, text
+        assert isinstance(person["name"], str) and len(person["name"]) <= 20, text
+    assert choices["choice"]["message"]["content"] in ("positive", "negative")

@@ -1,0 +1,62 @@
+"""`ServerProcess`: a real `python -m llmcore.http` subprocess on loopback, for the
+tests and benchmarks that drive the server from outside (the `openai` client, raw
+sockets). Its stderr goes to a log file, so a chatty server never blocks on a full
+pipe; `url` is known once the server says it is serving."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_SERVING = re.compile(r"serving .* at (http://\S+)")
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        log_path: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmcore.http", "--port", "0", *args],
+            stderr=self._log,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.url = self._wait_for_url(startup_timeout)
+
+    def _wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _SERVING.search(self.log)
+            if match:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + self.log)
+            time.sleep(0.1)
+        self.proc.kill()
+        raise RuntimeError("server did not start:\n" + self.log)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful shutdown), then the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self._log.close()
+        return code
