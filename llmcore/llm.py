@@ -9,12 +9,16 @@ so each step batches inputs of similar length), one `PoolingOutput` per prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from llmcore.chat_template import ChatTemplate, require_template
 from llmcore.engine.async_engine import build_core
+from llmcore.openai.chat_output import ChoiceShape
+from llmcore.openai.options import ServiceOptions
+from llmcore.openai.tools import calls_parser, plan_tool_choice, tool_constraint
 from llmcore.outputs import CompletionOutput, RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
@@ -31,10 +35,19 @@ class LLM:
         dtype: str = "auto",
         device: str = "cpu",
         chat_template: str | None = None,
+        tool_call_parser: str | None = None,
+        reasoning_parser: str | None = None,
         **engine_options: Any,
     ) -> None:
         """`model`: a .gguf file or Hugging Face folder; None = the embedded default
-        (SmolLM2-135M-Instruct). `engine_options` are `EngineConfig` fields."""
+        (SmolLM2-135M-Instruct). `tool_call_parser` / `reasoning_parser`: parser names
+        (`llmcore.parsers`) that `chat` reads its outputs with (tool_choice "auto" needs
+        the first). `engine_options` are `EngineConfig` fields."""
+        self.options = ServiceOptions(
+            enable_auto_tool_choice=tool_call_parser is not None,
+            tool_call_parser=tool_call_parser,
+            reasoning_parser=reasoning_parser,
+        )
         self.core = build_core(
             model, tokenizer=tokenizer, dtype=dtype, device=device, **engine_options
         )
@@ -64,9 +77,20 @@ class LLM:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> list[RequestOutput]:
-        """Answer one conversation (a list of messages) or several."""
+        """Answer one conversation (a list of messages) or several. With `tools`,
+        `tool_choice` as in the chat API ("none", "auto" (the default; needs the
+        `tool_call_parser`), "required", or a named function, the last two enforced
+        by a grammar); each output's `tool_calls` and `reasoning_content` are what
+        its text holds."""
+        plan = plan_tool_choice(tools, tool_choice, parallel_tool_calls, self.options)
+        constraint = tool_constraint(plan)
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        params = _params_list(sampling_params, len(conversations))
+        if constraint is not None:
+            params = [dataclasses.replace(p, structured_outputs=constraint) for p in params]
         template = require_template(self.chat_template)
         token_ids = []
         for conversation in conversations:
@@ -80,7 +104,20 @@ class LLM:
                 **(chat_template_kwargs or {}),
             )
             token_ids.append(self.tokenizer.encode(text, add_special_tokens=False))
-        return self._run(token_ids, _params_list(sampling_params, len(conversations)))
+        outputs = self._run(token_ids, params)
+        shape = ChoiceShape(
+            reasoning_parser_name=self.options.reasoning_parser,
+            chat_template_kwargs=chat_template_kwargs,
+            tools=calls_parser(plan, self.options),
+            parallel=plan.parallel,
+        )
+        if not shape.plain:
+            for output in outputs:
+                for completion in output.outputs:
+                    read = shape.whole(completion.text)
+                    completion.tool_calls = read.tool_calls
+                    completion.reasoning_content = read.reasoning
+        return outputs
 
     def _run(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[RequestOutput]:
         ids = []

@@ -5,6 +5,10 @@ delta (new token ids and text); `LLM.generate` accumulates them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmcore.parsers import ToolCall
 
 
 @dataclass(slots=True)
@@ -25,6 +29,10 @@ class CompletionOutput:
     finish_reason: str | None = None  # "stop" | "length" | "abort" | None (still running)
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
     logprobs: list[Logprob] | None = None
+    # `LLM.chat` with tools or a reasoning parser: what its text holds (`text` stays
+    # the generated text as is).
+    tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None
 
     @property
     def finished(self) -> bool:

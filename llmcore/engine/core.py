@@ -213,7 +213,9 @@ class EngineCore:
             )
         sampling = [s.request for s in scheduled if s.completes_sequence]
         # Grammar masks are computed on a worker while the model runs.
-        pending = self.structured.start_masks([r.grammar for r in sampling])
+        pending = self.structured.start_masks(
+            [r.grammar if r.grammar_after is None else None for r in sampling]
+        )
         logits = self.runner.execute_detailed(chunks)
         for i, s in enumerate(scheduled):
             r = s.request
@@ -255,10 +257,12 @@ class EngineCore:
             if stop_token:
                 reason = FinishReason.STOP
                 stop_reason = token if token in r.params.stop_token_ids else None
-            elif r.grammar is not None and self._grammar_done(r, token):
+            elif r.grammar is not None and r.grammar_after is None and self._grammar_done(r, token):
                 reason = FinishReason.STOP  # complete, even if max_tokens is reached too
             elif n_out >= r.max_tokens or r.num_tokens >= max_model_len:
                 reason = FinishReason.LENGTH
+            if r.grammar_after is not None and _ends_with(r.output_token_ids, r.grammar_after):
+                r.grammar_after = None  # the reasoning is over: the grammar applies from here
             stop_string = process_token(r, token, lp, reason, stop_token=stop_token)
             if stop_string is not None:
                 reason, stop_reason = FinishReason.STOP, stop_string
@@ -299,6 +303,10 @@ class EngineCore:
             num_preemptions=sched.num_preemptions,
             num_steps=self._num_steps,
         )
+
+
+def _ends_with(ids: list[int], tail: tuple[int, ...]) -> bool:
+    return len(ids) >= len(tail) and tuple(ids[-len(tail) :]) == tail
 
 
 __all__ = ["EngineCore", "EngineStatistics", "RequestStatus"]

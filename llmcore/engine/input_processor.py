@@ -110,6 +110,7 @@ class InputProcessor:
                     else None
                 ),
                 grammar=resolved.grammar.new_matcher() if resolved.grammar is not None else None,
+                grammar_after=_start_after(params),
             )
             for i in range(params.n)
         ]
@@ -190,3 +191,8 @@ class InputProcessor:
                 f"prompt token ids must be in [0, {self.vocab_size})", param="prompt"
             )
         return prompt
+
+
+def _start_after(params: SamplingParams) -> tuple[int, ...] | None:
+    spec = params.structured_outputs
+    return tuple(spec.start_after) if spec is not None and spec.start_after else None

@@ -54,6 +54,7 @@ class Request:
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
     generator: torch.Generator | None = None
     grammar: GrammarMatcher | None = None  # structured outputs: the tokens allowed next
+    grammar_after: tuple[int, ...] | None = None  # the grammar waits for these ids (reasoning)
 
     output_token_ids: list[int] = field(default_factory=list)
     all_token_ids: list[int] = field(default_factory=list)

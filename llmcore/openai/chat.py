@@ -128,6 +128,19 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
     role = ctx.options.response_role if add_generation_prompt else ROLE_OF[type(last)]
     echo = content_text(last.content) if req.echo and ROLE_OF[type(last)] == role else ""
     include_usage, continuous_usage = ctx.include_usage(req.stream_options)
+    shape = ChoiceShape(
+        reasoning_parser_name=ctx.options.reasoning_parser,
+        chat_template_kwargs=template_kwargs,
+        include_reasoning=req.include_reasoning is not False,
+        tools=calls_parser(tools, ctx.options),
+        parallel=tools.parallel,
+    )
+    marker = shape.reasoning_end_marker()
+    if marker is not None and params.structured_outputs is not None:
+        # The constraint (response_format, required or named tools) applies after
+        # the reasoning: from the tokens that end it.
+        ids = model.tokenizer.encode(marker, add_special_tokens=False)
+        params.structured_outputs.start_after = ids or None
     return _Plan(
         gen=Generation(model, [prompt], params, request_id, req.priority or 0, req.cache_salt),
         id=f"chatcmpl-{request_id}",
@@ -141,13 +154,7 @@ async def _plan(ctx: ServiceContext, req: ChatCompletionRequest, request_id: str
         token_ids=bool(req.return_token_ids),
         strings=ctx.logprob_strings(model, req.return_tokens_as_token_ids),
         tools=tools,
-        shape=ChoiceShape(
-            reasoning_parser_name=ctx.options.reasoning_parser,
-            chat_template_kwargs=template_kwargs,
-            include_reasoning=req.include_reasoning is not False,
-            tools=calls_parser(tools, ctx.options),
-            parallel=tools.parallel,
-        ),
+        shape=shape,
     )
 
 

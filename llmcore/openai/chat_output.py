@@ -73,6 +73,11 @@ class ChoiceShape:
         parser: ReasoningParser = self._reasoning_cls(chat_template_kwargs=self._kwargs)
         return parser
 
+    def reasoning_end_marker(self) -> str | None:
+        """The text that ends the reasoning (None: no reasoning to wait for)."""
+        reasoner = self._reasoner()
+        return reasoner.reasoning_end_marker() if reasoner is not None else None
+
     def whole(self, text: str) -> ChoiceMessage:
         reasoner = self._reasoner()
         reasoning, content = reasoner.extract(text) if reasoner is not None else (None, text)

@@ -65,9 +65,18 @@ NO_TOOLS = ToolPlan(ToolMode.NONE, {}, [])
 
 
 def plan_tools(req: ChatCompletionRequest, options: ServiceOptions) -> ToolPlan:
-    functions = _functions(req.tools or [])
-    choice = req.tool_choice
-    parallel = req.parallel_tool_calls is not False
+    return plan_tool_choice(req.tools, req.tool_choice, req.parallel_tool_calls, options)
+
+
+def plan_tool_choice(
+    tools: list[dict[str, Any]] | None,
+    choice: str | dict[str, Any] | None,
+    parallel_tool_calls: bool | None,
+    options: ServiceOptions,
+) -> ToolPlan:
+    """The plan of a request's `tools`, `tool_choice` and `parallel_tool_calls`."""
+    functions = _functions(tools or [])
+    parallel = parallel_tool_calls is not False
     if choice is None:
         choice = "auto" if functions else "none"
     if isinstance(choice, dict):
@@ -75,13 +84,13 @@ def plan_tools(req: ChatCompletionRequest, options: ServiceOptions) -> ToolPlan:
         if name not in functions:
             known = ", ".join(repr(n) for n in functions) or "none"
             raise _refuse("tool_choice", f"function {name!r} is not among the tools ({known})")
-        return ToolPlan(ToolMode.NAMED, functions, req.tools or [], name, parallel)
+        return ToolPlan(ToolMode.NAMED, functions, tools or [], name, parallel)
     if choice not in ("none", "auto", "required"):
         raise _refuse(
             "tool_choice", f'must be "none", "auto", "required" or a function, got {choice!r}'
         )
     if choice == "none":
-        return ToolPlan(ToolMode.NONE, functions, req.tools or [], parallel=parallel)
+        return ToolPlan(ToolMode.NONE, functions, tools or [], parallel=parallel)
     if not functions:
         raise _refuse("tool_choice", f'"{choice}" needs tools')
     if choice == "auto" and not (options.enable_auto_tool_choice and options.tool_call_parser):
@@ -90,7 +99,7 @@ def plan_tools(req: ChatCompletionRequest, options: ServiceOptions) -> ToolPlan:
             '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser '
             "to be set",
         )
-    return ToolPlan(ToolMode(choice), functions, req.tools or [], parallel=parallel)
+    return ToolPlan(ToolMode(choice), functions, tools or [], parallel=parallel)
 
 
 def _functions(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

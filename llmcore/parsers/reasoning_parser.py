@@ -58,6 +58,11 @@ class ReasoningParser(ABC):
     def stream(self) -> ReasoningStream:
         return ReasoningStream(self)
 
+    def reasoning_end_marker(self) -> str | None:
+        """The text that ends the reasoning, after which a structured-output grammar
+        applies (None: the output has no reasoning to wait for)."""
+        return None
+
 
 class ReasoningStream:
     """Feeds a parser's output delta by delta; text that may be a tag is held back."""

@@ -42,6 +42,9 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False  # JSON: no whitespace at all (compact output)
     disable_additional_properties: bool = False  # JSON: objects get additionalProperties false
     param: str = field(default="structured_outputs", compare=False)  # named in errors
+    # Token ids that end a reasoning: the constraint applies to what follows them (the
+    # chat service sets them from its reasoning parser); None: from the first token.
+    start_after: list[int] | None = None
 
     def constraints(self) -> list[ConstraintKind]:
         """The constraints set (exactly one after `validate`)."""

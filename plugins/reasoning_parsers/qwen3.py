@@ -32,6 +32,9 @@ class Qwen3ReasoningParser(ThinkTagReasoningParser):
         super().__init__(chat_template_kwargs=chat_template_kwargs)
         self.thinking_enabled = bool(self.chat_template_kwargs.get("enable_thinking", True))
 
+    def reasoning_end_marker(self) -> str | None:
+        return super().reasoning_end_marker() if self.thinking_enabled else None
+
     def scan(self, text: str, final: bool) -> ReasoningScan:
         if not self.thinking_enabled:
             return ReasoningScan(0, 0, 0)

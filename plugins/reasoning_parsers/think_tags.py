@@ -43,6 +43,9 @@ class ThinkTagReasoningParser(ReasoningParser):
         reasoning_end, content_start = self.reasoning_end(text, start, final)
         return ReasoningScan(start, reasoning_end, content_start)
 
+    def reasoning_end_marker(self) -> str | None:
+        return self.end_tag
+
     def reasoning_end(self, text: str, start: int, final: bool) -> tuple[int, int | None]:
         """Where the reasoning ends and the content starts, once known; until then
         how far the reasoning is decided, and None."""

@@ -218,3 +218,19 @@ def test_bad_constraints_are_refused_before_queueing(
         core.make_requests([1, 2, 3], SamplingParams(structured_outputs=spec), "bad")
     assert info.value.param == "structured_outputs"
     assert not core.has_work()
+
+
+def test_a_constraint_waits_for_its_start_after_tokens(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    """As after a reasoning's end: the grammar applies from the token after
+    `start_after`, which the model generates freely (here: its own first two tokens)."""
+    core = make_core(smollm2, tokenizer)
+    prompt = chat_prompt(tokenizer, "Is the sky blue?")
+    ((free,),) = run(core, [prompt], [SamplingParams(temperature=0.0, max_tokens=2)])
+    marker = free["ids"]
+    spec = StructuredOutputsParams(choice=["maybe", "never"], start_after=marker)
+    params = SamplingParams(temperature=0.0, max_tokens=20, structured_outputs=spec)
+    ((out,),) = run(core, [prompt], [params])
+    assert out["ids"][:2] == marker and out["finish"] == "stop"
+    assert tokenizer.decode(out["ids"][2:]) in ("maybe", "never")
