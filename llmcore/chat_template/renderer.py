@@ -95,6 +95,7 @@ def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                 data[name] = msgspec.to_builtins(value)
         if data.get("tool_calls"):  # an assistant message's
             data["tool_calls"] = [_tool_call(call) for call in data["tool_calls"]]
+            data.setdefault("content", "")  # a call with no text: as vLLM renders it
         out.append(data)
     return out
 

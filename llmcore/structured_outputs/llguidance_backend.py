@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 CACHE_SIZE = 256  # compiled grammars kept
 _MAX_ERROR_CHARS = 400
 _BEGIN_END = ("begin", "end")
-# JSON whitespace between tokens when the request says nothing: any of JSON's four
-# whitespace characters, as vLLM allows, but at most 32 in a row (room for pretty
-# printing) so that a small model sampling at temperature 1 cannot emit newlines
-# forever, the classic way a constrained generation runs to max_tokens.
-DEFAULT_WHITESPACE = r"[\x20\x0A\x0D\x09]{0,32}"
+# JSON whitespace between tokens when the request says nothing: one space, or a
+# newline and up to 16 spaces or tabs of indentation (compact, spaced and indented
+# JSON all fit). vLLM allows any run of whitespace there; a small model sampling at
+# temperature 1 then wanders into runs of spaces, tabs and newlines until
+# max_tokens, the classic way a constrained generation never ends.
+DEFAULT_WHITESPACE = r"(\x20|\n[\x20\t]{0,16})?"
 
 
 class LLGuidanceMatcher:

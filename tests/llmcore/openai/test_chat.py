@@ -156,7 +156,9 @@ def test_default_max_tokens_is_the_rest_of_the_context(client: Any) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        # tools alone mean tool_choice "auto", which needs --enable-auto-tool-choice
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+        ({"tools": [{"type": "function"}], "tool_choice": "none"}, "tools"),
         (
             {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"},
             "tool_choice",

@@ -138,6 +138,33 @@ def _completion_token_ids(client: Any, data: dict[str, Any]) -> None:
     )
 
 
+TOOL_X = [
+    {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {
+                "type": "object",
+                "properties": {"x": {"enum": [1, 2]}},
+                "required": ["x"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+
+
+def _one_call(finish_reason: str) -> Check:
+    def check(client: Any, data: dict[str, Any]) -> None:
+        [choice] = data["choices"]
+        [call] = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "f" and call["type"] == "function"
+        assert json.loads(call["function"]["arguments"])["x"] in (1, 2)
+        assert choice["finish_reason"] == finish_reason, data
+
+    return check
+
+
 def _text_in(*texts: str) -> Check:
     def check(client: Any, data: dict[str, Any]) -> None:
         choice = data["choices"][0]
@@ -281,15 +308,23 @@ CHAT_CASES: dict[str, tuple[dict[str, Any], Any]] = {
         {"max_completion_tokens": 2},
         lambda c, d: d["usage"]["completion_tokens"] == 2,
     ),
-    "tools": ({"tools": [{"type": "function", "function": {"name": "f"}}]}, REFUSED),
-    "tool_choice": ({"tool_choice": "auto"}, REFUSED),
+    "tools": (
+        {
+            "tools": TOOL_X,
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "max_tokens": 30,
+        },
+        _one_call("stop"),
+    ),
+    "tool_choice": ({"tool_choice": "auto"}, REFUSED),  # no tools (and no auto tool choice)
     "parallel_tool_calls": (
         {
-            "tools": [{"type": "function", "function": {"name": "f"}}],
-            "tool_choice": "none",
-            "parallel_tool_calls": True,
+            "tools": TOOL_X,
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+            "max_tokens": 40,
         },
-        REFUSED,
+        _one_call("tool_calls"),
     ),
     "reasoning_effort": ({"reasoning_effort": "low"}, REFUSED),
     "include_reasoning": ({"include_reasoning": False}, REFUSED),
