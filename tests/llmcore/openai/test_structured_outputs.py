@@ -97,8 +97,8 @@ def test_json_schemas_greedy(server: str) -> None:
         check_json(name, schema, choice)
 
 
-# Half the sampled requests use the default whitespace (at most 32 characters in a row
-# between two JSON tokens), half vLLM's compact option.
+# Half the sampled requests use the default whitespace (one space, or a newline and
+# some indentation, between two JSON tokens), half vLLM's compact option.
 BOUNDED_WHITESPACE: tuple[dict[str, Any], ...] = ({}, {"disable_any_whitespace": True})
 
 
