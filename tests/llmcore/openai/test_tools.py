@@ -266,3 +266,49 @@ def test_llm_chat_returns_parsed_tool_calls(smollm2_path: Path) -> None:
     assert plain.outputs[0].tool_calls is None
     with pytest.raises(llmcore.InvalidRequestError, match="tool_choice"):
         llm.chat(messages, params, tools=TOOLS)  # "auto" needs a tool_call_parser
+
+
+HERMES_CALL = (
+    r'<tool_call>\n\{"name": "add", "arguments": \{"a": [0-9], "b": [0-9]\}\}\n</tool_call>'
+)
+
+
+@pytest.fixture(scope="module")
+def auto_server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("tools-auto") / "server.log"
+    srv = ServerProcess(log, str(smollm2_path), "--dtype", "float32",
+                        "--kv-cache-memory", "256MiB", "--max-model-len", "2048",
+                        "--enable-auto-tool-choice", "--tool-call-parser", "hermes")  # fmt: skip
+    yield srv.url + "/v1"
+    assert srv.stop() == 0
+    assert "Traceback" not in srv.log
+
+
+def test_auto_reads_the_models_own_calls_with_its_parser(auto_server: str) -> None:
+    """SmolLM2 was not trained to call tools, so a regex makes it write a hermes call
+    (tool_choice "auto" may be combined with a response constraint); the hermes parser
+    then finds it, whole and streamed, and plain answers stay content."""
+    forced = {"guided_regex": HERMES_CALL}
+
+    async def work(client: Any) -> tuple[Any, list[Any], Any]:
+        whole = await ask(client, messages=ADD_MESSAGES, temperature=0, extra_body=forced)
+        stream = await ask(client, messages=ADD_MESSAGES, temperature=0, extra_body=forced,
+                           stream=True)  # fmt: skip
+        plain = await ask(client, temperature=0, max_tokens=8)
+        return whole, [chunk async for chunk in stream], plain
+
+    whole, chunks, plain = run(auto_server, work)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "add"
+    check_calls([call])
+    streamed = ""
+    for chunk in chunks:
+        for c in chunk.choices:
+            assert not c.delta.content  # the call's markup never reaches the content
+            for delta in c.delta.tool_calls or []:
+                streamed += delta.function.arguments or ""
+    assert json.loads(streamed) == json.loads(call.function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert plain.choices[0].message.tool_calls is None and plain.choices[0].message.content
