@@ -18,6 +18,7 @@ tokenizer; every refusal is an `InvalidRequestError` naming the request field.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -225,11 +226,21 @@ def _short(message: str) -> str:
 
 
 def json_schema_error(schema: dict[str, Any]) -> str | None:
-    """Why llguidance cannot compile `schema` (None when it can); no tokenizer needed."""
+    """Why llguidance cannot compile `schema` (None when it can); no tokenizer needed.
+    Answers are cached by the schema's text (agents send the same tools every turn)."""
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return _short(str(exc) or type(exc).__name__)
+    return _schema_text_error(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_text_error(text: str) -> str | None:
     import llguidance
 
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(text)
     except (ValueError, TypeError, RecursionError) as exc:
         return _short(str(exc) or type(exc).__name__)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
