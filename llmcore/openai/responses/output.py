@@ -89,7 +89,7 @@ def output_items(message: ChatMessageOut, status: str) -> list[OutputItem]:
     items: list[OutputItem] = []
     if message.reasoning_content:
         items.append(reasoning_item(message.reasoning_content, status))
-    if message.content or not message.tool_calls:
+    if message.content or not (message.tool_calls or items):  # an empty answer: one message
         items.append(message_item(message.content or "", status))
     for call in message.tool_calls or []:
         items.append(
