@@ -56,7 +56,15 @@ from llmcore.openai.protocol import (
     VersionResponse,
 )
 from llmcore.openai.request_log import RequestLogger
-from llmcore.openai.responses import RESPONSES_DECODER, ResponsesAPI, ResponseStore, response_sse
+from llmcore.openai.responses import (
+    RESPONSES_DECODER,
+    Response,
+    ResponsesAPI,
+    ResponsesRequest,
+    ResponseStore,
+    ResponseStreamEvent,
+    response_sse,
+)
 from llmcore.openai.routes import (
     MODEL_PREFIX,
     RouteSpec,
@@ -228,6 +236,13 @@ class OpenAIService:
     ) -> CompletionResponse | AsyncIterator[CompletionChunk]:
         """As `create_chat_completion`, for /v1/completions."""
         return await completions.create_completion(self.ctx, req, request_id)
+
+    async def create_response(
+        self, req: ResponsesRequest, request_id: str
+    ) -> Response | AsyncIterator[ResponseStreamEvent]:
+        """As `create_chat_completion`, for /v1/responses (the stored response's
+        operations are on `self.responses`)."""
+        return await self.responses.create(req, request_id)
 
     async def create_embedding(self, req: EmbeddingRequest, request_id: str) -> EmbeddingResponse:
         """As `create_chat_completion`, for /v1/embeddings."""
