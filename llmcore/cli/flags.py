@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmcore.engine.config import parse_memory
+from llmcore.openai.options import RESPONSES_STORE_MAX_AGE, RESPONSES_STORE_MAX_ITEMS
 
 ENV_PREFIX = "LLMCORE_"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -83,6 +84,29 @@ def token_count(value: str) -> int:
     if count < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value!r}")
     return count
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value!r}")
+    return number
+
+
+def duration(value: str) -> float:
+    """Seconds, from "3600", "90s", "90m", "24h" or "30d"."""
+    text = value.strip()
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:].lower(), 0)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive duration, not {value!r}")
+    return seconds
 
 
 def origin_list(values: list[str] | None) -> tuple[str, ...]:
@@ -261,6 +285,16 @@ def add_service_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
                    "plugin's name")  # fmt: skip
     s.add_argument("--reasoning-parser-plugin", metavar="FILE",
                    help="a Python file that registers reasoning parsers")  # fmt: skip
+    s.add_argument("--responses-store", metavar="PATH",
+                   help="/v1/responses: keep stored responses in this SQLite file (kept "
+                   "across restarts); default: in memory")  # fmt: skip
+    s.add_argument("--responses-store-max-items", type=positive_int, metavar="N",
+                   default=RESPONSES_STORE_MAX_ITEMS,
+                   help="stored responses kept at most; the oldest go first")  # fmt: skip
+    s.add_argument("--responses-store-max-age", type=duration, metavar="AGE",
+                   default=RESPONSES_STORE_MAX_AGE,
+                   help="how long a stored response is kept: seconds, or 90m, 24h, 30d "
+                   "(default 30d)")  # fmt: skip
     s.add_argument("--enable-server-load-tracking", action="store_true",
                    help="accepted for vLLM: /load and llmcore_server_load are always "
                    "on")  # fmt: skip

@@ -117,6 +117,9 @@ def service_options(args: argparse.Namespace) -> ServiceOptions:
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         tool_call_parser=args.tool_call_parser,
         reasoning_parser=args.reasoning_parser,
+        responses_store=args.responses_store,
+        responses_store_max_items=args.responses_store_max_items,
+        responses_store_max_age=args.responses_store_max_age,
     )
 
 

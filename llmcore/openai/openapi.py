@@ -11,6 +11,7 @@ for the shape of its body; the document is built once per process.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -140,9 +141,11 @@ def _operation(spec: RouteSpec) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": _ref(spec.request)}},
         }
-    if "{model}" in spec.path:
+    names = re.findall(r"\{(\w+)\}", spec.path)  # {model}, {response_id}
+    if names:
         operation["parameters"] = [
-            {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in names
         ]
     return operation
 

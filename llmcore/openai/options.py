@@ -1,13 +1,17 @@
 """`ServiceOptions`: server-wide switches of the OpenAI service, under vLLM's flag names.
 
 Invariant: every field has a flag of the same name (`--response-role`, ...) in
-`llmcore serve`, and the default is vLLM's default, so a service built with no
-options answers as `vllm serve` does with no flags.
+`llmcore serve`, and the default is vLLM's default (llmcore's own for the fields
+vLLM lacks, `responses_store*`), so a service built with no options answers as
+`vllm serve` does with no flags.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+RESPONSES_STORE_MAX_ITEMS = 10_000  # stored responses kept at most (the oldest go first)
+RESPONSES_STORE_MAX_AGE = 30 * 24 * 3600.0  # seconds: 30 days, as OpenAI keeps responses
 
 
 @dataclass(slots=True, frozen=True)
@@ -23,3 +27,8 @@ class ServiceOptions:
     enable_auto_tool_choice: bool = False  # tool_choice "auto" (needs tool_call_parser)
     tool_call_parser: str | None = None  # the registered name (llmcore.parsers)
     reasoning_parser: str | None = None  # the registered name: reasoning_content in answers
+    # llmcore's: where /v1/responses keeps stored responses (None: in memory), and how many
+    # and how long (seconds).
+    responses_store: str | None = None
+    responses_store_max_items: int = RESPONSES_STORE_MAX_ITEMS
+    responses_store_max_age: float = RESPONSES_STORE_MAX_AGE

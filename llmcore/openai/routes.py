@@ -32,8 +32,16 @@ from llmcore.openai.protocol import (
     TokenizeResponse,
     VersionResponse,
 )
+from llmcore.openai.responses.wire import (
+    DeletedResponse,
+    Response,
+    ResponsesRequest,
+    ResponseStreamEvent,
+)
 
 MODEL_PREFIX = "/v1/models/"  # /v1/models/{model}: the rest of the path is the model's name
+RESPONSE_PREFIX = "/v1/responses/"  # /v1/responses/{response_id}[/cancel]
+CANCEL_SUFFIX = "/cancel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,39 @@ ROUTES: tuple[RouteSpec, ...] = (
         CompletionRequest,
         CompletionResponse,
         CompletionChunk,
+    ),
+    RouteSpec(
+        "/v1/responses",
+        "POST",
+        "create_response",
+        "Create a response (the Responses API)",
+        ResponsesRequest,
+        Response,
+        ResponseStreamEvent,
+    ),
+    RouteSpec(
+        "/v1/responses/{response_id}",
+        "GET",
+        "retrieve_response",
+        "A stored (or running) response",
+        None,
+        Response,
+    ),
+    RouteSpec(
+        "/v1/responses/{response_id}",
+        "DELETE",
+        "delete_response",
+        "Delete a stored response",
+        None,
+        DeletedResponse,
+    ),
+    RouteSpec(
+        "/v1/responses/{response_id}/cancel",
+        "POST",
+        "cancel_response",
+        "Cancel a running response (400 once it has finished)",
+        None,
+        Response,
     ),
     RouteSpec(
         "/v1/embeddings",
@@ -149,7 +190,23 @@ def route_path(path: str) -> str:
     "/v1/models/{model}")."""
     if path.startswith(MODEL_PREFIX):
         return "/v1/models/{model}"
+    if path.startswith(RESPONSE_PREFIX):
+        return _response_route(path[len(RESPONSE_PREFIX) :]) or path
     return path
+
+
+def _response_route(rest: str) -> str | None:
+    """The route of "/v1/responses/" + `rest`: an id, or an id and "/cancel"."""
+    response_id = rest.removesuffix(CANCEL_SUFFIX)
+    if not response_id or "/" in response_id:
+        return None
+    suffix = CANCEL_SUFFIX if response_id != rest else ""
+    return "/v1/responses/{response_id}" + suffix
+
+
+def response_id_of(path: str) -> str:
+    """The {response_id} of a normalized /v1/responses/{response_id}[/cancel] path."""
+    return path[len(RESPONSE_PREFIX) :].removesuffix(CANCEL_SUFFIX)
 
 
 def routes_by_path() -> dict[str, dict[str, RouteSpec]]:

@@ -56,7 +56,23 @@ from llmcore.openai.protocol import (
     VersionResponse,
 )
 from llmcore.openai.request_log import RequestLogger
-from llmcore.openai.routes import MODEL_PREFIX, RouteSpec, normalize, route_path, routes_by_path
+from llmcore.openai.responses import (
+    RESPONSES_DECODER,
+    Response,
+    ResponsesAPI,
+    ResponsesRequest,
+    ResponseStore,
+    ResponseStreamEvent,
+    response_sse,
+)
+from llmcore.openai.routes import (
+    MODEL_PREFIX,
+    RouteSpec,
+    normalize,
+    response_id_of,
+    route_path,
+    routes_by_path,
+)
 from llmcore.openai.streaming import ClosingStream, sse_stream
 from llmcore.openai.vllm_metrics import VLLMMetrics
 
@@ -120,10 +136,22 @@ class OpenAIService:
             options,
         )
         self.max_body_bytes = max_body_bytes
+        self.responses = ResponsesAPI(
+            self.ctx,
+            ResponseStore(
+                options.responses_store,
+                max_items=options.responses_store_max_items,
+                max_age=options.responses_store_max_age,
+            ),
+        )
         self._routes = routes_by_path()
         self._handlers: dict[str, Handler] = {
             "create_chat_completion": self._chat,
             "create_completion": self._completion,
+            "create_response": self._create_response,
+            "retrieve_response": self._retrieve_response,
+            "delete_response": self._delete_response,
+            "cancel_response": self._cancel_response,
             "create_embedding": self._embedding,
             "pooling": self._pooling,
             "score": self._score,
@@ -209,6 +237,13 @@ class OpenAIService:
         """As `create_chat_completion`, for /v1/completions."""
         return await completions.create_completion(self.ctx, req, request_id)
 
+    async def create_response(
+        self, req: ResponsesRequest, request_id: str
+    ) -> Response | AsyncIterator[ResponseStreamEvent]:
+        """As `create_chat_completion`, for /v1/responses (the stored response's
+        operations are on `self.responses`)."""
+        return await self.responses.create(req, request_id)
+
     async def create_embedding(self, req: EmbeddingRequest, request_id: str) -> EmbeddingResponse:
         """As `create_chat_completion`, for /v1/embeddings."""
         return await embeddings.create_embedding(self.ctx, req, request_id)
@@ -222,6 +257,22 @@ class OpenAIService:
     async def _completion(self, request: ServiceRequest, path: str) -> Answer:
         req = COMPLETION_DECODER.decode(request.body)
         return _answer(await completions.create_completion(self.ctx, req, request.request_id))
+
+    async def _create_response(self, request: ServiceRequest, path: str) -> Answer:
+        req = RESPONSES_DECODER.decode(request.body)
+        result = await self.responses.create(req, request.request_id)
+        if isinstance(result, ClosingStream):
+            return ServiceStream(response_sse(result))
+        return _json(result)
+
+    async def _retrieve_response(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(await self.responses.retrieve(response_id_of(path)))
+
+    async def _delete_response(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(await self.responses.delete(response_id_of(path)))
+
+    async def _cancel_response(self, request: ServiceRequest, path: str) -> Answer:
+        return _json(await self.responses.cancel(response_id_of(path)))
 
     async def _embedding(self, request: ServiceRequest, path: str) -> Answer:
         req = EMBEDDING_DECODER.decode(request.body)

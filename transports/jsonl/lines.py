@@ -155,7 +155,7 @@ def read_answer(job: Job, request_id: str, answer: Any) -> Result | LineError:
         message = error.get("message") or f"the service does not serve POST {job.url}"
         return LineError(job.line, job.custom_id, ErrorCode.INVALID_URL, str(message))
     usage = peek.usage if isinstance(peek.usage, dict) else {}
-    tokens = usage.get("completion_tokens")
+    tokens = usage.get("completion_tokens", usage.get("output_tokens"))  # chat / responses
     tokens = tokens if isinstance(tokens, int) else 0
     return Result(job.custom_id, request_id, status, body, tokens)
 
