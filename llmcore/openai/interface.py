@@ -56,7 +56,8 @@ class ServiceResponse:
 class ServiceStream:
     """A server-sent-events response. Each item of `chunks` is one complete event,
     `b"data: {...}\\n\\n"`, the last `b"data: [DONE]\\n\\n"`; an error after the
-    stream started is sent as one `data: {"error": ...}` event before `[DONE]`.
+    stream started is sent as one `data: {"error": ...}` event before `[DONE]`
+    (Anthropic's routes: `event: NAME\\ndata: {...}\\n\\n` events, no `[DONE]`).
     `chunks.aclose()` (when the client goes away) aborts the engine request."""
 
     chunks: AsyncIterator[bytes]
