@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.llmcore.openai.test_tools import TOOLS as CHAT_TOOLS
 from tests.server_process import ServerProcess
 
 anthropic = pytest.importorskip("anthropic")
@@ -31,30 +32,11 @@ GREEDY = {"temperature": 0}  # the client has no temperature argument: sent as e
 T = TypeVar("T")
 SYSTEM = "You are a helpful assistant."
 HELLO = [{"role": "user", "content": "Say hello to Paris in one sentence."}]
-ADD = {
-    "name": "add",
-    "description": "Add two integers",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
-            "b": {"type": "integer", "minimum": -1000, "maximum": 1000},
-        },
-        "required": ["a", "b"],
-        "additionalProperties": False,
-    },
-}
-WEATHER = {
-    "name": "get_weather",
-    "description": "The current weather of a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 40}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-}
-TOOLS = [WEATHER, ADD]
+# test_tools' chat tools, as Anthropic spells them
+TOOLS = [
+    {"name": f["name"], "description": f["description"], "input_schema": f["parameters"]}
+    for f in (tool["function"] for tool in CHAT_TOOLS)
+]
 SCHEMAS = {t["name"]: t["input_schema"] for t in TOOLS}
 ASK_ADD = [{"role": "user", "content": "What is 2 plus 3?"}]
 
