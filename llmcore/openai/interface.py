@@ -56,7 +56,9 @@ class ServiceResponse:
 class ServiceStream:
     """A server-sent-events response. Each item of `chunks` is one complete event,
     `b"data: {...}\\n\\n"`, the last `b"data: [DONE]\\n\\n"`; an error after the
-    stream started is sent as one `data: {"error": ...}` event before `[DONE]`.
+    stream started is sent as one `data: {"error": ...}` event before `[DONE]`
+    (the Responses and Anthropic routes: typed `event: NAME\\ndata: {...}\\n\\n`
+    events, with no `[DONE]`).
     `chunks.aclose()` (when the client goes away) aborts the engine request."""
 
     chunks: AsyncIterator[bytes]

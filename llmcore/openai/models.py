@@ -16,7 +16,7 @@ from llmcore.openai.protocol import ModelCard, ModelList
 def capabilities(model: ServedModel) -> list[str]:
     if model.task == "embed":
         return ["embeddings", "pooling", "score", "rerank", "tokenize"]
-    return ["completions", *(["chat"] if model.chat_template else []), "tokenize"]
+    return ["completions", *(["chat", "messages"] if model.chat_template else []), "tokenize"]
 
 
 def model_card(model: ServedModel) -> ModelCard:

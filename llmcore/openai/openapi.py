@@ -12,11 +12,13 @@ for the shape of its body; the document is built once per process.
 from __future__ import annotations
 
 import re
+import typing
 from functools import cache
 from typing import Any
 
 import msgspec
 
+from llmcore.anthropic import ErrorEvent
 from llmcore.openai.protocol import ErrorResponse
 from llmcore.openai.routes import ROUTES, RouteSpec
 
@@ -88,14 +90,21 @@ def _array_of(schema: dict[str, Any]) -> dict[str, Any]:
     return next(branch for branch in schema["anyOf"] if branch.get("type") == "array")
 
 
+_ERRORS = {"openai": ErrorResponse, "anthropic": ErrorEvent}  # by RouteSpec.api
+
+
 def _types() -> list[Any]:
-    types: list[Any] = [ErrorResponse]
+    types: list[Any] = list(_ERRORS.values())
     for spec in ROUTES:
         types.extend(t for t in (spec.request, spec.response, spec.stream) if t is not None)
     return list(dict.fromkeys(types))
 
 
-def _ref(t: type) -> dict[str, str]:
+def _ref(t: Any) -> dict[str, Any]:
+    """A reference to `t`'s schema; a union (Anthropic's stream events): one of them."""
+    members = typing.get_args(t)
+    if members:
+        return {"oneOf": [_ref(m) for m in members]}
     return {"$ref": _REF.format(name=t.__name__)}
 
 
@@ -110,7 +119,7 @@ def _success(spec: RouteSpec) -> dict[str, Any]:
     if spec.stream is not None:
         content["text/event-stream"] = {
             "schema": {"type": "string"},
-            "x-sse-data": _ref(spec.stream),  # each `data:` event holds one such chunk
+            "x-sse-data": _ref(spec.stream),  # each `data:` line holds one such chunk
         }
     return {"description": "OK", "content": content}
 
@@ -129,7 +138,7 @@ def _operation_id(spec: RouteSpec) -> str:
 def _operation(spec: RouteSpec) -> dict[str, Any]:
     error = {
         "description": "Error",
-        "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+        "content": {"application/json": {"schema": _ref(_ERRORS[spec.api])}},
     }
     operation: dict[str, Any] = {
         "operationId": _operation_id(spec),

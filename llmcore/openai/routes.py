@@ -7,7 +7,15 @@ dispatches on it and the OpenAPI document is generated from it, so they agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from llmcore.anthropic import (
+    CountTokensRequest,
+    CountTokensResponse,
+    Message,
+    MessagesRequest,
+    StreamEvent,
+)
 from llmcore.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -52,8 +60,9 @@ class RouteSpec:
     summary: str
     request: type | None = None  # JSON body type (POST routes)
     response: type | None = None  # JSON response type; None: not JSON (see content_type)
-    stream: type | None = None  # SSE chunk type, when the route can stream
+    stream: Any = None  # SSE chunk type (or a union of event types), when the route can stream
     content_type: str = "application/json"
+    api: str = "openai"  # whose error shape the route answers in: "openai" or "anthropic"
 
 
 ROUTES: tuple[RouteSpec, ...] = (
@@ -107,6 +116,25 @@ ROUTES: tuple[RouteSpec, ...] = (
         "Cancel a running response (400 once it has finished)",
         None,
         Response,
+    ),
+    RouteSpec(
+        "/v1/messages",
+        "POST",
+        "create_message",
+        "Create a message (Anthropic's Messages API)",
+        MessagesRequest,
+        Message,
+        StreamEvent,
+        api="anthropic",
+    ),
+    RouteSpec(
+        "/v1/messages/count_tokens",
+        "POST",
+        "count_message_tokens",
+        "Count a message's input tokens (Anthropic's Messages API)",
+        CountTokensRequest,
+        CountTokensResponse,
+        api="anthropic",
     ),
     RouteSpec(
         "/v1/embeddings",

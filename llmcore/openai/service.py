@@ -3,7 +3,8 @@ routes a request and answers it; `create_chat_completion` / `create_completion`
 are the typed entry points for in-process callers.
 
 Invariants: `handle` never raises (cancellation aside): every error becomes an
-OpenAI-shaped error response with its status (400 bad input, 404 unknown route or
+error response in its route's API's shape (OpenAI's; Anthropic's on /v1/messages)
+with its status (400 bad input, 404 unknown route or
 model, 405 wrong method, 413/415 bad body, 503 dead engine or full queue, 500 with
 a generic message for the unexpected, which is logged); every answered request is
 counted in the metrics by route and status; after a request whose body was large
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from llmcore import anthropic
 from llmcore.cpu_malloc import release_free_memory
 from llmcore.errors import (
     MethodNotAllowedError,
@@ -99,7 +101,11 @@ def _answer(result: msgspec.Struct | ClosingStream[Any]) -> Answer:
     return _json(result)
 
 
-def _error(exc: Exception) -> ServiceResponse:
+def _error(exc: Exception, api: str = "openai") -> ServiceResponse:
+    """`exc` in the error shape of the route's API (its `RouteSpec.api`)."""
+    if api == "anthropic":
+        status, body, headers = anthropic.anthropic_error(exc)
+        return ServiceResponse(status, body, headers=headers)
     status, body = error_body(exc)
     return ServiceResponse(status, body, headers=error_headers(exc))
 
@@ -152,6 +158,8 @@ class OpenAIService:
             "retrieve_response": self._retrieve_response,
             "delete_response": self._delete_response,
             "cancel_response": self._cancel_response,
+            "create_message": self._message,
+            "count_message_tokens": self._count_message_tokens,
             "create_embedding": self._embedding,
             "pooling": self._pooling,
             "score": self._score,
@@ -177,7 +185,7 @@ class OpenAIService:
     # ---- the transport's entry point ----------------------------------------------------
 
     async def handle(self, request: ServiceRequest) -> ServiceResponse | ServiceStream:
-        """Answer one request. Never raises: errors become OpenAI-shaped error responses."""
+        """Answer one request. Never raises: errors become error responses (`_error`)."""
         route = "unknown"  # the metrics label: a route template, never a raw path
         try:
             path = normalize(request.path)
@@ -188,11 +196,16 @@ class OpenAIService:
                 self._check_body(request)
             answer = await self._handlers[spec.operation](request, path)
         except Exception as exc:
-            answer = _error(exc)
+            answer = _error(exc, self._api(request.path))
         self.metrics.count_request(route, answer.status)
         if len(request.body) >= RELEASE_MEMORY_AFTER_BYTES:
             await asyncio.to_thread(release_free_memory)
         return answer
+
+    def _api(self, path: str) -> str:
+        """The API whose error shape `path` answers in (OpenAI's for unknown paths)."""
+        methods = self._routes.get(route_path(normalize(path)))
+        return next(iter(methods.values())).api if methods else "openai"
 
     def _route(self, method: str, path: str) -> RouteSpec:
         methods = self._routes.get(route_path(path))
@@ -273,6 +286,17 @@ class OpenAIService:
 
     async def _cancel_response(self, request: ServiceRequest, path: str) -> Answer:
         return _json(await self.responses.cancel(response_id_of(path)))
+
+    async def _message(self, request: ServiceRequest, path: str) -> Answer:
+        req = anthropic.MESSAGES_DECODER.decode(request.body)
+        result = await anthropic.create_message(self.ctx, req, request.request_id)
+        if isinstance(result, ClosingStream):
+            return ServiceStream(result)
+        return _json(result)
+
+    async def _count_message_tokens(self, request: ServiceRequest, path: str) -> Answer:
+        req = anthropic.COUNT_TOKENS_DECODER.decode(request.body)
+        return _json(await anthropic.count_tokens(self.ctx, req))
 
     async def _embedding(self, request: ServiceRequest, path: str) -> Answer:
         req = EMBEDDING_DECODER.decode(request.body)

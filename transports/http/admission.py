@@ -90,7 +90,7 @@ class RequestAdmission:
         return (
             self._check_header_limits(head)
             or self._check_preflight(head)
-            or self._auth.check(head.path, head.get("authorization"))
+            or self._auth.check(head.path, head.get("authorization"), head.get("x-api-key"))
             or self._check_content_length(head)
         )
 
@@ -114,7 +114,7 @@ class RequestAdmission:
     def _check_content_length(self, head: RequestHead) -> EarlyResponse | None:
         declared = head.get("content-length")
         if declared is not None and int(declared) > self._config.max_body_size:
-            return body_too_large(self._config.max_body_size)
+            return body_too_large(self._config.max_body_size, head.path)
         return None
 
 

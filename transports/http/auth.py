@@ -1,7 +1,8 @@
-"""API-key authentication: `Authorization: Bearer <key>` checked against every
-configured key with hmac.compare_digest. Invariant: with keys configured, only the
-public paths are served without a matching key, and the comparison time does not
-depend on which key (if any) matched.
+"""API-key authentication: `Authorization: Bearer <key>`, or `x-api-key: <key>` (how
+Anthropic's clients send it), checked against every configured key with
+hmac.compare_digest. Invariant: with keys configured, only the public paths are
+served without a matching key (either header may carry it), and the comparison
+time does not depend on which key (if any) matched.
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ class APIKeyAuth:
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def check(self, path: str, authorization: str | None) -> EarlyResponse | None:
-        """None when the request may pass, else the 401 to send."""
+    def check(
+        self, path: str, authorization: str | None, x_api_key: str | None = None
+    ) -> EarlyResponse | None:
+        """None when the request may pass, else the 401 to send (in the error shape
+        of `path`'s API)."""
         if not self._keys or path in self._public_paths:
             return None
-        token = _bearer_token(authorization)
-        if token is not None and self._matches(token.encode("latin-1")):
+        tokens = [t for t in (_bearer_token(authorization), _stripped(x_api_key)) if t]
+        matched = False
+        for token in tokens:  # both, no early exit
+            matched |= self._matches(token.encode("latin-1"))
+        if matched:
             return None
-        message = "Missing API key." if token is None else "Incorrect API key provided."
-        response = EarlyResponse.error(401, message)
+        message = "Incorrect API key provided." if tokens else "Missing API key."
+        response = EarlyResponse.error(401, message, path=path)
         response.headers.append(("www-authenticate", "Bearer"))
         return response
 
@@ -42,6 +49,10 @@ class APIKeyAuth:
         for key in self._keys:  # every key, no early exit
             matched |= hmac.compare_digest(token, key)
         return matched
+
+
+def _stripped(value: str | None) -> str | None:
+    return (value.strip() or None) if value is not None else None
 
 
 def _bearer_token(authorization: str | None) -> str | None:

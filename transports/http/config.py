@@ -65,7 +65,9 @@ class HTTPConfig:
     public_paths: tuple[str, ...] = ("/health", "/ping", "/version")
     allowed_origins: tuple[str, ...] = ()
     allowed_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
-    allowed_headers: tuple[str, ...] = ("authorization", "content-type", "x-request-id")
+    allowed_headers: tuple[str, ...] = (
+        "authorization", "content-type", "x-request-id", "x-api-key", "anthropic-version"
+    )  # fmt: skip
     allow_credentials: bool = False
     cors_max_age: int = 600
     enable_request_id_headers: bool = False

@@ -247,7 +247,8 @@ class HTTPCycle:
             if isinstance(event, h11.Data):
                 self._body_size += len(event.data)
                 if self._body_size > self._config.max_body_size:
-                    return self._answer(body_too_large(self._config.max_body_size))
+                    path = self._head.path if self._head is not None else None
+                    return self._answer(body_too_large(self._config.max_body_size, path))
                 self._body.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 return self._dispatch()

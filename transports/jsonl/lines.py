@@ -151,11 +151,13 @@ def read_answer(job: Job, request_id: str, answer: Any) -> Result | LineError:
     status = int(answer.status)
     body, peek = _answer_body(bytes(answer.body), str(answer.content_type))
     error = peek.error if isinstance(peek.error, dict) else {}
-    if status == 405 or (status == 404 and error.get("param") is None):
+    # (OpenAI's error shape always has "param"; Anthropic's, on /v1/messages, never:
+    # there a 404 is an unknown model, the route exists.)
+    if status == 405 or (status == 404 and "param" in error and error["param"] is None):
         message = error.get("message") or f"the service does not serve POST {job.url}"
         return LineError(job.line, job.custom_id, ErrorCode.INVALID_URL, str(message))
     usage = peek.usage if isinstance(peek.usage, dict) else {}
-    tokens = usage.get("completion_tokens", usage.get("output_tokens"))  # chat / responses
+    tokens = usage.get("completion_tokens", usage.get("output_tokens"))  # chat / the others
     tokens = tokens if isinstance(tokens, int) else 0
     return Result(job.custom_id, request_id, status, body, tokens)
 

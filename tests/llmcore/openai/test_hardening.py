@@ -218,6 +218,8 @@ FIELDS = ["model", "messages", "prompt", "input", "n", "stream", "logit_bias",
 BASES = {
     "/v1/chat/completions": chat_body(),
     "/v1/completions": {"model": CHAT, "prompt": "Hi", "max_tokens": 1},
+    "/v1/messages": chat_body(),
+    "/v1/messages/count_tokens": chat_body(),
     "/tokenize": {"model": CHAT, "prompt": "Hi"},
     "/detokenize": {"model": CHAT, "tokens": [1, 2]},
 }

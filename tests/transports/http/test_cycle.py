@@ -4,6 +4,7 @@ the actions, and parses the bytes the cycle framed with an h11 client."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import h11
@@ -283,6 +284,16 @@ def test_a_chunked_body_over_the_limit_is_413() -> None:
     action = feed(cycle, b"40\r\n" + b"x" * 64 + b"\r\n40\r\n" + b"y" * 64 + b"\r\n")
     assert isinstance(action, Respond) and action.status == 413
     assert cycle.next_action() == Close(linger=True)
+
+
+def test_a_body_over_the_limit_on_v1_messages_is_anthropics_413() -> None:
+    cycle = make_cycle(max_body_size=100)
+    head = b"POST /v1/messages HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+    assert feed(cycle, head) == ReadMore(Wait.BODY)
+    action = feed(cycle, b"80\r\n" + b"x" * 128 + b"\r\n")
+    assert isinstance(action, Respond) and action.status == 413
+    body = json.loads(action.data.split(b"\r\n\r\n", 1)[1])
+    assert body["type"] == "error" and body["error"]["type"] == "request_too_large"
 
 
 def test_a_head_too_large_is_431() -> None:

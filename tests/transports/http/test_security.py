@@ -51,6 +51,24 @@ async def test_any_configured_key_is_accepted(running: Any, connect: Any) -> Non
     assert reply.status == 200
 
 
+async def test_x_api_key_is_a_key_and_anthropic_paths_get_anthropics_401(
+    running: Any, connect: Any, fake: FakeService
+) -> None:
+    async with running(api_keys=KEYS) as server, connect(server) as client:
+        ok = await client.request("POST", "/v1/x", body=b"{}", headers=[("x-api-key", "first-key")])
+        client.next_cycle()
+        wrong = await client.request(
+            "POST", "/v1/messages", body=b"{}", headers=[("x-api-key", "nope")]
+        )
+        client.next_cycle()
+        missing = await client.request("POST", "/v1/messages/count_tokens", body=b"{}")
+    assert ok.status == 200 and len(fake.requests) == 1
+    for reply, message in ((wrong, "Incorrect API key provided."), (missing, "Missing API key.")):
+        assert reply.status == 401
+        error = {"type": "authentication_error", "message": message}
+        assert reply.json() == {"type": "error", "error": error}
+
+
 async def test_public_paths_and_preflight_need_no_key(running: Any, connect: Any) -> None:
     options = {"api_keys": KEYS, "allowed_origins": (ORIGIN,)}
     async with running(**options) as server, connect(server) as client:

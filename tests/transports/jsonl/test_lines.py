@@ -101,6 +101,16 @@ def test_a_404_without_a_param_is_an_unknown_url_but_with_one_it_is_a_response()
     assert isinstance(read_answer(JOB, "req", _Answer(405, b"")), LineError)
 
 
+def test_anthropic_answers_an_unknown_model_404_and_output_tokens() -> None:
+    """Anthropic's error shape (/v1/messages) has no param: its 404 is a response."""
+    model = b'{"type": "error", "error": {"type": "not_found_error", "message": "no model"}}'
+    result = read_answer(JOB, "req", _Answer(404, model))
+    assert isinstance(result, Result) and result.status == 404 and not result.ok
+    message = _Answer(200, b'{"content": [], "usage": {"input_tokens": 3, "output_tokens": 7}}')
+    result = read_answer(JOB, "req", message)
+    assert isinstance(result, Result) and result.completion_tokens == 7
+
+
 def test_output_lines_have_the_openai_shape_and_embed_the_body() -> None:
     answer = _Answer(200, b'{"choices": [], "usage": {"completion_tokens": 9}}')
     result = read_answer(JOB, "req-1", answer)
