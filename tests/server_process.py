@@ -5,15 +5,20 @@ pipe; `url` is known once the server says it is serving."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 _SERVING = re.compile(r"serving .* at (http://\S+)")
+T = TypeVar("T")
 
 
 class ServerProcess:
@@ -60,3 +65,30 @@ class ServerProcess:
         code = self.proc.wait(timeout=60)
         self._log.close()
         return code
+
+
+# The embedded SmolLM2 as the end-to-end tests serve it: float32 (the reference
+# dtype), a small KV cache, a context that holds every test's conversation.
+SMOLLM2_FLAGS = ("--dtype", "float32", "--kv-cache-memory", "256MiB", "--max-model-len", "2048")
+
+
+@contextlib.contextmanager
+def smollm2_server(model: Path, log_dir: Path, *flags: str) -> Iterator[ServerProcess]:
+    """A server on SmolLM2 with `flags` beside SMOLLM2_FLAGS; afterwards it must stop
+    cleanly (exit 0) with no traceback in its log."""
+    server = ServerProcess(log_dir / "server.log", str(model), *SMOLLM2_FLAGS, *flags)
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in server.log
+
+
+def run_openai(base_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """`work(client)` with a fresh `openai.AsyncOpenAI` on `base_url`, on a fresh loop."""
+    import openai
+
+    async def main() -> T:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="-", max_retries=0,
+                                      timeout=600) as client:  # fmt: skip
+            return await work(client)
+
+    return asyncio.run(main())

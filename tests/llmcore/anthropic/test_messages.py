@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.llmcore.openai.test_tools import TOOLS as CHAT_TOOLS
-from tests.server_process import ServerProcess
+from tests.server_process import smollm2_server
 
 anthropic = pytest.importorskip("anthropic")
 openai = pytest.importorskip("openai")
@@ -43,12 +43,8 @@ ASK_ADD = [{"role": "user", "content": "What is 2 plus 3?"}]
 
 @pytest.fixture(scope="module")
 def server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("messages") / "server.log"
-    srv = ServerProcess(log, str(smollm2_path), "--dtype", "float32", "--api-key", KEY,
-                        "--kv-cache-memory", "256MiB", "--max-model-len", "2048")  # fmt: skip
-    yield srv.url
-    assert srv.stop() == 0
-    assert "Traceback" not in srv.log
+    with smollm2_server(smollm2_path, tmp_path_factory.mktemp("messages"), "--api-key", KEY) as srv:
+        yield srv.url
 
 
 def run(server: str, work: Callable[[Any], Awaitable[T]], key: str = KEY) -> T:

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 import pytest
 
 from tests.llmcore.openai.structured_schemas import SCHEMAS
-from tests.server_process import ServerProcess
+from tests.server_process import run_openai, smollm2_server
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
@@ -39,23 +39,12 @@ T = TypeVar("T")
 @pytest.fixture(scope="module")
 def server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The server's /v1 URL (only the chat model: no embeddings model is loaded)."""
-    log = tmp_path_factory.mktemp("structured") / "server.log"
-    srv = ServerProcess(log, str(smollm2_path), "--dtype", "float32",
-                        "--kv-cache-memory", "256MiB", "--max-model-len", "2048")  # fmt: skip
-    yield srv.url + "/v1"
-    assert srv.stop() == 0
-    assert "Traceback" not in srv.log
+    with smollm2_server(smollm2_path, tmp_path_factory.mktemp("structured")) as srv:
+        yield srv.url + "/v1"
 
 
 def run(server: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    """`work(client)` with a fresh AsyncOpenAI client on a fresh event loop."""
-
-    async def main() -> T:
-        async with openai.AsyncOpenAI(base_url=server, api_key="-", max_retries=0,
-                                      timeout=600) as client:  # fmt: skip
-            return await work(client)
-
-    return asyncio.run(main())
+    return run_openai(server, work)
 
 
 def chat(client: Any, prompt: str, **kw: Any) -> Awaitable[Any]:

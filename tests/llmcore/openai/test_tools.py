@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.server_process import run_openai, smollm2_server
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
@@ -65,21 +65,12 @@ ASK = "What is the weather in Paris?"
 
 @pytest.fixture(scope="module")
 def server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("tools") / "server.log"
-    srv = ServerProcess(log, str(smollm2_path), "--dtype", "float32",
-                        "--kv-cache-memory", "256MiB", "--max-model-len", "2048")  # fmt: skip
-    yield srv.url + "/v1"
-    assert srv.stop() == 0
-    assert "Traceback" not in srv.log
+    with smollm2_server(smollm2_path, tmp_path_factory.mktemp("tools")) as srv:
+        yield srv.url + "/v1"
 
 
 def run(server: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with openai.AsyncOpenAI(base_url=server, api_key="-", max_retries=0,
-                                      timeout=600) as client:  # fmt: skip
-            return await work(client)
-
-    return asyncio.run(main())
+    return run_openai(server, work)
 
 
 def ask(client: Any, **kw: Any) -> Awaitable[Any]:
@@ -275,13 +266,9 @@ HERMES_CALL = (
 
 @pytest.fixture(scope="module")
 def auto_server(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("tools-auto") / "server.log"
-    srv = ServerProcess(log, str(smollm2_path), "--dtype", "float32",
-                        "--kv-cache-memory", "256MiB", "--max-model-len", "2048",
-                        "--enable-auto-tool-choice", "--tool-call-parser", "hermes")  # fmt: skip
-    yield srv.url + "/v1"
-    assert srv.stop() == 0
-    assert "Traceback" not in srv.log
+    flags = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    with smollm2_server(smollm2_path, tmp_path_factory.mktemp("tools-auto"), *flags) as srv:
+        yield srv.url + "/v1"
 
 
 def test_auto_reads_the_models_own_calls_with_its_parser(auto_server: str) -> None:
