@@ -5,10 +5,6 @@ FILE.yaml`), driven with the `openai` client; its `/metrics` has vLLM's names.""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +12,18 @@ from typing import Any
 
 import pytest
 
+from tests.server_process import ServerProcess
+
 pytestmark = pytest.mark.slow
 
 API_KEY = "vllm-style-key"
 NAME = "smol"
 
 
-class Server:
+class Server(ServerProcess):
+    """The server under a vLLM-style command line (`port: 0` in the YAML is
+    overridden by the command line's, as the command line wins)."""
+
     def __init__(self, model: Path, folder: Path) -> None:
         config = folder / "serve.yaml"
         config.write_text(
@@ -30,30 +31,10 @@ class Server:
             "enable_log_requests: true\nmax-log-len: 20\ntensor-parallel-size: 1\n"
             "enable-tokenizer-info-endpoint: true\nenable-prefix-caching: true\n"
         )
-        self.log_path = folder / "server.log"
-        self._log = self.log_path.open("w")
         argv = ["--model", str(model), "--served-model-name", NAME, "--api-key", API_KEY,
                 "--max-model-len", "1024", "--enable-prompt-tokens-details",
                 "--config", str(config)]  # fmt: skip
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmcore.http", *argv], stderr=self._log, text=True
-        )
-        self.url = f"http://127.0.0.1:{self._wait_for_port()}"
-
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            match = re.search(r"serving .* at http://127\.0\.0\.1:(\d+)", self.log)
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited:\n" + self.log)
-            time.sleep(0.1)
-        raise RuntimeError("server did not start:\n" + self.log)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
+        super().__init__(folder / "server.log", *argv)
 
     def get(self, path: str, method: str = "GET", key: str | None = API_KEY) -> tuple[int, str]:
         request = urllib.request.Request(self.url + path, method=method)
@@ -68,12 +49,6 @@ class Server:
     def client(self, key: str = API_KEY) -> Any:
         openai = pytest.importorskip("openai")
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self._log.close()
-        return code
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +18,8 @@ from pathlib import Path
 
 import h11
 import pytest
+
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -32,32 +31,11 @@ JSON_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/po
                "/detokenize"]  # fmt: skip
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        args = ["--port", "0", "--api-key", API_KEY, "--kv-cache-memory", "256MiB",
-                "--max-model-len", "2048", "--header-timeout", "2",
-                "--body-timeout", "1"]  # fmt: skip
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmcore.http", *args], stderr=self._log, text=True
-        )
-        self.port = self._wait_for_port()
-
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            match = re.search(r"serving .* at http://127\.0\.0\.1:(\d+)", self.log)
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited:\n" + self.log)
-            time.sleep(0.1)
-        raise RuntimeError("server did not start:\n" + self.log)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
+        args = ["--api-key", API_KEY, "--kv-cache-memory", "256MiB", "--max-model-len", "2048",
+                "--header-timeout", "2", "--body-timeout", "1"]  # fmt: skip
+        super().__init__(log_path, *args)
 
     def rss(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -65,12 +43,6 @@ class Server:
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=30)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self._log.close()
-        return code
 
 
 @pytest.fixture(scope="module")
