@@ -34,6 +34,7 @@ class LLM:
         tokenizer: str | os.PathLike[str] | None = None,
         dtype: str = "auto",
         device: str = "cpu",
+        quantization: str | None = None,
         chat_template: str | None = None,
         tool_call_parser: str | None = None,
         reasoning_parser: str | None = None,
@@ -49,7 +50,12 @@ class LLM:
             reasoning_parser=reasoning_parser,
         )
         self.core = build_core(
-            model, tokenizer=tokenizer, dtype=dtype, device=device, **engine_options
+            model,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            device=device,
+            quantization=quantization,
+            **engine_options,
         )
         self.tokenizer = self.core.tokenizer
         self.chat_template = ChatTemplate.resolve(

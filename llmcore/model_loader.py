@@ -1,7 +1,8 @@
 """Loading a model: a GGUF file or a Hugging Face folder, into an architecture plugin.
 
 `load_model(path)` decides the format, reads the config, asks the registry for the
-plugin class, and streams the weights (dequantized, in the runtime dtype) into it.
+plugin class, and streams the weights into it: dequantized to the runtime dtype, or,
+for a quantized GGUF on the CPU, as the blocks stored in the file (`ops.quant`).
 Every way this can fail ends in an `llmcore.errors.ModelLoadError` that names the
 file and what to do; nothing deeper leaks out.
 """
@@ -18,7 +19,7 @@ import torch
 from llmcore import registry
 from llmcore.cpu_malloc import tune_malloc
 from llmcore.default_model import default_chat_model_path
-from llmcore.errors import ModelNotFoundError
+from llmcore.errors import ModelNotFoundError, UnsupportedArchitectureError
 from llmcore.model_api import CausalLM
 from llmcore.model_config import ModelConfig, resolve_dtype
 from llmcore.weights import hf_folder
@@ -47,9 +48,14 @@ def load_model(
     *,
     dtype: str = "auto",
     device: str | torch.device = "cpu",
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load a model from a `.gguf` file or a Hugging Face folder (config.json +
-    safetensors); `None` loads the embedded default chat model."""
+    safetensors); `None` loads the embedded default chat model.
+
+    On the CPU a quantized GGUF keeps its blocks as stored under `dtype="auto"`
+    (activations and the KV cache float32); any explicit dtype dequantizes.
+    `quantization="int8"` turns float matmul weights into int8 rows at load."""
     model_path = Path(path) if path is not None else default_chat_model_path()
     if not model_path.exists():
         raise ModelNotFoundError(f"model path {str(model_path)!r} does not exist")
@@ -61,11 +67,24 @@ def load_model(
             raise ModelNotFoundError(
                 f"{model_path}: expected a .gguf file or a Hugging Face model folder"
             )
-        return _load_gguf(model_path, dtype, dev)
-    return _load_hf(model_path, dtype, dev)
+        return _load_gguf(model_path, dtype, dev, quantization)
+    return _load_hf(model_path, dtype, dev, quantization)
 
 
-def _load_gguf(path: Path, dtype: str, device: torch.device) -> LoadedModel:
+def _set_quantization(model: CausalLM, quantization: str | None) -> None:
+    if quantization in (None, "None", "gguf"):
+        return
+    setter = getattr(model, "set_quantization", None)
+    if setter is None:
+        raise UnsupportedArchitectureError(
+            f"--quantization {quantization}: {type(model).__name__} takes no quantization"
+        )
+    setter(quantization)
+
+
+def _load_gguf(
+    path: Path, dtype: str, device: torch.device, quantization: str | None
+) -> LoadedModel:
     gguf_file = GGUFFile.open(path)
     architecture = registry.architecture_from_gguf(gguf_file.architecture)
     cls = registry.resolve_model_class(architecture)
@@ -73,21 +92,27 @@ def _load_gguf(path: Path, dtype: str, device: torch.device) -> LoadedModel:
     config = gguf_file.model_config(architecture)
     torch_dtype = resolve_dtype(dtype, device, config.torch_dtype)
     model = cls(config, torch_dtype, device)
+    _set_quantization(model, quantization)
+    keep = dtype == "auto" and device.type == "cpu" and torch_dtype == torch.float32
+    keep = keep and hasattr(model, "set_quantization")  # the plugin takes QuantWeights
 
     def weights() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in gguf_file.tensors(torch_dtype):
-            yield cls.gguf_to_hf(name, tensor, config)
+        for name, tensor in gguf_file.tensors(torch_dtype, keep_quantized=keep):
+            yield cls.gguf_to_hf(name, tensor, config)  # type: ignore[arg-type]
 
     model.load_weights(weights())
     return LoadedModel(path, config, model, torch_dtype, device)
 
 
-def _load_hf(path: Path, dtype: str, device: torch.device) -> LoadedModel:
+def _load_hf(
+    path: Path, dtype: str, device: torch.device, quantization: str | None
+) -> LoadedModel:
     raw = hf_folder.read_config_json(path)
     cls = registry.resolve_model_class(hf_folder.architecture_of(raw))
     config = hf_folder.read_config(path, raw)
     torch_dtype = resolve_dtype(dtype, device, config.torch_dtype)
     model = cls(config, torch_dtype, device)
+    _set_quantization(model, quantization)
     # a plugin may take its weights in another dtype and convert them itself (BERT
     # keeps its norms and embeddings in float32 under a 16-bit matmul dtype)
     load_dtype = getattr(model, "weights_dtype", torch_dtype)

@@ -66,6 +66,14 @@ def octal_mode(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
 
 
+QUANTIZATIONS = ("int8",)
+
+
+def quantization(value: str) -> str | None:
+    """`--quantization`: vLLM's `gguf` and `None` mean the file's own format."""
+    return None if value in ("gguf", "None", "none") else value
+
+
 def dtype(value: str) -> str:
     """`--dtype`, with vLLM's `half` and `float` for float16 and float32."""
     return DTYPE_ALIASES.get(value, value)
@@ -167,7 +175,13 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
                    help="how the first model's template reads message content: as a string "
                    "or as OpenAI's list of parts (default auto: detected from the "
                    "template)")  # fmt: skip
-    g.add_argument("--dtype", default="auto", type=dtype, choices=DTYPES)
+    g.add_argument("--dtype", default="auto", type=dtype, choices=DTYPES,
+                   help="activations and weights; auto keeps a quantized GGUF's blocks as "
+                   "stored (float32 activations) on the CPU, any other value dequantizes")  # fmt: skip
+    g.add_argument("--quantization", "-q", type=quantization,
+                   choices=(*QUANTIZATIONS, None), metavar="{int8,gguf,None}",
+                   help="int8: float matmul weights become int8 rows at load (W8A8 "
+                   "kernels); gguf/None: a GGUF's own blocks, as without the flag")  # fmt: skip
     g.add_argument("--device", default="cpu")
 
 

@@ -147,6 +147,7 @@ def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool)
         task=spec.task,
         dtype=args.dtype,
         device=args.device,
+        quantization=getattr(args, "quantization", None),
         block_size=args.block_size,
         kv_cache_memory=args.kv_cache_memory,
         max_num_seqs=args.max_num_seqs,

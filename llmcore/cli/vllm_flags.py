@@ -175,8 +175,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _ok("--code-revision", "llmcore runs no code from model folders"),
     _no("--tokenizer-revision", _HUB),
     _same("--max-model-len"),
-    _ok("--quantization", "llmcore reads GGUF quantized weights as they are (other methods "
-        "are not supported)", short=("-q",), accepts=("gguf", "None")),
+    _same("--quantization"),
     _no("--quantization-config", "llmcore has no quantization methods to configure"),
     _ok("--allow-deprecated-quantization", "no quantization method is deprecated here", "bool"),
     _ok("--enforce-eager", _CUDA, "bool"),

@@ -62,6 +62,7 @@ class AsyncEngine:
         tokenizer: str | os.PathLike[str] | None = None,
         dtype: str = "auto",
         device: str = "cpu",
+        quantization: str | None = None,
         **engine_options: Any,
     ) -> AsyncEngine:
         """Blocking `from_pretrained`. The model is loaded on the thread that will run
@@ -72,7 +73,7 @@ class AsyncEngine:
         try:
             core = executor.submit(
                 build_core, model, tokenizer=tokenizer, dtype=dtype, device=device,
-                **engine_options,
+                quantization=quantization, **engine_options,
             ).result()  # fmt: skip
             return cls(core)  # steps on the same shared thread
         finally:
@@ -304,12 +305,13 @@ def build_core(
     tokenizer: str | os.PathLike[str] | None = None,
     dtype: str = "auto",
     device: str = "cpu",
+    quantization: str | None = None,
     **engine_options: Any,
 ) -> EngineCore:
     """Load model and tokenizer and build an `EngineCore` (blocking)."""
     from llmcore.model_loader import load_model
     from llmcore.tokenization.tokenizer import load_tokenizer
 
-    loaded = load_model(model, dtype=dtype, device=device)
+    loaded = load_model(model, dtype=dtype, device=device, quantization=quantization)
     tok = load_tokenizer(tokenizer if tokenizer is not None else loaded.path)
     return EngineCore(loaded, tok, EngineConfig(**engine_options))

@@ -3,7 +3,8 @@
 Parsing is the `gguf` package's (a memory map, no copies); this module checks the
 file is whole before anything is dequantized, turns every failure into an llmcore
 error that names the file, and maps GGUF metadata keys onto `ModelConfig`.
-Tensors come out dequantized to the runtime dtype under their GGUF names; the
+Tensors come out under their GGUF names, dequantized to the runtime dtype or, for
+the quantized CPU path, as `ops.quant.QuantWeight`s of the bytes as stored; the
 architecture plugin translates names and layouts.
 """
 
@@ -22,6 +23,16 @@ import torch
 from llmcore.errors import CorruptModelFileError, UnsupportedQuantizationError
 from llmcore.model_config import ModelConfig
 from llmcore.weights.gguf_quants import SUPPORTED_TYPES, dequantize
+from ops.quant import QuantType, QuantWeight, kernels_support
+
+# GGML types that are block-quantized (not plain float32/16/bf16).
+QUANTIZED_TYPES = frozenset(SUPPORTED_TYPES) - {0, 1, 30}
+
+
+def quantized_kernel_types() -> frozenset[int]:
+    """The quantized GGML types the CPU kernels multiply as stored (none without
+    the kernel library)."""
+    return frozenset(q for q in QUANTIZED_TYPES if q in QuantType._value2member_map_ and kernels_support(QuantType(q)))
 
 
 class GGUFFile:
@@ -87,16 +98,28 @@ class GGUFFile:
                     f"(supported: {supported})"
                 )
 
-    def tensors(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every tensor, dequantized to `dtype`, in PyTorch shape order."""
+    def tensors(
+        self, dtype: torch.dtype, *, keep_quantized: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor | QuantWeight]]:
+        """Every tensor in PyTorch shape order: dequantized to `dtype`, or, with
+        `keep_quantized`, each quantized matrix whose type the CPU kernels take as a
+        `QuantWeight` over the file's bytes as stored (a copy out of the memory map)."""
         self.check_quantization()
         for t in self._reader.tensors:
             shape = tuple(int(n) for n in reversed(t.shape.tolist()))
             raw = np.asarray(t.data)
+            qtype = int(t.tensor_type)
             try:
-                yield t.name, dequantize(raw, int(t.tensor_type), shape, dtype)
+                if keep_quantized and len(shape) == 2 and qtype in quantized_kernel_types():
+                    yield t.name, QuantWeight.from_raw(QuantType(qtype), raw, shape)
+                else:
+                    yield t.name, dequantize(raw, qtype, shape, dtype)
             except ValueError as exc:
                 raise CorruptModelFileError(f"{self.path}: tensor {t.name!r}: {exc}") from exc
+
+    def is_quantized(self) -> bool:
+        """Whether any matrix is stored in a block-quantized type."""
+        return any(int(t.tensor_type) in QUANTIZED_TYPES for t in self._reader.tensors)
 
     def model_config(self, architecture: str) -> ModelConfig:
         """The llama-family config from `{arch}.*` and `tokenizer.ggml.*` keys."""

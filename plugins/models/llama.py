@@ -6,6 +6,14 @@ Qwen2 adds q/k/v biases; tied embeddings where the config says so. At load time
 q/k/v are fused into one matrix and gate/up into another, so a layer is four
 matmuls. The forward pass runs a flat batch of tokens from many sequences and
 reads/writes the paged KV cache only through `ops`.
+
+Weights are float tensors, or `ops.quant.QuantWeight`s (GGUF blocks kept as
+stored, or int8 rows made at load by `--quantization int8`) multiplied by the
+quantized C kernels. Parts of one fused matmul that are quantized differently
+(a Q4_K_M file's Q6_K `attn_v` beside Q4_K q and k) stay separate parts whose
+outputs sit side by side. With every matmul quantized, a step of decode tokens
+runs the whole stack in one C call (`ops.fused_decode.DecoderStack`); the per-op
+path below stays the reference and runs every other step.
 """
 
 from __future__ import annotations
@@ -22,8 +30,14 @@ import ops
 from llmcore.errors import CorruptModelFileError, UnsupportedArchitectureError
 from llmcore.model_api import ForwardBatch, KVCache
 from llmcore.model_config import ModelConfig
+from ops.fused_decode import DecoderLayerWeights, DecoderStack, StackShape
 from ops.linear import Linear
+from ops.quant import QuantLinear, QuantWeight, quant_embedding, quantize_int8_rows
 from ops.rotary import build_rope_cache, rope_inv_freq
+
+Weight = torch.Tensor | QuantWeight
+Matmul = Linear | QuantLinear
+QUANTIZATIONS = ("int8",)  # --quantization methods applied at load
 
 _GGUF_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _GGUF_LAYER_NAMES = {
@@ -45,36 +59,72 @@ _GGUF_GLOBAL_NAMES = {
 }
 
 
-def _unpermute_qk(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+def _unpermute_qk(w: Weight, num_heads: int) -> Weight:
     """Undo llama.cpp's convert-time row permutation of q/k (GPT-J -> neox rope)."""
     rows = w.shape[0]
-    split = w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
-    return split.transpose(1, 2).reshape(w.shape)
+    order = torch.arange(rows).reshape(num_heads, rows // num_heads // 2, 2)
+    order = order.transpose(1, 2).reshape(rows)
+    return w.index_rows(order) if isinstance(w, QuantWeight) else w[order]
+
+
+def _fuse(parts: list[Weight]) -> list[Weight]:
+    """Row-stacked weights of one fused matmul: one matrix where they share a
+    format, else the parts as they are (their outputs go side by side)."""
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return [torch.cat(parts)]  # type: ignore[arg-type]
+    if all(isinstance(p, QuantWeight) for p in parts):
+        quant = [p for p in parts if isinstance(p, QuantWeight)]
+        if len({p.qtype for p in quant}) == 1:
+            return [QuantWeight.cat(quant)]
+    return parts
+
+
+def _matmul(weight: Weight, bias: torch.Tensor | None = None) -> Matmul:
+    if isinstance(weight, QuantWeight):
+        return QuantLinear(weight, bias)
+    return Linear(weight, bias)
+
+
+@dataclass(slots=True)
+class _Fused:
+    """One matmul of a layer as parts whose outputs sit side by side."""
+
+    parts: list[Matmul]
+
+    @classmethod
+    def of(cls, weights: list[Weight], bias: torch.Tensor | None = None) -> _Fused:
+        fused = _fuse(weights)
+        if len(fused) == 1:
+            return cls([_matmul(fused[0], bias)])
+        biases: list[torch.Tensor | None] = [None] * len(fused)
+        if bias is not None:
+            biases = list(bias.split([w.shape[0] for w in fused]))
+        return cls([_matmul(w, b) for w, b in zip(fused, biases, strict=True)])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0](x)
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+    def quantized(self) -> list[QuantLinear] | None:
+        parts = [p for p in self.parts if isinstance(p, QuantLinear)]
+        return parts if len(parts) == len(self.parts) else None
 
 
 @dataclass(slots=True)
 class _Layer:
     input_norm: torch.Tensor
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    o_proj: torch.Tensor
     post_norm: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
-    # The four matmuls over those weights (MKL-prepacked where that pays, ops.linear).
-    qkv_mm: Linear = field(init=False)
-    o_mm: Linear = field(init=False)
-    gate_up_mm: Linear = field(init=False)
-    down_mm: Linear = field(init=False)
+    qkv_mm: _Fused
+    o_mm: _Fused
+    gate_up_mm: _Fused
+    down_mm: _Fused
+    qkv_bias: torch.Tensor | None = field(default=None)
 
-    def __post_init__(self) -> None:
-        self.qkv_mm = Linear(self.qkv, self.qkv_bias)
-        self.o_mm = Linear(self.o_proj)
-        self.gate_up_mm = Linear(self.gate_up)
-        self.down_mm = Linear(self.down)
-
-    def linears(self) -> tuple[Linear, ...]:
-        return self.qkv_mm, self.o_mm, self.gate_up_mm, self.down_mm
+    def linears(self) -> list[Linear]:
+        """The float matmuls (MKL packing applies to them)."""
+        fused = (self.qkv_mm, self.o_mm, self.gate_up_mm, self.down_mm)
+        return [p for f in fused for p in f.parts if isinstance(p, Linear)]
 
 
 class LlamaForCausalLM:
@@ -101,17 +151,26 @@ class LlamaForCausalLM:
             device
         )
         self.layers: list[_Layer] = []
-        self.embed_tokens = torch.empty(0)
+        self.embed_tokens: Weight = torch.empty(0)
         self.norm = torch.empty(0)
-        self.lm_head = torch.empty(0)
-        self.lm_head_mm = Linear(self.lm_head)
+        self.lm_head: Weight = torch.empty(0)
+        self.lm_head_mm: Matmul = Linear(torch.empty(0))
+        self.quantization: str | None = None  # "int8": float matmul weights to int8 rows
+        self.decoder: DecoderStack | None = None  # the one-call decode step, if it runs
+
+    def set_quantization(self, method: str | None) -> None:
+        """`--quantization`: "int8" quantizes every float matmul weight at load
+        (per-row scales; activations quantized per token: W8A8)."""
+        if method is not None and method not in QUANTIZATIONS:
+            raise UnsupportedArchitectureError(
+                f"quantization {method!r} is not supported (choose: {', '.join(QUANTIZATIONS)})"
+            )
+        self.quantization = method
 
     # ---- weights ----------------------------------------------------------------------
 
     @classmethod
-    def gguf_to_hf(
-        cls, name: str, tensor: torch.Tensor, config: ModelConfig
-    ) -> tuple[str, torch.Tensor]:
+    def gguf_to_hf(cls, name: str, tensor: Weight, config: ModelConfig) -> tuple[str, Weight]:
         if name in _GGUF_GLOBAL_NAMES:
             return _GGUF_GLOBAL_NAMES[name], tensor
         match = _GGUF_LAYER.match(name)
@@ -123,39 +182,57 @@ class LlamaForCausalLM:
             tensor = _unpermute_qk(tensor, heads)
         return f"model.layers.{index}.{_GGUF_LAYER_NAMES[part]}.{kind}", tensor
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        w: dict[str, torch.Tensor] = {}
+    def load_weights(self, weights: Iterable[tuple[str, Weight]]) -> None:
+        w: dict[str, Weight] = {}
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name:
                 continue
-            w[name] = tensor.to(device=self.device, dtype=self.dtype)
+            if isinstance(tensor, QuantWeight):
+                w[name] = tensor
+            else:
+                w[name] = tensor.to(device=self.device, dtype=self.dtype)
 
-        def take(name: str) -> torch.Tensor:
+        def take(name: str) -> Weight:
             if name not in w:
                 raise CorruptModelFileError(f"weight {name!r} is missing from the model files")
             return w.pop(name)
 
+        def dense(name: str) -> torch.Tensor:
+            t = take(name)
+            return t.dequantize(self.dtype) if isinstance(t, QuantWeight) else t
+
         self.embed_tokens = take("model.embed_tokens.weight")
-        self.norm = take("model.norm.weight")
+        self.norm = dense("model.norm.weight")
         if self.config.tie_word_embeddings and "lm_head.weight" not in w:
             self.lm_head = self.embed_tokens
         else:
             self.lm_head = take("lm_head.weight")
         if "model.rotary_emb.freq_factors" in w:
-            factors = w.pop("model.rotary_emb.freq_factors").float().cpu()
+            factors = dense("model.rotary_emb.freq_factors").float().cpu()
             self.cos_sin_cache = build_rope_cache(
                 self._inv_freq / factors, self.config.max_position_embeddings
             ).to(self.device)
-        self.layers = [self._take_layer(i, take, w) for i in range(self.config.num_hidden_layers)]
+        self.layers = [
+            self._take_layer(i, take, dense, w) for i in range(self.config.num_hidden_layers)
+        ]
         if w:
             raise CorruptModelFileError(f"unexpected weights: {', '.join(sorted(w)[:5])}")
-        self.lm_head_mm = Linear(self.lm_head)
+        self.lm_head_mm = _matmul(self._quantized(self.lm_head))
         self._enable_packing()
+        self.decoder = self._decoder()
+
+    def _quantized(self, weight: Weight) -> Weight:
+        """A matmul weight as `--quantization` wants it."""
+        if self.quantization == "int8" and isinstance(weight, torch.Tensor):
+            return quantize_int8_rows(weight.float())
+        return weight
 
     def _enable_packing(self) -> None:
         """MKL-prepacked matmuls (ops.linear) when a second copy of the matmul
         weights fits in an eighth of the machine's memory."""
-        linears = [self.lm_head_mm, *(mm for layer in self.layers for mm in layer.linears())]
+        linears = [mm for layer in self.layers for mm in layer.linears()]
+        if isinstance(self.lm_head_mm, Linear):
+            linears.append(self.lm_head_mm)
         extra = sum(mm.weight.numel() * mm.weight.element_size() for mm in linears)
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if extra <= memory // 8:
@@ -163,28 +240,74 @@ class LlamaForCausalLM:
                 mm.enable_packing()
 
     def _take_layer(
-        self, i: int, take: Callable[[str], torch.Tensor], w: dict[str, torch.Tensor]
+        self,
+        i: int,
+        take: Callable[[str], Weight],
+        dense: Callable[[str], torch.Tensor],
+        pending: dict[str, Weight],
     ) -> _Layer:
         p = f"model.layers.{i}."
-        qkv = torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+        q = self._quantized
+
+        def weights(*names: str) -> list[Weight]:
+            return [q(take(p + name + ".weight")) for name in names]
+
         bias = None
-        if f"{p}self_attn.q_proj.bias" in w:
-            bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+        if f"{p}self_attn.q_proj.bias" in pending:
+            bias = torch.cat([dense(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+        qkv = weights("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
         return _Layer(
-            input_norm=take(p + "input_layernorm.weight"),
-            qkv=qkv,
+            input_norm=dense(p + "input_layernorm.weight"),
+            post_norm=dense(p + "post_attention_layernorm.weight"),
+            qkv_mm=_Fused.of(qkv, bias),
+            o_mm=_Fused.of(weights("self_attn.o_proj")),
+            gate_up_mm=_Fused.of(weights("mlp.gate_proj", "mlp.up_proj")),
+            down_mm=_Fused.of(weights("mlp.down_proj")),
             qkv_bias=bias,
-            o_proj=take(p + "self_attn.o_proj.weight"),
-            post_norm=take(p + "post_attention_layernorm.weight"),
-            gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]),
-            down=take(p + "mlp.down_proj.weight"),
         )
+
+    def _decoder(self) -> DecoderStack | None:
+        """The one-call decode step when every matmul is quantized for the kernels
+        and the model runs float32 on the CPU; else None (the per-op path)."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return None
+        if os.environ.get("LLMCORE_FUSED_DECODE", "1") == "0":
+            return None
+        layers = []
+        for layer in self.layers:
+            fused = (layer.qkv_mm, layer.o_mm, layer.gate_up_mm, layer.down_mm)
+            qkv, o, gate_up, down = (mm.quantized() for mm in fused)
+            if qkv is None or o is None or gate_up is None or down is None:
+                return None
+            layers.append(
+                DecoderLayerWeights(
+                    layer.input_norm, layer.post_norm, qkv, o, gate_up, down, layer.qkv_bias
+                )
+            )
+        c = self.config
+        shape = StackShape(
+            hidden=c.hidden_size,
+            intermediate=c.intermediate_size,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            eps=c.rms_norm_eps,
+            scale=self.scale,
+        )
+        return DecoderStack.build(shape, layers, self.norm, self.cos_sin_cache)
 
     # ---- forward ----------------------------------------------------------------------
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.embed_tokens, QuantWeight):
+            return quant_embedding(input_ids, self.embed_tokens)
+        return F.embedding(input_ids, self.embed_tokens)
+
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache]) -> torch.Tensor:
+        if batch.is_decode and self.decoder is not None:
+            return self._fused_decode(batch, kv_caches)
         eps = self.config.rms_norm_eps
-        hidden = F.embedding(batch.input_ids, self.embed_tokens)
+        hidden = self.embed(batch.input_ids)
         residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             if residual is None:
@@ -197,6 +320,16 @@ class LlamaForCausalLM:
         assert residual is not None
         hidden, _ = ops.fused_add_rms_norm(hidden, residual, self.norm, eps)
         return hidden
+
+    def _fused_decode(self, batch: ForwardBatch, kv_caches: list[KVCache]) -> torch.Tensor:
+        decoder = self.decoder
+        assert decoder is not None
+        if decoder.bound_to is not kv_caches[0][0]:
+            decoder.bind(kv_caches)
+        hidden = self.embed(batch.input_ids).contiguous()
+        return decoder(
+            hidden, batch.positions, batch.slot_mapping, batch.block_tables, batch.seq_lens
+        )
 
     def _attention(
         self, layer: _Layer, x: torch.Tensor, batch: ForwardBatch, kv_cache: KVCache

@@ -1,0 +1,207 @@
+"""Quantized llama weights on the CPU: a tiny Llama written as a GGUF in Q4_1, Q4_0
+and Q8_0 (q/k/v of two types, so the qkv matmul runs as parts) is loaded with its
+blocks as stored; the same model's float folder is loaded with `quantization="int8"`.
+
+Checked: the weights stay quantized; logits stay close to the float model's (to the
+error of 4- or 8-bit weights and int8 activations); the one-call decode step
+(`ops.fused_decode`) gives the per-op path's logits bit for bit, over decode steps
+across block boundaries and batches of sequences of different lengths; explicit
+`dtype="float32"` still dequantizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+import gguf.quants
+import numpy as np
+import pytest
+import torch
+
+import llmcore
+from ops.quant import QuantLinear, QuantWeight, kernels_support, QuantType
+from tests.plugins.models import tiny_models
+
+BLOCK = 16
+T = gguf.GGMLQuantizationType
+# GGUF name part -> (HF module, type written)
+LAYER_PARTS = {
+    "attn_q": ("self_attn.q_proj", T.Q4_1),
+    "attn_k": ("self_attn.k_proj", T.Q4_1),
+    "attn_v": ("self_attn.v_proj", T.Q8_0),
+    "attn_output": ("self_attn.o_proj", T.Q4_1),
+    "ffn_gate": ("mlp.gate_proj", T.Q4_0),
+    "ffn_up": ("mlp.up_proj", T.Q4_0),
+    "ffn_down": ("mlp.down_proj", T.Q4_1),
+}
+
+needs_kernels = pytest.mark.skipif(
+    not all(kernels_support(QuantType(int(t))) for t in (T.Q4_0, T.Q4_1, T.Q8_0)),
+    reason="the quantized CPU kernels are not built here",
+)
+
+
+def _permute_qk(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's convert-time q/k row permutation (neox -> GPT-J rope order)."""
+    rows = w.shape[0]
+    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _write_gguf(hf: Any, path: Path) -> Path:
+    c = hf.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_theta)
+    writer.add_vocab_size(c.vocab_size)
+    sd = {k: v.float().numpy() for k, v in hf.state_dict().items()}
+
+    def put(name: str, data: np.ndarray, qtype: T) -> None:
+        if qtype == T.F32:
+            writer.add_tensor(name, data.astype(np.float32))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+    put("token_embd.weight", sd["model.embed_tokens.weight"], T.Q8_0)
+    put("output_norm.weight", sd["model.norm.weight"], T.F32)
+    put("output.weight", sd["lm_head.weight"], T.Q8_0)
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], T.F32)
+        put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], T.F32)
+        for part, (module, qtype) in LAYER_PARTS.items():
+            w = sd[p + module + ".weight"]
+            if part in ("attn_q", "attn_k"):
+                heads = c.num_attention_heads if part == "attn_q" else c.num_key_value_heads
+                w = _permute_qk(w, heads)
+            put(f"blk.{i}.{part}.weight", w, qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    hf = tiny_models.build("llama", folder)
+    return folder, _write_gguf(hf, folder / "tiny.gguf"), hf
+
+
+def _tokens(n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, tiny_models.VOCAB, (n,), generator=g).tolist()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _decode_logits(loaded: Any, prompts: list[list[int]], steps: int) -> list[torch.Tensor]:
+    """Prefill each prompt, then `steps` decode steps of every sequence together
+    (feeding argmax tokens); the logits of every decode step."""
+    runner = llmcore.ModelRunner(loaded, num_blocks=64, block_size=BLOCK)
+    tables, lens, out = [], [], []
+    first = 0
+    chunks = []
+    for ids in prompts:
+        n = -(-(len(ids) + steps) // BLOCK)
+        tables.append(list(range(first, first + n)))
+        first += n
+        chunks.append(llmcore.SequenceChunk(ids, 0, tables[-1]))
+        lens.append(len(ids))
+    logits = runner.execute(chunks)
+    for _ in range(steps):
+        tokens = logits.argmax(dim=-1).tolist()
+        chunks = [
+            llmcore.SequenceChunk([t], n, table)
+            for t, n, table in zip(tokens, lens, tables, strict=True)
+        ]
+        logits = runner.execute(chunks)
+        out.append(logits.clone())
+        lens = [n + 1 for n in lens]
+    return out
+
+
+@needs_kernels
+def test_gguf_blocks_stay_as_stored(tiny_files: tuple[Path, Path, Any]) -> None:
+    _, path, _ = tiny_files
+    loaded = llmcore.load_model(path)
+    model = loaded.model
+    assert loaded.dtype == torch.float32
+    assert isinstance(model.embed_tokens, QuantWeight) and model.embed_tokens.qtype == T.Q8_0
+    assert isinstance(model.lm_head_mm, QuantLinear)
+    layer = model.layers[0]
+    qkv_types = [p.weight.qtype for p in layer.qkv_mm.parts]
+    assert sorted(qkv_types) == sorted([T.Q4_1, T.Q4_1, T.Q8_0]) or qkv_types == [T.Q4_1, T.Q8_0]
+    assert [p.weight.qtype for p in layer.gate_up_mm.parts] == [T.Q4_0]
+    assert model.decoder is not None
+    dense = llmcore.load_model(path, dtype="float32")
+    assert isinstance(dense.model.embed_tokens, torch.Tensor)
+    assert dense.model.decoder is None
+
+
+@needs_kernels
+def test_quantized_logits_follow_the_float_model(tiny_files: tuple[Path, Path, Any]) -> None:
+    folder, path, _ = tiny_files
+    ids = _tokens(40, seed=3)
+    got = _decode_logits(llmcore.load_model(path), [ids], steps=6)
+    want = _decode_logits(llmcore.load_model(path, dtype="float32"), [ids], steps=6)
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) < 0.05  # int8 activations against float32 on the same weights
+    hf = _decode_logits(llmcore.load_model(folder, dtype="float32"), [ids], steps=1)[0]
+    assert _rel(got[0], hf) < 0.15  # 4-bit weights against the float model
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tiny_models.build("qwen2", folder)  # q/k/v biases, GQA 4:1
+    return folder
+
+
+@needs_kernels
+@pytest.mark.parametrize("source", ["gguf", "int8", "int8-qwen2"])
+def test_one_call_decode_equals_the_per_op_path(
+    tiny_files: tuple[Path, Path, Any], tiny_qwen2: Path, source: str
+) -> None:
+    folder, path, _ = tiny_files
+    if source == "gguf":
+        loaded = llmcore.load_model(path)
+    elif source == "int8":
+        loaded = llmcore.load_model(folder, quantization="int8")
+    else:
+        loaded = llmcore.load_model(tiny_qwen2, quantization="int8")
+    assert loaded.model.decoder is not None
+    prompts = [_tokens(n, seed=n) for n in (5, 17, 33, 16)]
+    fused = _decode_logits(loaded, prompts, steps=20)  # crosses block boundaries
+    loaded.model.decoder = None
+    per_op = _decode_logits(loaded, prompts, steps=20)
+    for f, p in zip(fused, per_op, strict=True):
+        assert torch.equal(f, p)
+
+
+@needs_kernels
+def test_int8_weights_follow_the_float_model(tiny_files: tuple[Path, Path, Any]) -> None:
+    folder, _, _ = tiny_files
+    loaded = llmcore.load_model(folder, quantization="int8")
+    layer = loaded.model.layers[0]
+    assert all(p.weight.qtype == QuantType.I8_ROW for p in layer.qkv_mm.parts)
+    ids = _tokens(30, seed=5)
+    got = _decode_logits(loaded, [ids], steps=4)
+    want = _decode_logits(llmcore.load_model(folder, dtype="float32"), [ids], steps=4)
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) < 0.03
+
+
+def test_unknown_quantization_is_a_load_error(tiny_files: tuple[Path, Path, Any]) -> None:
+    folder, _, _ = tiny_files
+    with pytest.raises(llmcore.errors.ModelLoadError, match="quantization 'fp4'"):
+        llmcore.load_model(folder, quantization="fp4")
