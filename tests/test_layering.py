@@ -80,6 +80,7 @@ def test_llmcore_reaches_plugins_only_through_the_registry() -> None:
     for path, names in _package_imports("llmcore").items():
         assert not {n for n in names if _top(n) == "plugins"}, path
         if {n for n in names if _top(n) == "ops"}:
+            # Model code, and the weight loader (GGUF blocks as QuantWeights, ops.quant).
             assert path.parent.name in ("models", "weights"), f"{path} imports ops"
 
 
