@@ -71,8 +71,27 @@ def load_model(
     return _load_hf(model_path, dtype, dev, quantization)
 
 
+def _takes_formats(cls: type) -> bool:
+    """The plugin takes weights in formats of `ops.quant` (`set_quantization`)."""
+    return hasattr(cls, "set_quantization")
+
+
+def _compute_dtype(
+    cls: type, torch_dtype: torch.dtype, device: torch.device, quantization: str | None
+) -> tuple[torch.dtype, str | None]:
+    """The dtype the model computes in and the weight format it is asked for. On
+    the CPU, bfloat16 means bfloat16 weights through the BF16 kernels with float32
+    activations and KV cache (the C kernels' dtype), where the plugin takes it."""
+    if quantization in ("None", "gguf"):
+        quantization = None
+    if device.type == "cpu" and torch_dtype == torch.bfloat16 and _takes_formats(cls):
+        if quantization is None:
+            return torch.float32, "bf16"
+    return torch_dtype, quantization
+
+
 def _set_quantization(model: CausalLM, quantization: str | None) -> None:
-    if quantization in (None, "None", "gguf"):
+    if quantization is None:
         return
     setter = getattr(model, "set_quantization", None)
     if setter is None:
@@ -90,11 +109,13 @@ def _load_gguf(
     cls = registry.resolve_model_class(architecture)
     gguf_file.check_quantization()
     config = gguf_file.model_config(architecture)
-    torch_dtype = resolve_dtype(dtype, device, config.torch_dtype)
+    torch_dtype, formats = _compute_dtype(
+        cls, resolve_dtype(dtype, device, config.torch_dtype), device, quantization
+    )
     model = cls(config, torch_dtype, device)
-    _set_quantization(model, quantization)
+    _set_quantization(model, formats)
     keep = dtype == "auto" and device.type == "cpu" and torch_dtype == torch.float32
-    keep = keep and hasattr(model, "set_quantization")  # the plugin takes QuantWeights
+    keep = keep and _takes_formats(cls) and formats is None
 
     def weights() -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in gguf_file.tensors(torch_dtype, keep_quantized=keep):
@@ -110,9 +131,11 @@ def _load_hf(
     raw = hf_folder.read_config_json(path)
     cls = registry.resolve_model_class(hf_folder.architecture_of(raw))
     config = hf_folder.read_config(path, raw)
-    torch_dtype = resolve_dtype(dtype, device, config.torch_dtype)
+    torch_dtype, formats = _compute_dtype(
+        cls, resolve_dtype(dtype, device, config.torch_dtype), device, quantization
+    )
     model = cls(config, torch_dtype, device)
-    _set_quantization(model, quantization)
+    _set_quantization(model, formats)
     # a plugin may take its weights in another dtype and convert them itself (BERT
     # keeps its norms and embeddings in float32 under a 16-bit matmul dtype)
     load_dtype = getattr(model, "weights_dtype", torch_dtype)

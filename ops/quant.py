@@ -42,6 +42,8 @@ __all__ = [
     "QuantLinear",
     "QuantType",
     "QuantWeight",
+    "bf16_rows",
+    "float32_rows",
     "kernels_support",
     "quant_embedding",
     "quant_linear",
@@ -170,6 +172,19 @@ def quantize_int8_rows(weight: torch.Tensor) -> QuantWeight:
     data[:, :cols] = q.view(torch.uint8)
     data[:, cols:] = scale.contiguous().view(torch.uint8).view(rows, 4)
     return QuantWeight(data, QuantType.I8_ROW, cols)
+
+
+def bf16_rows(weight: torch.Tensor) -> QuantWeight:
+    """BF16 rows of a float matrix `[rows, cols]` (torch's float -> bfloat16 rounding),
+    for the BF16 tiles: bfloat16 products summed in float32."""
+    w = weight.detach().to(torch.bfloat16).contiguous()
+    return QuantWeight(w.view(torch.uint8), QuantType.BF16, w.shape[1])
+
+
+def float32_rows(weight: torch.Tensor) -> QuantWeight:
+    """F32 rows of a float matrix `[rows, cols]` (float32 products, fused sums)."""
+    w = weight.detach().to(torch.float32).contiguous()
+    return QuantWeight(w.view(torch.uint8), QuantType.F32, w.shape[1])
 
 
 def kernels_support(qtype: QuantType | int) -> bool:

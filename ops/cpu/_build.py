@@ -35,8 +35,8 @@ from pathlib import Path
 logger = logging.getLogger("llmcore.ops")
 
 SOURCES = (
-    "activation.c", "attention.c", "kv_cache.c", "norm.c", "quant.c", "quant_tiles.c",
-    "rotary.c",
+    "activation.c", "attention.c", "decode.c", "kv_cache.c", "norm.c", "quant.c",
+    "quant_float.c", "quant_tiles.c", "rotary.c",
 )  # fmt: skip
 HEADERS = ("quant.h", "quant_layout.h", "vec.h")
 NATIVE = "native"  # the -march of the library every op uses
@@ -181,6 +181,12 @@ def library_for(march: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
+    fn = lib.llmcore_decode_scratch_floats
+    fn.restype = i64
+    fn.argtypes = [p, i64]
+    fn = lib.llmcore_decode_step
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, p, i64, p, p, p, i64, p, p]
     fn = lib.llmcore_paged_attention_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [p, i64, i64, p, p, p, i64, p, p, i32, i32, i32, i32, i32, f32, p, i64, i64]

@@ -32,12 +32,21 @@ from llmcore.model_api import ForwardBatch, KVCache
 from llmcore.model_config import ModelConfig
 from ops.fused_decode import DecoderLayerWeights, DecoderStack, StackShape
 from ops.linear import Linear
-from ops.quant import QuantLinear, QuantWeight, quant_embedding, quantize_int8_rows
+from ops.quant import (
+    QuantLinear,
+    QuantWeight,
+    bf16_rows,
+    float32_rows,
+    quant_embedding,
+    quantize_int8_rows,
+)
 from ops.rotary import build_rope_cache, rope_inv_freq
 
 Weight = torch.Tensor | QuantWeight
 Matmul = Linear | QuantLinear
-QUANTIZATIONS = ("int8",)  # --quantization methods applied at load
+# Weight formats made at load: "int8" (--quantization int8: int8 rows, W8A8) and
+# "bf16" (--dtype bfloat16 on the CPU: bfloat16 rows, float32 activations).
+QUANTIZATIONS = ("int8", "bf16", "f32")  # f32: float32 rows through the same kernels
 
 _GGUF_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _GGUF_LAYER_NAMES = {
@@ -159,8 +168,9 @@ class LlamaForCausalLM:
         self.decoder: DecoderStack | None = None  # the one-call decode step, if it runs
 
     def set_quantization(self, method: str | None) -> None:
-        """`--quantization`: "int8" quantizes every float matmul weight at load
-        (per-row scales; activations quantized per token: W8A8)."""
+        """The format float matmul weights take at load: "int8" (per-row scales;
+        activations quantized per token: W8A8) or "bf16" (bfloat16 rows multiplied
+        in BF16 with float32 sums; activations float32)."""
         if method is not None and method not in QUANTIZATIONS:
             raise UnsupportedArchitectureError(
                 f"quantization {method!r} is not supported (choose: {', '.join(QUANTIZATIONS)})"
@@ -202,6 +212,8 @@ class LlamaForCausalLM:
             return t.dequantize(self.dtype) if isinstance(t, QuantWeight) else t
 
         self.embed_tokens = take("model.embed_tokens.weight")
+        if self.quantization == "bf16":  # the table too: half the memory, rows read as float
+            self.embed_tokens = self._quantized(self.embed_tokens)
         self.norm = dense("model.norm.weight")
         if self.config.tie_word_embeddings and "lm_head.weight" not in w:
             self.lm_head = self.embed_tokens
@@ -223,8 +235,13 @@ class LlamaForCausalLM:
 
     def _quantized(self, weight: Weight) -> Weight:
         """A matmul weight as `--quantization` wants it."""
-        if self.quantization == "int8" and isinstance(weight, torch.Tensor):
-            return quantize_int8_rows(weight.float())
+        if isinstance(weight, torch.Tensor):
+            if self.quantization == "int8":
+                return quantize_int8_rows(weight.float())
+            if self.quantization == "bf16":
+                return bf16_rows(weight)
+            if self.quantization == "f32":
+                return float32_rows(weight)
         return weight
 
     def _enable_packing(self) -> None:

@@ -184,6 +184,11 @@ static const llmcore_qtype_info TABLE[] = {
     {LLMCORE_Q6_K, 256, 210, 0, llmcore_qact_q8_k, llmcore_qact_q8_k_row_bytes,
      llmcore_qtile_q6_k, llmcore_qdequant_q6_k},
     {LLMCORE_I8_ROW, 1, 1, 4, act_i8, act_i8_bytes, llmcore_qtile_i8_row, dequant_i8_row},
+    /* plain float weights (quant_float.c) */
+    {LLMCORE_Q_BF16, 1, 2, 0, llmcore_qact_bf16, llmcore_qact_bf16_row_bytes, llmcore_qtile_bf16,
+     llmcore_qdequant_bf16},
+    {LLMCORE_Q_F32, 1, 4, 0, llmcore_qact_f32, llmcore_qact_f32_row_bytes, llmcore_qtile_f32,
+     llmcore_qdequant_f32},
 };
 
 const llmcore_qtype_info *llmcore_qtype_find(int64_t type) {

@@ -110,6 +110,21 @@ void llmcore_qtile_q5_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int
 void llmcore_qtile_q6_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
                         const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
                         int64_t out_stride);
+/* Plain float weights (quant_float.c): BF16 rows (activations rounded to bfloat16,
+   products summed in float32) and F32 rows. */
+void llmcore_qact_bf16(const float *x, int64_t cols, uint8_t *a);
+int64_t llmcore_qact_bf16_row_bytes(int64_t cols);
+void llmcore_qtile_bf16(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
+                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
+                        int64_t out_stride);
+void llmcore_qdequant_bf16(const uint8_t *row, int64_t cols, float *out);
+void llmcore_qact_f32(const float *x, int64_t cols, uint8_t *a);
+int64_t llmcore_qact_f32_row_bytes(int64_t cols);
+void llmcore_qtile_f32(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
+                       const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
+                       int64_t out_stride);
+void llmcore_qdequant_f32(const uint8_t *row, int64_t cols, float *out);
+
 /* Optional (get_rows of the K types; without them get_rows of these types is left to
    the torch reference). */
 void llmcore_qdequant_q4_k(const uint8_t *row, int64_t cols, float *out);

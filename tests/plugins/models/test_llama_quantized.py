@@ -58,7 +58,7 @@ def _write_gguf(hf: Any, path: Path) -> Path:
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_rope_freq_base(c.rope_theta)
+    writer.add_rope_freq_base(10000.0)  # the "llama" kind's rope_theta
     writer.add_vocab_size(c.vocab_size)
     sd = {k: v.float().numpy() for k, v in hf.state_dict().items()}
 
@@ -95,6 +95,12 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, An
     return folder, _write_gguf(hf, folder / "tiny.gguf"), hf
 
 
+def _hf_weights(folder: Path) -> Any:
+    from llmcore.weights import hf_folder
+
+    return hf_folder.iter_tensors(folder, torch.float32)
+
+
 def _tokens(n: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, tiny_models.VOCAB, (n,), generator=g).tolist()
@@ -104,9 +110,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def _decode_logits(loaded: Any, prompts: list[list[int]], steps: int) -> list[torch.Tensor]:
+def _decode_logits(
+    loaded: Any, prompts: list[list[int]], steps: int, feed: list[int] | None = None
+) -> list[torch.Tensor]:
     """Prefill each prompt, then `steps` decode steps of every sequence together
-    (feeding argmax tokens); the logits of every decode step."""
+    (feeding argmax tokens, or `feed[i]` to every sequence at step i); the logits of
+    the prefill and of every decode step."""
     runner = llmcore.ModelRunner(loaded, num_blocks=64, block_size=BLOCK)
     tables, lens, out = [], [], []
     first = 0
@@ -118,8 +127,9 @@ def _decode_logits(loaded: Any, prompts: list[list[int]], steps: int) -> list[to
         chunks.append(llmcore.SequenceChunk(ids, 0, tables[-1]))
         lens.append(len(ids))
     logits = runner.execute(chunks)
-    for _ in range(steps):
-        tokens = logits.argmax(dim=-1).tolist()
+    out.append(logits.clone())
+    for i in range(steps):
+        tokens = logits.argmax(dim=-1).tolist() if feed is None else [feed[i]] * len(prompts)
         chunks = [
             llmcore.SequenceChunk([t], n, table)
             for t, n, table in zip(tokens, lens, tables, strict=True)
@@ -151,13 +161,15 @@ def test_gguf_blocks_stay_as_stored(tiny_files: tuple[Path, Path, Any]) -> None:
 @needs_kernels
 def test_quantized_logits_follow_the_float_model(tiny_files: tuple[Path, Path, Any]) -> None:
     folder, path, _ = tiny_files
-    ids = _tokens(40, seed=3)
-    got = _decode_logits(llmcore.load_model(path), [ids], steps=6)
-    want = _decode_logits(llmcore.load_model(path, dtype="float32"), [ids], steps=6)
+    ids, feed = _tokens(40, seed=3), _tokens(6, seed=4)  # the same tokens fed to both
+    got = _decode_logits(llmcore.load_model(path), [ids], steps=6, feed=feed)
+    want = _decode_logits(llmcore.load_model(path, dtype="float32"), [ids], 6, feed)
     for g, w in zip(got, want, strict=True):
-        assert _rel(g, w) < 0.05  # int8 activations against float32 on the same weights
-    hf = _decode_logits(llmcore.load_model(folder, dtype="float32"), [ids], steps=1)[0]
-    assert _rel(got[0], hf) < 0.15  # 4-bit weights against the float model
+        assert _rel(g, w) < 0.08  # int8 activations against float32 on the same weights
+    # The kernels' own error (int8 activations) is well below what storing the
+    # weights in 4 bits costs this random model.
+    hf = _decode_logits(llmcore.load_model(folder, dtype="float32"), [ids], steps=0)[0]
+    assert _rel(got[0], want[0]) < _rel(want[0], hf) / 4
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +180,7 @@ def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_kernels
-@pytest.mark.parametrize("source", ["gguf", "int8", "int8-qwen2"])
+@pytest.mark.parametrize("source", ["gguf", "int8", "int8-qwen2", "bf16", "f32"])
 def test_one_call_decode_equals_the_per_op_path(
     tiny_files: tuple[Path, Path, Any], tiny_qwen2: Path, source: str
 ) -> None:
@@ -177,6 +189,12 @@ def test_one_call_decode_equals_the_per_op_path(
         loaded = llmcore.load_model(path)
     elif source == "int8":
         loaded = llmcore.load_model(folder, quantization="int8")
+    elif source == "bf16":
+        loaded = llmcore.load_model(folder, dtype="bfloat16")
+    elif source == "f32":  # plain float32 rows through the same kernels
+        loaded = llmcore.load_model(folder, dtype="float32")
+        loaded.model.set_quantization("f32")
+        loaded.model.load_weights(_hf_weights(folder))
     else:
         loaded = llmcore.load_model(tiny_qwen2, quantization="int8")
     assert loaded.model.decoder is not None
@@ -194,11 +212,25 @@ def test_int8_weights_follow_the_float_model(tiny_files: tuple[Path, Path, Any])
     loaded = llmcore.load_model(folder, quantization="int8")
     layer = loaded.model.layers[0]
     assert all(p.weight.qtype == QuantType.I8_ROW for p in layer.qkv_mm.parts)
-    ids = _tokens(30, seed=5)
-    got = _decode_logits(loaded, [ids], steps=4)
-    want = _decode_logits(llmcore.load_model(folder, dtype="float32"), [ids], steps=4)
+    ids, feed = _tokens(30, seed=5), _tokens(4, seed=6)
+    got = _decode_logits(loaded, [ids], steps=4, feed=feed)
+    want = _decode_logits(llmcore.load_model(folder, dtype="float32"), [ids], 4, feed)
     for g, w in zip(got, want, strict=True):
-        assert _rel(g, w) < 0.03
+        assert _rel(g, w) < 0.15  # per-row int8 weights and per-token int8 activations
+
+
+@needs_kernels
+def test_bf16_weights_follow_the_float_model(tiny_files: tuple[Path, Path, Any]) -> None:
+    folder, _, _ = tiny_files
+    loaded = llmcore.load_model(folder, dtype="bfloat16")
+    assert loaded.dtype == torch.float32  # activations and KV cache
+    assert all(p.weight.qtype == QuantType.BF16 for p in loaded.model.layers[0].qkv_mm.parts)
+    assert isinstance(loaded.model.embed_tokens, QuantWeight)
+    ids, feed = _tokens(30, seed=7), _tokens(4, seed=8)
+    got = _decode_logits(loaded, [ids], steps=4, feed=feed)
+    want = _decode_logits(llmcore.load_model(folder, dtype="float32"), [ids], 4, feed)
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) < 0.03  # bfloat16 weights and activations, float32 sums
 
 
 def test_unknown_quantization_is_a_load_error(tiny_files: tuple[Path, Path, Any]) -> None:
