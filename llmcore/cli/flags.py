@@ -178,7 +178,7 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dtype", default="auto", type=dtype, choices=DTYPES,
                    help="activations and weights; auto keeps a quantized GGUF's blocks as "
                    "stored (float32 activations) on the CPU, any other value dequantizes")  # fmt: skip
-    g.add_argument("--quantization", "-q", type=quantization,
+    g.add_argument("--quantization", type=quantization,
                    choices=(*QUANTIZATIONS, None), metavar="{int8,gguf,None}",
                    help="int8: float matmul weights become int8 rows at load (W8A8 "
                    "kernels); gguf/None: a GGUF's own blocks, as without the flag")  # fmt: skip
