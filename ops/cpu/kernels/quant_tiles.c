@@ -37,6 +37,18 @@
 
 #define AI static inline __attribute__((always_inline))
 
+/* Software prefetch of the weights about QPF_BYTES ahead (the rows of the tiles to
+   come, as rows follow each other in memory) while a tile runs, where the weights
+   stream from memory: with few tokens a tile is too quick for the hardware
+   prefetchers, which also stop at each 4 KiB page. */
+#ifndef QPF_BYTES
+#define QPF_BYTES 16384
+#endif
+AI int64_t qpf_ahead(int64_t wrb) { return (QPF_BYTES / wrb + 1) * wrb; }
+#ifndef QPF_HINT
+#define QPF_HINT _MM_HINT_T0
+#endif
+
 enum qkind { K_Q4_0, K_Q4_1, K_Q8_0 };
 
 AI int kind_bytes(const int kind) { return kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34; }
@@ -156,6 +168,7 @@ AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
     }
     const __m512i idx0 = v512_scale_index(kind, 0), idx1 = v512_scale_index(kind, 1);
     const __m512i zero = _mm512_setzero_si512();
+    const int64_t pf = qpf_ahead(wrb);
     for (int64_t b = 0; b < nb; b++) {
         const int64_t o = b * bb;
         __m512 scales;
@@ -172,6 +185,8 @@ AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
                 (short)qload_u16(wr[0] + o), (short)qload_u16(wr[1] + o),
                 (short)qload_u16(wr[2] + o), (short)qload_u16(wr[3] + o), 0, 0, 0, 0)));
         }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) _mm_prefetch((const char *)(wr[r] + o + pf), QPF_HINT);
         __m512i q[2];
         __m512 dw[2];
         q[0] = v512_pair(kind, wr[0] + o + qo, wr[1] + o + qo);
@@ -240,12 +255,15 @@ AI void tile_i8_avx512(const int NR, const int NT, int64_t cols, const uint8_t *
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_si512();
     const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int64_t pf = qpf_ahead(wrb);
     int64_t c = 0;
     for (; c + 64 <= cols; c += 64) {
         __m512i q[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)
+        for (int r = 0; r < NR; r++) {
+            _mm_prefetch((const char *)(wr[r] + c + pf), QPF_HINT);
             q[r] = _mm512_xor_si512(_mm512_loadu_si512(wr[r] + c), flip);
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) {
             const __m512i av = _mm512_loadu_si512(at[t] + QA_I8_HEAD + c);
@@ -332,8 +350,11 @@ AI void tile32_avx2_pass(const int kind, const int NR, const int NT, int64_t col
     for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     msum[0] = msum[1] = _mm_setzero_ps();
     const __m256i zero = _mm256_setzero_si256();
+    const int64_t pf = qpf_ahead(wrb);
     for (int64_t b = 0; b < nb; b++) {
         const int64_t o = b * bb;
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) _mm_prefetch((const char *)(wr[r] + o + pf), QPF_HINT);
         float dw[4];
         __m128 m4 = _mm_setzero_ps();
         if (kind == K_Q4_1) {
@@ -414,6 +435,7 @@ AI void tile_i8_avx2(const int NR, const int NT, int64_t cols, const uint8_t *w,
             const __m256i av = _mm256_loadu_si256((const __m256i *)(aq + c));
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
+                if (t == 0) _mm_prefetch((const char *)(wr[r] + c + qpf_ahead(wrb)), QPF_HINT);
                 const __m256i q = _mm256_loadu_si256((const __m256i *)(wr[r] + c));
                 acc[r] = v256_dot(acc[r], _mm256_abs_epi8(q), _mm256_sign_epi8(av, q));
             }
