@@ -234,6 +234,7 @@ static uint8_t *act_buffer(size_t bytes) {
 #define CHUNK_ROWS 64   /* rows a task keeps in cache when the tokens come in blocks */
 #define BLOCK_TOKS 64   /* beyond this many tokens, tokens are taken a block at a time */
 #define PARALLEL_MIN (1 << 16) /* multiply-adds below which a call stays on one thread */
+#define SERIAL_ACT_TOKS 4      /* token counts whose activations one thread quantizes */
 
 typedef struct {
     const llmcore_qtype_info *info;
@@ -275,10 +276,16 @@ int llmcore_qmatmul(const llmcore_qweight *w, const float *x, int64_t n, int64_t
     const int64_t chunks = (rows + CHUNK_ROWS - 1) / CHUNK_ROWS;
     const int64_t blocks = (n + BLOCK_TOKS - 1) / BLOCK_TOKS;
     const double work = (double)rows * (double)cols * (double)n;
+    /* A few tokens are quantized here, on the calling thread: a barrier costs more. */
+    const int serial_act = n <= SERIAL_ACT_TOKS;
+    if (serial_act)
+        for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
 #pragma omp parallel if (work >= PARALLEL_MIN)
     {
+        if (!serial_act) {
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
+            for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
+        }
         if (n <= BLOCK_TOKS) {
             /* Every token against each 4-row tile in turn; the threads split the rows. */
 #pragma omp for schedule(static)
