@@ -174,16 +174,20 @@ static void dequant_i8_row(const uint8_t *row, int64_t cols, float *out) {
 /* ---- the type table ----------------------------------------------------------- */
 
 static const llmcore_qtype_info TABLE[] = {
-    {LLMCORE_Q4_0, QK, 18, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q4_0, dequant_q4_0},
-    {LLMCORE_Q4_1, QK, 20, 0, act_q8_1, act_q8_1_bytes, llmcore_qtile_q4_1, dequant_q4_1},
-    {LLMCORE_Q8_0, QK, 34, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q8_0, dequant_q8_0},
+    {LLMCORE_Q4_0, QK, 18, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q4_0, dequant_q4_0,
+     QTILE_TOKENS},
+    {LLMCORE_Q4_1, QK, 20, 0, act_q8_1, act_q8_1_bytes, llmcore_qtile_q4_1, dequant_q4_1,
+     QTILE_TOKENS},
+    {LLMCORE_Q8_0, QK, 34, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q8_0, dequant_q8_0,
+     QTILE_TOKENS},
     {LLMCORE_Q4_K, 256, 144, 0, llmcore_qact_q8_k, llmcore_qact_q8_k_row_bytes,
      llmcore_qtile_q4_k, llmcore_qdequant_q4_k},
     {LLMCORE_Q5_K, 256, 176, 0, llmcore_qact_q8_k, llmcore_qact_q8_k_row_bytes,
      llmcore_qtile_q5_k, llmcore_qdequant_q5_k},
     {LLMCORE_Q6_K, 256, 210, 0, llmcore_qact_q8_k, llmcore_qact_q8_k_row_bytes,
      llmcore_qtile_q6_k, llmcore_qdequant_q6_k},
-    {LLMCORE_I8_ROW, 1, 1, 4, act_i8, act_i8_bytes, llmcore_qtile_i8_row, dequant_i8_row},
+    {LLMCORE_I8_ROW, 1, 1, 4, act_i8, act_i8_bytes, llmcore_qtile_i8_row, dequant_i8_row,
+     QTILE_TOKENS},
 };
 
 const llmcore_qtype_info *llmcore_qtype_find(int64_t type) {
@@ -230,7 +234,7 @@ static uint8_t *act_buffer(size_t bytes) {
 /* ---- the matmul --------------------------------------------------------------- */
 
 #define TILE_ROWS 4
-#define TILE_TOKS 4
+#define TILE_TOKS 4 /* a tile's tokens unless its table row says more */
 #define CHUNK_ROWS 64   /* rows a task keeps in cache when the tokens come in blocks */
 #define BLOCK_TOKS 64   /* beyond this many tokens, tokens are taken a block at a time */
 #define PARALLEL_MIN (1 << 16) /* multiply-adds below which a call stays on one thread */
@@ -251,8 +255,9 @@ static void row_tile(const qcall *c, int64_t r0, int64_t t0, int64_t t1) {
     const llmcore_qweight *w = c->w;
     const int nr = (int)(w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS);
     const uint8_t *wp = w->data + r0 * w->row_bytes;
-    for (int64_t t = t0; t < t1; t += TILE_TOKS) {
-        const int nt = (int)(t1 - t < TILE_TOKS ? t1 - t : TILE_TOKS);
+    const int64_t step = c->info->tile_tokens ? c->info->tile_tokens : TILE_TOKS;
+    for (int64_t t = t0; t < t1; t += step) {
+        const int nt = (int)(t1 - t < step ? t1 - t : step);
         c->info->tile(w->cols, wp, w->row_bytes, nr, c->act + t * c->act_bytes, c->act_bytes, nt,
                       c->out + t * c->out_stride + r0, c->out_stride);
     }

@@ -67,6 +67,7 @@ typedef struct llmcore_qtype_info {
     llmcore_qact_bytes_fn act_bytes;
     llmcore_qtile_fn tile;
     llmcore_qdequant_fn dequant;
+    int64_t tile_tokens; /* the most tokens one tile call takes (0: 4, as the typedef) */
 } llmcore_qtype_info;
 
 /* out[t * out_stride + r] = sum_c x[t * x_stride + c] * W[r, c] (+ bias[r]).

@@ -15,6 +15,9 @@
 #include "quant.h"
 
 #define QK 32          /* values per Q4_0 / Q4_1 / Q8_0 block */
+#ifndef QTILE_TOKENS
+#define QTILE_TOKENS 8 /* the most tokens a call of the framework's tiles takes */
+#endif
 #define QA_I8_HEAD 64  /* bytes before the q of an I8 activation row */
 
 static inline int64_t qround64(int64_t bytes) { return (bytes + 63) & ~(int64_t)63; }
