@@ -8,6 +8,12 @@
  * number of tokens and the thread count change no bit of the result.
  */
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,6 +245,9 @@ static uint8_t *act_buffer(size_t bytes) {
 #define BLOCK_TOKS 64   /* beyond this many tokens, tokens are taken a block at a time */
 #define PARALLEL_MIN (1 << 16) /* multiply-adds below which a call stays on one thread */
 #define SERIAL_ACT_TOKS 4      /* token counts whose activations one thread quantizes */
+#ifndef START_PREFETCH
+#define START_PREFETCH 16384   /* bytes of its rows a thread prefetches before its first tile */
+#endif
 
 typedef struct {
     const llmcore_qtype_info *info;
@@ -292,9 +301,18 @@ int llmcore_qmatmul(const llmcore_qweight *w, const float *x, int64_t n, int64_t
             for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
         }
         if (n <= BLOCK_TOKS) {
-            /* Every token against each 4-row tile in turn; the threads split the rows. */
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < row_tiles; i++) row_tile(&c, i * TILE_ROWS, 0, n);
+            /* Every token against each 4-row tile in turn; the threads split the rows,
+               each a contiguous range, whose first bytes it asks for at once (the tiles
+               prefetch the rest as they go). */
+            const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+            const int64_t lo = row_tiles * tid / nth, hi = row_tiles * (tid + 1) / nth;
+            if (lo < hi) {
+                const uint8_t *start = w->data + lo * TILE_ROWS * w->row_bytes;
+                const int64_t span = (hi - lo) * TILE_ROWS * w->row_bytes;
+                for (int64_t o = 0; o < span && o < START_PREFETCH; o += 64)
+                    __builtin_prefetch(start + o, 0, 3);
+            }
+            for (int64_t i = lo; i < hi; i++) row_tile(&c, i * TILE_ROWS, 0, n);
         } else {
             /* A GEMM: a task is a chunk of rows (kept in cache) against a block of tokens. */
 #pragma omp for schedule(dynamic, 1) collapse(2)
