@@ -241,8 +241,13 @@ static uint8_t *act_buffer(size_t bytes) {
 
 #define TILE_ROWS 4
 #define TILE_TOKS 4 /* a tile's tokens unless its table row says more */
-#define CHUNK_ROWS 64   /* rows a task keeps in cache when the tokens come in blocks */
-#define BLOCK_TOKS 64   /* beyond this many tokens, tokens are taken a block at a time */
+#define STREAM_TOKS 64  /* up to this many tokens, the weights stream through once */
+#ifndef CHUNK_ROWS
+#define CHUNK_ROWS 64   /* beyond: a task's rows (kept in cache) ... */
+#endif
+#ifndef BLOCK_TOKS
+#define BLOCK_TOKS 64   /* ... against a block of this many tokens */
+#endif
 #define PARALLEL_MIN (1 << 16) /* multiply-adds below which a call stays on one thread */
 #define SERIAL_ACT_TOKS 4      /* token counts whose activations one thread quantizes */
 #ifndef START_PREFETCH
@@ -300,7 +305,7 @@ int llmcore_qmatmul(const llmcore_qweight *w, const float *x, int64_t n, int64_t
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
         }
-        if (n <= BLOCK_TOKS) {
+        if (n <= STREAM_TOKS) {
             /* Every token against each 4-row tile in turn; the threads split the rows,
                each a contiguous range, whose first bytes it asks for at once (the tiles
                prefetch the rest as they go). */
