@@ -72,11 +72,13 @@ static int64_t act_q8_0_bytes(int64_t cols) { return qround64(cols + 4 * (cols /
 static int64_t act_q8_1_bytes(int64_t cols) { return qround64(cols + 8 * (cols / QK)); }
 static int64_t act_i8_bytes(int64_t cols) { return QA_I8_HEAD + qround64(cols); }
 
+/* Q8_0, its q stored offset by 128 (unsigned: quant_layout.h). */
 static void act_q8_0(const float *x, int64_t cols, uint8_t *a) {
     float *d = (float *)(a + cols);
     for (int64_t b = 0; b < cols / QK; b++) {
         int32_t sum;
         d[b] = qround_f16(quant_block32(x + b * QK, (int8_t *)a + b * QK, &sum));
+        for (int j = 0; j < QK; j++) a[b * QK + j] ^= 0x80;
     }
 }
 

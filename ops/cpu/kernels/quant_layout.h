@@ -2,7 +2,9 @@
  * quant_tiles.c, shared by quant.c and quant_tiles.c only.
  *
  * Activation rows, each a multiple of 64 bytes (rows start 64-byte aligned):
- *   Q8_0 (for Q4_0 and Q8_0 weights): q[cols] int8, then d[cols / 32] float;
+ *   Q8_0 (for Q4_0 and Q8_0 weights): q[cols] offset by 128 (q + 128 as uint8: the
+ *                                     unsigned operand of vpdpbusd), then d[cols / 32]
+ *                                     float;
  *   Q8_1 (for Q4_1 weights):          q[cols] int8, d[cols / 32], s[cols / 32] float;
  *   I8 (for I8_ROW weights):          a 64-byte header (float scale, int32 sum of q),
  *                                     then q[cols] int8.

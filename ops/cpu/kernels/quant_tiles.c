@@ -13,10 +13,12 @@
  *   result = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7))  (+ msum)
  * I8_ROW sums the whole row in integers (exact), then (float)sum * (scale_w * scale_a).
  *
- * vpdpbusd multiplies unsigned by signed bytes: Q4 nibbles are unsigned already (Q4_0
- * subtracts 8 * sum a per lane afterwards); Q8_0 and I8 weights are offset by 128 (xor
- * 0x80) and 128 * sum a is subtracted. The AVX2 path takes |w| against sign(a, w)
- * instead, which keeps vpmaddubsw's pair sums inside int16.
+ * vpdpbusd multiplies unsigned by signed bytes. Q4_0 and Q8_0 take the activations as
+ * the unsigned operand (stored offset by 128) against the signed weights (Q4_0's
+ * nibbles less 8), and subtract 128 * sum w, computed once per weight block for all
+ * the tokens; Q4_1's nibbles are unsigned against signed activations; I8 weights are
+ * offset by 128 (xor 0x80) and 128 * sum a subtracted. The AVX2 path takes |w| against
+ * sign(a, w) instead, which keeps vpmaddubsw's pair sums inside int16.
  */
 #include <math.h>
 #include <stdint.h>
@@ -109,20 +111,20 @@ static inline uint32_t qload_u32(const uint8_t *p) {
 /* ---- AVX-512 VNNI ------------------------------------------------------------- */
 #if defined(QISA_AVX512)
 
-/* Two rows' block b as one register. Q8_0: [row 0's 32 bytes | row 1's], xor 0x80.
-   Q4: [r0 low nibbles, r1 low, r0 high, r1 high] (16 bytes each): values 0-15 and
-   16-31 of each row, so lanes 0-3 and 8-11 are row 0's canonical lanes 0-7. */
+/* Two rows' block b as one register. Q8_0: [row 0's 32 bytes | row 1's]. Q4: [r0 low
+   nibbles, r1 low, r0 high, r1 high] (16 bytes each): values 0-15 and 16-31 of each
+   row, so lanes 0-3 and 8-11 are row 0's canonical lanes 0-7; Q4_0's less 8. */
 AI __m512i v512_pair(const int kind, const uint8_t *p0, const uint8_t *p1) {
     if (kind == K_Q8_0) {
-        __m512i z = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0));
-        z = _mm512_inserti64x4(z, _mm256_loadu_si256((const __m256i *)p1), 1);
-        return _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80));
+        const __m512i z = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0));
+        return _mm512_inserti64x4(z, _mm256_loadu_si256((const __m256i *)p1), 1);
     }
     const __m256i v = _mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p0)),
         _mm_loadu_si128((const __m128i *)p1), 1);
     const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
-    return _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+    const __m512i q = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+    return kind == K_Q4_0 ? _mm512_sub_epi8(q, _mm512_set1_epi8(8)) : q;
 }
 
 /* A token's block in the pair layout: [a | a] (Q8_0) or [a0-15, a0-15, a16-31, a16-31]. */
@@ -183,7 +185,7 @@ AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
         }
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) QPREFETCH(wr[r] + o + pf);
-        __m512i q[2];
+        __m512i q[2], init[2] = {zero, zero};
         __m512 dw[2];
         q[0] = v512_pair(kind, wr[0] + o + qo, wr[1] + o + qo);
         dw[0] = _mm512_permutexvar_ps(v512_scale_index(kind, 0), scales);
@@ -191,20 +193,20 @@ AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
             q[1] = v512_pair(kind, wr[2] + o + qo, wr[3] + o + qo);
             dw[1] = _mm512_permutexvar_ps(v512_scale_index(kind, 1), scales);
         }
+        if (kind != K_Q4_1) /* (a + 128) . w = a . w + 128 * sum w: start from -128 sum w */
+#pragma GCC unroll 2
+            for (int p = 0; p < NP; p++)
+                init[p] = _mm512_sub_epi32(
+                    zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8((char)0x80), q[p]));
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) {
             const uint8_t *at = a + t * arb;
             const __m512i av = v512_act(kind, at + b * QK);
-            __m512i init = zero;
-            if (kind == K_Q4_0)
-                init = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(8), av));
-            else if (kind == K_Q8_0)
-                init = _mm512_sub_epi32(
-                    zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8((char)0x80), av));
             const __m512 da = _mm512_set1_ps(qload_f32(at + d_at + 4 * b));
 #pragma GCC unroll 2
             for (int p = 0; p < NP; p++) {
-                const __m512i s = _mm512_dpbusd_epi32(init, q[p], av);
+                const __m512i s = kind == K_Q4_1 ? _mm512_dpbusd_epi32(zero, q[p], av)
+                                                 : _mm512_dpbusd_epi32(init[p], av, q[p]);
                 acc[p][t] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[p], da), acc[p][t]);
             }
@@ -379,7 +381,8 @@ AI void tile32_avx2_pass(const int kind, const int NR, const int NT, int64_t col
         }
 #pragma GCC unroll 2
         for (int t = 0; t < NT; t++) {
-            const __m256i av = _mm256_loadu_si256((const __m256i *)(at[t] + b * QK));
+            __m256i av = _mm256_loadu_si256((const __m256i *)(at[t] + b * QK));
+            if (kind != K_Q4_1) av = _mm256_xor_si256(av, _mm256_set1_epi8((char)0x80));
             __m256i off = zero;
             if (kind == K_Q4_0) off = v256_dot(zero, _mm256_set1_epi8(8), av);
             const float da = ad[t][b];
@@ -478,10 +481,11 @@ AI float dot32_scalar(const int kind, int64_t cols, const uint8_t *w, const uint
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bb;
         const float d = qf16_to_f32(blk) * ad[b];
-        const int8_t *aq = (const int8_t *)a + b * QK;
+        const uint8_t *aq = a + b * QK;
         for (int i = 0; i < 8; i++) {
             int32_t s = 0;
-            for (int k = 4 * i; k < 4 * i + 4; k++) s += scalar_wq(kind, blk + qo, k) * aq[k];
+            for (int k = 4 * i; k < 4 * i + 4; k++) /* Q8_0 activations: stored + 128 */
+                s += scalar_wq(kind, blk + qo, k) * (kind == K_Q4_1 ? (int8_t)aq[k] : aq[k] - 128);
             acc[i] = fmaf((float)s, d, acc[i]);
         }
         if (kind == K_Q4_1) msum = fmaf(qf16_to_f32(blk + 2), as[b], msum);
