@@ -39,23 +39,6 @@
 
 #define AI static inline __attribute__((always_inline))
 
-/* Software prefetch of the weights about QPF_BYTES ahead (the rows of the tiles to
-   come, as rows follow each other in memory) while a tile runs, where the weights
-   stream from memory: with few tokens a tile is too quick for the hardware
-   prefetchers, which also stop at each 4 KiB page. */
-#ifndef QPF_BYTES
-#define QPF_BYTES 16384
-#endif
-AI int64_t qpf_ahead(int64_t wrb) { return (QPF_BYTES / wrb + 1) * wrb; }
-#ifndef QPF_HINT
-#define QPF_HINT _MM_HINT_T0
-#endif
-#if QPF_BYTES
-#define QPREFETCH(p) _mm_prefetch((const char *)(p), QPF_HINT)
-#else
-#define QPREFETCH(p) ((void)0)
-#endif
-
 enum qkind { K_Q4_0, K_Q4_1, K_Q8_0 };
 
 AI int kind_bytes(const int kind) { return kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34; }
