@@ -1,8 +1,8 @@
 /* Tile functions of Q4_0, Q4_1 and Q8_0 (32-value blocks) and of I8_ROW: up to 4
- * weight rows x 4 activation rows per call, in the instruction set the compiler's
- * predefined macros allow: AVX-512 VNNI (vpdpbusd on 512 bits, two weight rows per
- * register), AVX2 (vpmaddubsw + vpmaddwd, or AVX-VNNI's vpdpbusd on 256 bits), or
- * portable C.
+ * weight rows x 8 activation rows (tokens) per call, in the instruction set the
+ * compiler's predefined macros allow: AVX-512 VNNI (vpdpbusd on 512 bits, two weight
+ * rows per register, 8 tokens at once), AVX2 (vpmaddubsw + vpmaddwd, or AVX-VNNI's
+ * vpdpbusd on 256 bits, 2 tokens at once), or portable C.
  *
  * Canonical arithmetic of a block type, the same in every instruction set, so the
  * three builds agree bit for bit (and no (token, row) depends on the tile):
@@ -193,9 +193,11 @@ AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
                 acc[p][t] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[p], da), acc[p][t]);
             }
-            if (kind == K_Q4_1)
-                msum[t / 4] = _mm512_mask3_fmadd_ps(m16, _mm512_set1_ps(qload_f32(at + s_at + 4 * b)),
-                                                    msum[t / 4], (__mmask16)(0xF << (4 * (t % 4))));
+            if (kind == K_Q4_1) {
+                const __m512 sa = _mm512_set1_ps(qload_f32(at + s_at + 4 * b));
+                msum[t / 4] = _mm512_mask3_fmadd_ps(m16, sa, msum[t / 4],
+                                                    (__mmask16)(0xF << (4 * (t % 4))));
+            }
         }
     }
     float m[2][16];
@@ -346,8 +348,8 @@ AI void tile32_avx2_pass(const int kind, const int NR, const int NT, int64_t col
             const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32(
                 (int)qload_u32(wr[0] + o), (int)qload_u32(wr[1] + o), (int)qload_u32(wr[2] + o),
                 (int)qload_u32(wr[3] + o)));
-            _mm_storeu_ps(dw, _mm256_castps256_ps128(
-                                  _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6))));
+            const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+            _mm_storeu_ps(dw, _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, even)));
             m4 = _mm256_castps256_ps128(
                 _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)));
         } else {
@@ -399,7 +401,8 @@ AI void tile32_avx2_pass(const int kind, const int NR, const int NT, int64_t col
 AI void tile32_avx2(const int kind, const int NR, const int NT, int64_t cols, const uint8_t *w,
                     int64_t wrb, const uint8_t *a, int64_t arb, float *out, int64_t os) {
     tile32_avx2_pass(kind, NR, NT < 2 ? NT : 2, cols, w, wrb, a, arb, out, os);
-    if (NT > 2) tile32_avx2_pass(kind, NR, NT - 2, cols, w, wrb, a + 2 * arb, arb, out + 2 * os, os);
+    if (NT > 2)
+        tile32_avx2_pass(kind, NR, NT - 2, cols, w, wrb, a + 2 * arb, arb, out + 2 * os, os);
 }
 
 #define TILE32(NR, NT, kind, ...) tile32_avx2(kind, NR, NT, __VA_ARGS__)
@@ -528,21 +531,23 @@ static inline void tile32(const int kind, int64_t cols, const uint8_t *w, int64_
                           const uint8_t *a, int64_t arb, int ntok, float *out, int64_t os) {
     while (ntok > 0) {
         const int nt = ntok >= QWIDE ? QWIDE : ntok > 4 ? 4 : ntok;
+#define QARGS cols, w, wrb, a, arb, out, os
         if (nt == 8) {
 #if QWIDE == 8
             switch (kind) {
-            case K_Q4_0: QTILE_SWITCH_8(TILE32, nrows, K_Q4_0, cols, w, wrb, a, arb, out, os) break;
-            case K_Q4_1: QTILE_SWITCH_8(TILE32, nrows, K_Q4_1, cols, w, wrb, a, arb, out, os) break;
-            default: QTILE_SWITCH_8(TILE32, nrows, K_Q8_0, cols, w, wrb, a, arb, out, os) break;
+            case K_Q4_0: QTILE_SWITCH_8(TILE32, nrows, K_Q4_0, QARGS) break;
+            case K_Q4_1: QTILE_SWITCH_8(TILE32, nrows, K_Q4_1, QARGS) break;
+            default: QTILE_SWITCH_8(TILE32, nrows, K_Q8_0, QARGS) break;
             }
 #endif
         } else {
             switch (kind) {
-            case K_Q4_0: QTILE_SWITCH(TILE32, nrows, nt, K_Q4_0, cols, w, wrb, a, arb, out, os) break;
-            case K_Q4_1: QTILE_SWITCH(TILE32, nrows, nt, K_Q4_1, cols, w, wrb, a, arb, out, os) break;
-            default: QTILE_SWITCH(TILE32, nrows, nt, K_Q8_0, cols, w, wrb, a, arb, out, os) break;
+            case K_Q4_0: QTILE_SWITCH(TILE32, nrows, nt, K_Q4_0, QARGS) break;
+            case K_Q4_1: QTILE_SWITCH(TILE32, nrows, nt, K_Q4_1, QARGS) break;
+            default: QTILE_SWITCH(TILE32, nrows, nt, K_Q8_0, QARGS) break;
             }
         }
+#undef QARGS
         a += nt * arb;
         out += nt * os;
         ntok -= nt;
