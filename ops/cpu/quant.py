@@ -60,20 +60,23 @@ def qmatmul(
     bias: torch.Tensor | None = None,
     lib: ctypes.CDLL | None = None,
 ) -> torch.Tensor:
-    """`x` `[..., cols]` float32 (rows may be strided) -> `[..., rows]` float32."""
+    """`x` `[..., cols]` float32 (rows may be strided) -> `[..., rows]` float32. (The
+    decode path: a 2-D `x` with unit column stride goes straight through.)"""
     lib = lib or library()
     assert lib is not None
-    rows = rows_of(x)
-    out = torch.empty(rows.shape[0], desc.rows, dtype=torch.float32)
-    if rows.shape[0]:
-        b = None if bias is None else bias.to(torch.float32).contiguous()
+    flat = x if x.dim() == 2 and x.stride(1) == 1 else rows_of(x)
+    n = flat.shape[0]
+    out = torch.empty(n, desc.rows, dtype=torch.float32)
+    if n:
+        if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+            bias = bias.to(torch.float32).contiguous()
         status = lib.llmcore_qmatmul(
-            ctypes.byref(desc), rows.data_ptr(), rows.shape[0], rows.stride(0),
-            None if b is None else b.data_ptr(), out.data_ptr(), out.stride(0),
+            ctypes.byref(desc), flat.data_ptr(), n, flat.stride(0),
+            None if bias is None else bias.data_ptr(), out.data_ptr(), desc.rows,
         )  # fmt: skip
         if status:
             raise RuntimeError(f"llmcore_qmatmul failed ({status}) for type {desc.type}")
-    return out.view(*x.shape[:-1], desc.rows)
+    return out if flat is x else out.view(*x.shape[:-1], desc.rows)
 
 
 def qget_rows(desc: QWeight, ids: torch.Tensor, lib: ctypes.CDLL | None = None) -> torch.Tensor:

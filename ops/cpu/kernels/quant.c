@@ -8,6 +8,12 @@
  * number of tokens and the thread count change no bit of the result.
  */
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,11 +72,13 @@ static int64_t act_q8_0_bytes(int64_t cols) { return qround64(cols + 4 * (cols /
 static int64_t act_q8_1_bytes(int64_t cols) { return qround64(cols + 8 * (cols / QK)); }
 static int64_t act_i8_bytes(int64_t cols) { return QA_I8_HEAD + qround64(cols); }
 
+/* Q8_0, its q stored offset by 128 (unsigned: quant_layout.h). */
 static void act_q8_0(const float *x, int64_t cols, uint8_t *a) {
     float *d = (float *)(a + cols);
     for (int64_t b = 0; b < cols / QK; b++) {
         int32_t sum;
         d[b] = qround_f16(quant_block32(x + b * QK, (int8_t *)a + b * QK, &sum));
+        for (int j = 0; j < QK; j++) a[b * QK + j] ^= 0x80;
     }
 }
 
@@ -174,21 +182,25 @@ static void dequant_i8_row(const uint8_t *row, int64_t cols, float *out) {
 /* ---- the type table ----------------------------------------------------------- */
 
 static const llmcore_qtype_info TABLE[] = {
-    {LLMCORE_Q4_0, QK, 18, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q4_0, dequant_q4_0},
-    {LLMCORE_Q4_1, QK, 20, 0, act_q8_1, act_q8_1_bytes, llmcore_qtile_q4_1, dequant_q4_1},
-    {LLMCORE_Q8_0, QK, 34, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q8_0, dequant_q8_0},
+    {LLMCORE_Q4_0, QK, 18, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q4_0, dequant_q4_0,
+     QTILE_TOKENS},
+    {LLMCORE_Q4_1, QK, 20, 0, act_q8_1, act_q8_1_bytes, llmcore_qtile_q4_1, dequant_q4_1,
+     QTILE_TOKENS},
+    {LLMCORE_Q8_0, QK, 34, 0, act_q8_0, act_q8_0_bytes, llmcore_qtile_q8_0, dequant_q8_0,
+     QTILE_TOKENS},
     {LLMCORE_Q4_K, 256, 144, 0, llmcore_qact_q8_k, llmcore_qact_q8_k_row_bytes,
      llmcore_qtile_q4_k, llmcore_qdequant_q4_k},
     {LLMCORE_Q5_K, 256, 176, 0, llmcore_qact_q8_k, llmcore_qact_q8_k_row_bytes,
      llmcore_qtile_q5_k, llmcore_qdequant_q5_k},
     {LLMCORE_Q6_K, 256, 210, 0, llmcore_qact_q8_k, llmcore_qact_q8_k_row_bytes,
      llmcore_qtile_q6_k, llmcore_qdequant_q6_k},
-    {LLMCORE_I8_ROW, 1, 1, 4, act_i8, act_i8_bytes, llmcore_qtile_i8_row, dequant_i8_row},
-    /* plain float weights (quant_float.c) */
+    {LLMCORE_I8_ROW, 1, 1, 4, act_i8, act_i8_bytes, llmcore_qtile_i8_row, dequant_i8_row,
+     QTILE_TOKENS},
+    /* plain float weights (quant_float.c); tiles of up to 4 tokens */
     {LLMCORE_Q_BF16, 1, 2, 0, llmcore_qact_bf16, llmcore_qact_bf16_row_bytes, llmcore_qtile_bf16,
-     llmcore_qdequant_bf16},
+     llmcore_qdequant_bf16, 0},
     {LLMCORE_Q_F32, 1, 4, 0, llmcore_qact_f32, llmcore_qact_f32_row_bytes, llmcore_qtile_f32,
-     llmcore_qdequant_f32},
+     llmcore_qdequant_f32, 0},
 };
 
 const llmcore_qtype_info *llmcore_qtype_find(int64_t type) {
@@ -235,10 +247,19 @@ static uint8_t *act_buffer(size_t bytes) {
 /* ---- the matmul --------------------------------------------------------------- */
 
 #define TILE_ROWS 4
-#define TILE_TOKS 4
-#define CHUNK_ROWS 64   /* rows a task keeps in cache when the tokens come in blocks */
-#define BLOCK_TOKS 64   /* beyond this many tokens, tokens are taken a block at a time */
+#define TILE_TOKS 4 /* a tile's tokens unless its table row says more */
+#define STREAM_TOKS 64  /* up to this many tokens, the weights stream through once */
+#ifndef CHUNK_ROWS
+#define CHUNK_ROWS 64   /* beyond: a task's rows (kept in cache) ... */
+#endif
+#ifndef BLOCK_TOKS
+#define BLOCK_TOKS 64   /* ... against a block of this many tokens */
+#endif
 #define PARALLEL_MIN (1 << 16) /* multiply-adds below which a call stays on one thread */
+#define SERIAL_ACT_TOKS 4      /* token counts whose activations one thread quantizes */
+#ifndef START_PREFETCH
+#define START_PREFETCH 16384   /* bytes of its rows a thread prefetches before its first tile */
+#endif
 
 typedef struct {
     const llmcore_qtype_info *info;
@@ -255,8 +276,9 @@ static void row_tile(const qcall *c, int64_t r0, int64_t t0, int64_t t1) {
     const llmcore_qweight *w = c->w;
     const int nr = (int)(w->rows - r0 < TILE_ROWS ? w->rows - r0 : TILE_ROWS);
     const uint8_t *wp = w->data + r0 * w->row_bytes;
-    for (int64_t t = t0; t < t1; t += TILE_TOKS) {
-        const int nt = (int)(t1 - t < TILE_TOKS ? t1 - t : TILE_TOKS);
+    const int64_t step = c->info->tile_tokens ? c->info->tile_tokens : TILE_TOKS;
+    for (int64_t t = t0; t < t1; t += step) {
+        const int nt = (int)(t1 - t < step ? t1 - t : step);
         c->info->tile(w->cols, wp, w->row_bytes, nr, c->act + t * c->act_bytes, c->act_bytes, nt,
                       c->out + t * c->out_stride + r0, c->out_stride);
     }
@@ -280,14 +302,29 @@ int llmcore_qmatmul(const llmcore_qweight *w, const float *x, int64_t n, int64_t
     const int64_t chunks = (rows + CHUNK_ROWS - 1) / CHUNK_ROWS;
     const int64_t blocks = (n + BLOCK_TOKS - 1) / BLOCK_TOKS;
     const double work = (double)rows * (double)cols * (double)n;
+    /* A few tokens are quantized here, on the calling thread: a barrier costs more. */
+    const int serial_act = n <= SERIAL_ACT_TOKS;
+    if (serial_act)
+        for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
 #pragma omp parallel if (work >= PARALLEL_MIN)
     {
+        if (!serial_act) {
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
-        if (n <= BLOCK_TOKS) {
-            /* Every token against each 4-row tile in turn; the threads split the rows. */
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < row_tiles; i++) row_tile(&c, i * TILE_ROWS, 0, n);
+            for (int64_t t = 0; t < n; t++) info->act(x + t * x_stride, cols, act + t * act_bytes);
+        }
+        if (n <= STREAM_TOKS) {
+            /* Every token against each 4-row tile in turn; the threads split the rows,
+               each a contiguous range, whose first bytes it asks for at once (the tiles
+               prefetch the rest as they go). */
+            const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+            const int64_t lo = row_tiles * tid / nth, hi = row_tiles * (tid + 1) / nth;
+            if (lo < hi) {
+                const uint8_t *start = w->data + lo * TILE_ROWS * w->row_bytes;
+                const int64_t span = (hi - lo) * TILE_ROWS * w->row_bytes;
+                for (int64_t o = 0; o < span && o < START_PREFETCH; o += 64)
+                    __builtin_prefetch(start + o, 0, 3);
+            }
+            for (int64_t i = lo; i < hi; i++) row_tile(&c, i * TILE_ROWS, 0, n);
         } else {
             /* A GEMM: a task is a chunk of rows (kept in cache) against a block of tokens. */
 #pragma omp for schedule(dynamic, 1) collapse(2)

@@ -46,7 +46,8 @@ typedef struct llmcore_qweight {
 typedef void (*llmcore_qact_fn)(const float *x, int64_t cols, uint8_t *a);
 /* The bytes of one quantized activation row of `cols` values. */
 typedef int64_t (*llmcore_qact_bytes_fn)(int64_t cols);
-/* Dot products of nrows weight rows (1..4) against ntok activation rows (1..4):
+/* Dot products of nrows weight rows (1..4) against ntok activation rows (1..4, or up
+   to the type's tile_tokens where its table row sets more):
    out[t * out_stride + r] = <W row r, activation row t>.
    Each (t, r) accumulates in its own registers in block order, so its value does
    not depend on nrows or ntok (bit stability). */
@@ -67,6 +68,7 @@ typedef struct llmcore_qtype_info {
     llmcore_qact_bytes_fn act_bytes;
     llmcore_qtile_fn tile;
     llmcore_qdequant_fn dequant;
+    int64_t tile_tokens; /* the most tokens one tile call takes (0: 4, as the typedef) */
 } llmcore_qtype_info;
 
 /* out[t * out_stride + r] = sum_c x[t * x_stride + c] * W[r, c] (+ bias[r]).

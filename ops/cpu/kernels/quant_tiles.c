@@ -1,8 +1,8 @@
 /* Tile functions of Q4_0, Q4_1 and Q8_0 (32-value blocks) and of I8_ROW: up to 4
- * weight rows x 4 activation rows per call, in the instruction set the compiler's
- * predefined macros allow: AVX-512 VNNI (vpdpbusd on 512 bits, two weight rows per
- * register), AVX2 (vpmaddubsw + vpmaddwd, or AVX-VNNI's vpdpbusd on 256 bits), or
- * portable C.
+ * weight rows x 8 activation rows (tokens) per call, in the instruction set the
+ * compiler's predefined macros allow: AVX-512 VNNI (vpdpbusd on 512 bits, two weight
+ * rows per register, 8 tokens at once), AVX2 (vpmaddubsw + vpmaddwd, or AVX-VNNI's
+ * vpdpbusd on 256 bits, 2 tokens at once), or portable C.
  *
  * Canonical arithmetic of a block type, the same in every instruction set, so the
  * three builds agree bit for bit (and no (token, row) depends on the tile):
@@ -13,10 +13,12 @@
  *   result = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7))  (+ msum)
  * I8_ROW sums the whole row in integers (exact), then (float)sum * (scale_w * scale_a).
  *
- * vpdpbusd multiplies unsigned by signed bytes: Q4 nibbles are unsigned already (Q4_0
- * subtracts 8 * sum a per lane afterwards); Q8_0 and I8 weights are offset by 128 (xor
- * 0x80) and 128 * sum a is subtracted. The AVX2 path takes |w| against sign(a, w)
- * instead, which keeps vpmaddubsw's pair sums inside int16.
+ * vpdpbusd multiplies unsigned by signed bytes. Q4_0 and Q8_0 take the activations as
+ * the unsigned operand (stored offset by 128) against the signed weights (Q4_0's
+ * nibbles less 8), and subtract 128 * sum w, computed once per weight block for all
+ * the tokens; Q4_1's nibbles are unsigned against signed activations; I8 weights are
+ * offset by 128 (xor 0x80) and 128 * sum a subtracted. The AVX2 path takes |w| against
+ * sign(a, w) instead, which keeps vpmaddubsw's pair sums inside int16.
  */
 #include <math.h>
 #include <stdint.h>
@@ -92,20 +94,20 @@ static inline uint32_t qload_u32(const uint8_t *p) {
 /* ---- AVX-512 VNNI ------------------------------------------------------------- */
 #if defined(QISA_AVX512)
 
-/* Two rows' block b as one register. Q8_0: [row 0's 32 bytes | row 1's], xor 0x80.
-   Q4: [r0 low nibbles, r1 low, r0 high, r1 high] (16 bytes each): values 0-15 and
-   16-31 of each row, so lanes 0-3 and 8-11 are row 0's canonical lanes 0-7. */
+/* Two rows' block b as one register. Q8_0: [row 0's 32 bytes | row 1's]. Q4: [r0 low
+   nibbles, r1 low, r0 high, r1 high] (16 bytes each): values 0-15 and 16-31 of each
+   row, so lanes 0-3 and 8-11 are row 0's canonical lanes 0-7; Q4_0's less 8. */
 AI __m512i v512_pair(const int kind, const uint8_t *p0, const uint8_t *p1) {
     if (kind == K_Q8_0) {
-        __m512i z = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0));
-        z = _mm512_inserti64x4(z, _mm256_loadu_si256((const __m256i *)p1), 1);
-        return _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80));
+        const __m512i z = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p0));
+        return _mm512_inserti64x4(z, _mm256_loadu_si256((const __m256i *)p1), 1);
     }
     const __m256i v = _mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p0)),
         _mm_loadu_si128((const __m128i *)p1), 1);
     const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
-    return _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+    const __m512i q = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+    return kind == K_Q4_0 ? _mm512_sub_epi8(q, _mm512_set1_epi8(8)) : q;
 }
 
 /* A token's block in the pair layout: [a | a] (Q8_0) or [a0-15, a0-15, a16-31, a16-31]. */
@@ -132,6 +134,8 @@ AI __m512i v512_scale_index(const int kind, const int p) {
     return _mm512_setr_epi32(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b);
 }
 
+/* Up to 4 rows x 8 tokens: 16 accumulators, and Q4_1's m * s sums of 4 tokens x 4
+   rows in one register (lane 4 * token + row, updated under a mask). */
 AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
                       const uint8_t *w, int64_t wrb, const uint8_t *a, int64_t arb, float *out,
                       int64_t os) {
@@ -140,69 +144,67 @@ AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
     const int NP = (NR + 1) / 2;
     const uint8_t *wr[4];
     for (int r = 0; r < 4; r++) wr[r] = w + (r < NR ? r : 0) * wrb; /* extra rows: row 0 again */
-    const uint8_t *at[4];
-    const float *ad[4], *as[4];
-    for (int t = 0; t < 4; t++) {
-        at[t] = a + (t < NT ? t : 0) * arb;
-        ad[t] = qa8_d(at[t], cols);
-        as[t] = qa8_s(at[t], cols);
-    }
-    __m512 acc[2][4];
-    __m128 msum[4];
-#pragma GCC unroll 4
-    for (int t = 0; t < 4; t++) {
-        acc[0][t] = acc[1][t] = _mm512_setzero_ps();
-        msum[t] = _mm_setzero_ps();
-    }
-    const __m512i idx0 = v512_scale_index(kind, 0), idx1 = v512_scale_index(kind, 1);
+    __m512 acc[2][8], msum[2];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+    msum[0] = msum[1] = _mm512_setzero_ps();
     const __m512i zero = _mm512_setzero_si512();
+    const int64_t pf = qpf_ahead(wrb);
+    const int64_t d_at = cols, s_at = cols + 4 * nb; /* the d and s arrays of a token's row */
     for (int64_t b = 0; b < nb; b++) {
         const int64_t o = b * bb;
-        __m512 scales;
-        __m128 m4 = _mm_setzero_ps();
+        __m512 scales, m16 = _mm512_setzero_ps();
         if (kind == K_Q4_1) {
             const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32(
                 (int)qload_u32(wr[0] + o), (int)qload_u32(wr[1] + o), (int)qload_u32(wr[2] + o),
                 (int)qload_u32(wr[3] + o)));
             scales = _mm512_castps256_ps512(dm);
-            m4 = _mm256_castps256_ps128(
-                _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)));
+            m16 = _mm512_permutexvar_ps(
+                _mm512_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7), scales);
         } else {
             scales = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_setr_epi16(
                 (short)qload_u16(wr[0] + o), (short)qload_u16(wr[1] + o),
                 (short)qload_u16(wr[2] + o), (short)qload_u16(wr[3] + o), 0, 0, 0, 0)));
         }
-        __m512i q[2];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) QPREFETCH(wr[r] + o + pf);
+        __m512i q[2], init[2] = {zero, zero};
         __m512 dw[2];
         q[0] = v512_pair(kind, wr[0] + o + qo, wr[1] + o + qo);
-        dw[0] = _mm512_permutexvar_ps(idx0, scales);
+        dw[0] = _mm512_permutexvar_ps(v512_scale_index(kind, 0), scales);
         if (NP > 1) {
             q[1] = v512_pair(kind, wr[2] + o + qo, wr[3] + o + qo);
-            dw[1] = _mm512_permutexvar_ps(idx1, scales);
+            dw[1] = _mm512_permutexvar_ps(v512_scale_index(kind, 1), scales);
         }
-#pragma GCC unroll 4
+        if (kind != K_Q4_1) /* (a + 128) . w = a . w + 128 * sum w: start from -128 sum w */
+#pragma GCC unroll 2
+            for (int p = 0; p < NP; p++)
+                init[p] = _mm512_sub_epi32(
+                    zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8((char)0x80), q[p]));
+#pragma GCC unroll 8
         for (int t = 0; t < NT; t++) {
-            const __m512i av = v512_act(kind, at[t] + b * QK);
-            __m512i init = zero;
-            if (kind == K_Q4_0)
-                init = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(8), av));
-            else if (kind == K_Q8_0)
-                init = _mm512_sub_epi32(
-                    zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8((char)0x80), av));
-            const __m512 da = _mm512_set1_ps(ad[t][b]);
+            const uint8_t *at = a + t * arb;
+            const __m512i av = v512_act(kind, at + b * QK);
+            const __m512 da = _mm512_set1_ps(qload_f32(at + d_at + 4 * b));
 #pragma GCC unroll 2
             for (int p = 0; p < NP; p++) {
-                const __m512i s = _mm512_dpbusd_epi32(init, q[p], av);
+                const __m512i s = kind == K_Q4_1 ? _mm512_dpbusd_epi32(zero, q[p], av)
+                                                 : _mm512_dpbusd_epi32(init[p], av, q[p]);
                 acc[p][t] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[p], da), acc[p][t]);
             }
-            if (kind == K_Q4_1) msum[t] = _mm_fmadd_ps(m4, _mm_set1_ps(as[t][b]), msum[t]);
+            if (kind == K_Q4_1) {
+                const __m512 sa = _mm512_set1_ps(qload_f32(at + s_at + 4 * b));
+                msum[t / 4] = _mm512_mask3_fmadd_ps(m16, sa, msum[t / 4],
+                                                    (__mmask16)(0xF << (4 * (t % 4))));
+            }
         }
     }
-#pragma GCC unroll 4
+    float m[2][16];
+    _mm512_storeu_ps(m[0], msum[0]);
+    _mm512_storeu_ps(m[1], msum[1]);
+#pragma GCC unroll 8
     for (int t = 0; t < NT; t++) {
-        float m[4];
-        _mm_storeu_ps(m, msum[t]);
 #pragma GCC unroll 2
         for (int p = 0; p < NP; p++) {
             const __m512 v = acc[p][t];
@@ -217,8 +219,8 @@ AI void tile32_avx512(const int kind, const int NR, const int NT, int64_t cols,
                 r1 = v128_hsum(_mm_add_ps(q1, q3));
             }
             if (kind == K_Q4_1) {
-                r0 += m[2 * p];
-                r1 += m[2 * p + 1];
+                r0 += m[t / 4][4 * (t % 4) + 2 * p];
+                r1 += m[t / 4][4 * (t % 4) + 2 * p + 1];
             }
             out[t * os + 2 * p] = r0;
             if (2 * p + 1 < NR) out[t * os + 2 * p + 1] = r1;
@@ -240,12 +242,15 @@ AI void tile_i8_avx512(const int NR, const int NT, int64_t cols, const uint8_t *
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_si512();
     const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const int64_t pf = qpf_ahead(wrb);
     int64_t c = 0;
     for (; c + 64 <= cols; c += 64) {
         __m512i q[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)
+        for (int r = 0; r < NR; r++) {
+            QPREFETCH(wr[r] + c + pf);
             q[r] = _mm512_xor_si512(_mm512_loadu_si512(wr[r] + c), flip);
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) {
             const __m512i av = _mm512_loadu_si512(at[t] + QA_I8_HEAD + c);
@@ -332,16 +337,19 @@ AI void tile32_avx2_pass(const int kind, const int NR, const int NT, int64_t col
     for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     msum[0] = msum[1] = _mm_setzero_ps();
     const __m256i zero = _mm256_setzero_si256();
+    const int64_t pf = qpf_ahead(wrb);
     for (int64_t b = 0; b < nb; b++) {
         const int64_t o = b * bb;
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) QPREFETCH(wr[r] + o + pf);
         float dw[4];
         __m128 m4 = _mm_setzero_ps();
         if (kind == K_Q4_1) {
             const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32(
                 (int)qload_u32(wr[0] + o), (int)qload_u32(wr[1] + o), (int)qload_u32(wr[2] + o),
                 (int)qload_u32(wr[3] + o)));
-            _mm_storeu_ps(dw, _mm256_castps256_ps128(
-                                  _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6))));
+            const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+            _mm_storeu_ps(dw, _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, even)));
             m4 = _mm256_castps256_ps128(
                 _mm256_permutevar8x32_ps(dm, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7)));
         } else {
@@ -358,7 +366,8 @@ AI void tile32_avx2_pass(const int kind, const int NR, const int NT, int64_t col
         }
 #pragma GCC unroll 2
         for (int t = 0; t < NT; t++) {
-            const __m256i av = _mm256_loadu_si256((const __m256i *)(at[t] + b * QK));
+            __m256i av = _mm256_loadu_si256((const __m256i *)(at[t] + b * QK));
+            if (kind != K_Q4_1) av = _mm256_xor_si256(av, _mm256_set1_epi8((char)0x80));
             __m256i off = zero;
             if (kind == K_Q4_0) off = v256_dot(zero, _mm256_set1_epi8(8), av);
             const float da = ad[t][b];
@@ -392,7 +401,8 @@ AI void tile32_avx2_pass(const int kind, const int NR, const int NT, int64_t col
 AI void tile32_avx2(const int kind, const int NR, const int NT, int64_t cols, const uint8_t *w,
                     int64_t wrb, const uint8_t *a, int64_t arb, float *out, int64_t os) {
     tile32_avx2_pass(kind, NR, NT < 2 ? NT : 2, cols, w, wrb, a, arb, out, os);
-    if (NT > 2) tile32_avx2_pass(kind, NR, NT - 2, cols, w, wrb, a + 2 * arb, arb, out + 2 * os, os);
+    if (NT > 2)
+        tile32_avx2_pass(kind, NR, NT - 2, cols, w, wrb, a + 2 * arb, arb, out + 2 * os, os);
 }
 
 #define TILE32(NR, NT, kind, ...) tile32_avx2(kind, NR, NT, __VA_ARGS__)
@@ -414,6 +424,7 @@ AI void tile_i8_avx2(const int NR, const int NT, int64_t cols, const uint8_t *w,
             const __m256i av = _mm256_loadu_si256((const __m256i *)(aq + c));
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
+                if (t == 0) QPREFETCH(wr[r] + c + qpf_ahead(wrb));
                 const __m256i q = _mm256_loadu_si256((const __m256i *)(wr[r] + c));
                 acc[r] = v256_dot(acc[r], _mm256_abs_epi8(q), _mm256_sign_epi8(av, q));
             }
@@ -456,10 +467,11 @@ AI float dot32_scalar(const int kind, int64_t cols, const uint8_t *w, const uint
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bb;
         const float d = qf16_to_f32(blk) * ad[b];
-        const int8_t *aq = (const int8_t *)a + b * QK;
+        const uint8_t *aq = a + b * QK;
         for (int i = 0; i < 8; i++) {
             int32_t s = 0;
-            for (int k = 4 * i; k < 4 * i + 4; k++) s += scalar_wq(kind, blk + qo, k) * aq[k];
+            for (int k = 4 * i; k < 4 * i + 4; k++) /* Q8_0 activations: stored + 128 */
+                s += scalar_wq(kind, blk + qo, k) * (kind == K_Q4_1 ? (int8_t)aq[k] : aq[k] - 128);
             acc[i] = fmaf((float)s, d, acc[i]);
         }
         if (kind == K_Q4_1) msum = fmaf(qf16_to_f32(blk + 2), as[b], msum);
@@ -497,29 +509,74 @@ AI void tile_i8_scalar(const int NR, const int NT, int64_t cols, const uint8_t *
 
 /* ---- the exported tiles ------------------------------------------------------- */
 
+/* They take up to QTILE_TOKENS (8) tokens a call: the AVX-512 tile of the block types
+   holds 8 at once (the weights' unpacking and scales then serve twice as many tokens);
+   the other paths, and I8_ROW's 16 integer accumulators, go 4 at a time. */
+#if defined(QISA_AVX512)
+#define QWIDE 8
+#else
+#define QWIDE 4
+#endif
+
+#define QTILE_SWITCH_8(F, nrows, ...)     \
+    switch (nrows) {                      \
+    case 1: F(1, 8, __VA_ARGS__); break;  \
+    case 2: F(2, 8, __VA_ARGS__); break;  \
+    case 3: F(3, 8, __VA_ARGS__); break;  \
+    case 4: F(4, 8, __VA_ARGS__); break;  \
+    default: break;                       \
+    }
+
+static inline void tile32(const int kind, int64_t cols, const uint8_t *w, int64_t wrb, int nrows,
+                          const uint8_t *a, int64_t arb, int ntok, float *out, int64_t os) {
+    while (ntok > 0) {
+        const int nt = ntok >= QWIDE ? QWIDE : ntok > 4 ? 4 : ntok;
+#define QARGS cols, w, wrb, a, arb, out, os
+        if (nt == 8) {
+#if QWIDE == 8
+            switch (kind) {
+            case K_Q4_0: QTILE_SWITCH_8(TILE32, nrows, K_Q4_0, QARGS) break;
+            case K_Q4_1: QTILE_SWITCH_8(TILE32, nrows, K_Q4_1, QARGS) break;
+            default: QTILE_SWITCH_8(TILE32, nrows, K_Q8_0, QARGS) break;
+            }
+#endif
+        } else {
+            switch (kind) {
+            case K_Q4_0: QTILE_SWITCH(TILE32, nrows, nt, K_Q4_0, QARGS) break;
+            case K_Q4_1: QTILE_SWITCH(TILE32, nrows, nt, K_Q4_1, QARGS) break;
+            default: QTILE_SWITCH(TILE32, nrows, nt, K_Q8_0, QARGS) break;
+            }
+        }
+#undef QARGS
+        a += nt * arb;
+        out += nt * os;
+        ntok -= nt;
+    }
+}
+
 void llmcore_qtile_q4_0(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
                         const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
                         int64_t out_stride) {
-    QTILE_SWITCH(TILE32, nrows, ntok, K_Q4_0, cols, w, w_row_bytes, a, a_row_bytes, out,
-                 out_stride)
+    tile32(K_Q4_0, cols, w, w_row_bytes, nrows, a, a_row_bytes, ntok, out, out_stride);
 }
 
 void llmcore_qtile_q4_1(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
                         const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
                         int64_t out_stride) {
-    QTILE_SWITCH(TILE32, nrows, ntok, K_Q4_1, cols, w, w_row_bytes, a, a_row_bytes, out,
-                 out_stride)
+    tile32(K_Q4_1, cols, w, w_row_bytes, nrows, a, a_row_bytes, ntok, out, out_stride);
 }
 
 void llmcore_qtile_q8_0(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
                         const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
                         int64_t out_stride) {
-    QTILE_SWITCH(TILE32, nrows, ntok, K_Q8_0, cols, w, w_row_bytes, a, a_row_bytes, out,
-                 out_stride)
+    tile32(K_Q8_0, cols, w, w_row_bytes, nrows, a, a_row_bytes, ntok, out, out_stride);
 }
 
 void llmcore_qtile_i8_row(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
                           const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
                           int64_t out_stride) {
-    QTILE_SWITCH(TILE_I8, nrows, ntok, cols, w, w_row_bytes, a, a_row_bytes, out, out_stride)
+    for (; ntok > 0; ntok -= 4, a += 4 * a_row_bytes, out += 4 * out_stride) {
+        const int nt = ntok < 4 ? ntok : 4;
+        QTILE_SWITCH(TILE_I8, nrows, nt, cols, w, w_row_bytes, a, a_row_bytes, out, out_stride)
+    }
 }
