@@ -4,10 +4,10 @@
  * quantized to Q8_K; and their dequantized rows (get_rows).
  *
  * Q8_K activations, our layout, ACT_BYTES (320) a block of 256 values: int8 q[256]
- * at 0, int16 bsums[16] (sums of 16 q) at 256, float d at 288, zeros to 320. The
- * values are ggml's quantize_row_q8_K_ref's bit for bit: d from the signed value of
- * largest magnitude (the first one), q = nearest_int(-127 / max * x) (at most 127),
- * d = 1 / (-127 / max).
+ * at 0, int16 bsums[16] (sums of 16 q) at 256, int16 sums of 32 q [8] at 288, float
+ * d at 304, zeros to 320. The values are ggml's quantize_row_q8_K_ref's bit for bit:
+ * d from the signed value of largest magnitude (the first one), q =
+ * nearest_int(-127 / max * x) (at most 127), d = 1 / (-127 / max).
  *
  * A dot product (weight row, activation row), the same operations on every path
  * (AVX-512 VNNI, AVX2, scalar), so they agree bit for bit and a value never depends
@@ -16,16 +16,18 @@
  * with q the weight's unsigned 4/5/6-bit value and scale(v) its sub-block's scale
  * (Q6_K: minus 32 * (sc[2l] * bsums[2l] + sc[2l+1] * bsums[2l+1]) in lanes l < 8,
  * its -32 offset). Then in float, F[l] = fma((float)P[l], d_w * d_a, F[l]); for
- * Q4_K/Q5_K also G[j] = fma((float)(m[j] * (bsums[2j] + bsums[2j+1])), dmin_w * d_a,
- * G[j]), j < 8. The result is tree(F) - tree(G), a tree that adds lanes l and l + 8,
+ * Q4_K/Q5_K, with the mins m[8] and the sums of 32 activations s32[8], also
+ *   G[j] = fma((float)(m[2j] * s32[2j] + m[2j+1] * s32[2j+1]), dmin_w * d_a, G[j])
+ * for j < 4. The result is tree(F) - tree(G), a tree that adds lanes l and l + 8,
  * then l and l + 4, l and l + 2, then the two left.
  *
  * The integer dot products: AVX-512 vpmaddubsw (unsigned weights times signed
  * activations, pairs to int16: at most 2 * 63 * 127, no saturation) then vpdpwssd
- * with the int16 scales (VNNI; vpmaddwd + vpaddd without it); AVX2 the same on two
- * 256-bit halves (vpdpwssd of AVX-VNNI where the target has it); else portable C.
- * Each weight block is unpacked once and used against every activation row of the
- * call (ntok <= 4).
+ * with the int16 scales (VNNI; vpmaddwd + vpaddd without it), a tile block by block
+ * (each weight block unpacked once for every activation row, each activation block
+ * used by every weight row while it is in L1, the next tile prefetched as one stream);
+ * AVX2 the same on two 256-bit halves (vpdpwssd of AVX-VNNI where the target has it),
+ * row by row; else portable C.
  */
 #include <stdint.h>
 #include <string.h>
@@ -44,7 +46,8 @@
 #define QK 256          /* values a super-block */
 #define ACT_BYTES 320   /* a Q8_K activation block */
 #define ACT_BSUMS 256
-#define ACT_D 288
+#define ACT_BSUM32 288
+#define ACT_D 304
 #define Q4K_BYTES 144   /* d, dmin, scales[12], qs[128] */
 #define Q5K_BYTES 176   /* d, dmin, scales[12], qh[32], qs[128] */
 #define Q6K_BYTES 210   /* ql[128], qh[64], scales[16] (int8), d */
@@ -56,7 +59,9 @@ int64_t llmcore_qact_q8_k_row_bytes(int64_t cols) { return cols / QK * ACT_BYTES
 static inline float fp16_to_f32(const uint8_t *p) {
     const uint16_t h = (uint16_t)(p[0] | p[1] << 8);
 #if defined(QK_AVX512) || defined(QK_AVX2)
-    return _cvtsh_ss(h);
+    /* vmovd + vcvtph2ps: _cvtsh_ss's vpinsrw would merge into the register of the last
+     * conversion and chain every block's load to the one before */
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 #else
     const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
     uint32_t bits;
@@ -125,10 +130,15 @@ void llmcore_qact_q8_k(const float *x, int64_t cols, uint8_t *a) {
             q = (q & ~over) | (127 & over);
             const vb q8 = __builtin_convertvector(q, vb);
             memcpy(a + i, &q8, sizeof q8);
-            int32_t sum = 0;
-            for (int l = 0; l < W; l++) sum += q[l];
-            const int16_t s16 = (int16_t)sum;
-            memcpy(a + ACT_BSUMS + 2 * (i / W), &s16, sizeof s16);
+            int16_t sum = 0;
+            for (int l = 0; l < W; l++) sum = (int16_t)(sum + q[l]);
+            memcpy(a + ACT_BSUMS + 2 * (i / W), &sum, sizeof sum);
+        }
+        for (int j = 0; j < 8; j++) {
+            int16_t s16[2], s32;
+            memcpy(s16, a + ACT_BSUMS + 4 * j, sizeof s16);
+            s32 = (int16_t)(s16[0] + s16[1]);
+            memcpy(a + ACT_BSUM32 + 2 * j, &s32, sizeof s32);
         }
         const float d = 1.0f / iscale;
         memcpy(a + ACT_D, &d, sizeof d);
@@ -197,8 +207,11 @@ void llmcore_qdequant_row_q6_k(const uint8_t *w, int64_t cols, float *out) {
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
+/* tree(G) of four lanes: (g0 + g2) + (g1 + g3) */
+static inline float tree4(const float *g) { return (g[0] + g[2]) + (g[1] + g[3]); }
+
 #if defined(QK_AVX512) || defined(QK_AVX2)
-/* tree(G) of eight lanes (lanes l and l + 4, l and l + 2, the two left) */
+/* tree of eight lanes (l and l + 4, then tree4) */
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -236,19 +249,34 @@ static inline __m512i or_and(__m512i a, __m512i b, __m512i c) {
     return _mm512_ternarylogic_epi32(a, b, c, 0xf8);
 }
 
-/* The sixteen lanes P of one block: unpacked weights q, their int16 scales s. */
-static ALWAYS_INLINE __m512i dot4(const __m512i *q, const __m512i *s, const uint8_t *ab) {
-    __m512i p = _mm512_setzero_si512();
-    for (int k = 0; k < 4; k++) {
-        const __m512i x = _mm512_loadu_si512((const void *)(ab + 64 * k));
-        p = DPWSSD(p, _mm512_maddubs_epi16(q[k], x), s[k]);
-    }
-    return p;
+/* Prefetch the cache lines that start in [p, p + bytes), each line once. A tile reads
+ * its rows side by side, four short streams that the hardware prefetcher follows
+ * badly; so each block step prefetches as many bytes of the next tile (the rows after
+ * this one) in the order of memory: one long stream, a tile ahead. (Prefetching a line
+ * twice, the end of one step and the start of the next, halved the bandwidth.) */
+static inline void prefetch_bytes(const uint8_t *p, int64_t bytes) {
+    const uintptr_t end = (uintptr_t)p + (uintptr_t)bytes;
+    for (uintptr_t line = ((uintptr_t)p + 63) & ~(uintptr_t)63; line < end; line += 64)
+        __builtin_prefetch((const void *)line, 0, 3);
 }
 
-/* One Q4_K (q5 = 0) or Q5_K (q5 = 1) weight row against nt activation rows. */
-static ALWAYS_INLINE void row_q45k(int64_t nb, const uint8_t *w, const uint8_t *a, int64_t a_row,
-                                   const int nt, float *out, int64_t out_stride, const int q5) {
+/* p[t] += the products of 64 unpacked weights q (int16 scales s) and the 64
+ * activations at x + t * a_row, for each of the nt activation rows. */
+static ALWAYS_INLINE void dot64(__m512i *p, const int nt, __m512i q, __m512i s, const uint8_t *x,
+                                int64_t a_row) {
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) {
+        const __m512i xt = _mm512_loadu_si512((const void *)(x + t * a_row));
+        p[t] = DPWSSD(p[t], _mm512_maddubs_epi16(q, xt), s);
+    }
+}
+
+/* Q4_K (q5 = 0) or Q5_K (q5 = 1): nr weight rows against nt activation rows, block
+ * by block. The mins of the nr rows go together: row r's four G lanes are lanes
+ * 4r..4r+3 of G[t]. */
+static ALWAYS_INLINE void tile_q45k(int64_t nb, const uint8_t *w, int64_t w_row, const int nr,
+                                    const uint8_t *a, int64_t a_row, const int nt, float *out,
+                                    int64_t out_stride, const int q5) {
     const int64_t wb = q5 ? Q5K_BYTES : Q4K_BYTES;
     const __m512i low4 = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
     const __m512i nibble_shift = halves(_mm256_setzero_si256(), _mm256_set1_epi16(4));
@@ -265,49 +293,71 @@ static ALWAYS_INLINE void row_q45k(int64_t nb, const uint8_t *w, const uint8_t *
         const int lo = 4 * k | (4 * k + 1) << 8, hi = lo + 0x0202;
         pick[k] = halves(_mm256_set1_epi32(lo | lo << 16), _mm256_set1_epi32(hi | hi << 16));
     }
-    __m512 F[4];
-    __m256 G[4];
+    __m512 F[4][4], G[4];
     for (int t = 0; t < nt; t++) {
-        F[t] = _mm512_setzero_ps();
-        G[t] = _mm256_setzero_ps();
+        G[t] = _mm512_setzero_ps();
+        for (int r = 0; r < nr; r++) F[t][r] = _mm512_setzero_ps();
     }
+    const __m512i quads = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *bw = w + i * wb;
-        const float d = fp16_to_f32(bw), dmin = fp16_to_f32(bw + 2);
-        uint64_t sc, mn;
-        k4_scales(bw + 4, &sc, &mn);
-        const __m512i sc16 =
-            _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
-        const __m128i mn8 = _mm_cvtsi64_si128((long long)mn);
-        const __m256i mn16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
-        const uint8_t *qs = bw + (q5 ? 48 : 16);
-        __m512i q[4], s[4];
-        for (int k = 0; k < 4; k++) {
-            q[k] = _mm512_and_si512(_mm512_srlv_epi16(twice(qs + 32 * k), nibble_shift), low4);
-            s[k] = _mm512_shuffle_epi8(sc16, pick[k]);
+        /* row r's mins (bytes) and dmin in lane r, merged in registers */
+        __m256i mn4 = _mm256_setzero_si256();
+        __m128 dmin4 = _mm_setzero_ps();
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *bw = w + r * w_row + i * wb;
+            prefetch_bytes(w + nr * w_row + (i * nr + r) * wb, wb);
+            const float d = fp16_to_f32(bw), dmin = fp16_to_f32(bw + 2);
+            uint64_t sc, mn;
+            k4_scales(bw + 4, &sc, &mn);
+            const __m512i sc16 =
+                _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+            mn4 = _mm256_mask_set1_epi64(mn4, (__mmask8)(1u << r), (long long)mn);
+            dmin4 = _mm_mask_mov_ps(dmin4, (__mmask8)(1u << r), _mm_set1_ps(dmin));
+            const uint8_t *qs = bw + (q5 ? 48 : 16);
+            const __m512i qh = q5 ? twice(bw + 16) : low4;
+            __m512i p[4];
+            for (int t = 0; t < nt; t++) p[t] = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) { /* values 64k..64k+63 */
+                __m512i q = _mm512_srlv_epi16(twice(qs + 32 * k), nibble_shift);
+                q = _mm512_and_si512(q, low4);
+                if (q5) {
+                    const __m512i h = k < 2 ? _mm512_sllv_epi16(qh, hshift[k])
+                                            : _mm512_srlv_epi16(qh, hshift[k]);
+                    q = or_and(q, h, bit4);
+                }
+                const __m512i sk = _mm512_shuffle_epi8(sc16, pick[k]);
+                dot64(p, nt, q, sk, a + i * ACT_BYTES + 64 * k, a_row);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const uint8_t *ab = a + t * a_row + i * ACT_BYTES;
+                const float da = act_d(ab);
+                const __m512 dd = _mm512_set1_ps(d * da);
+                F[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t]), dd, F[t][r]);
+            }
         }
-        if (q5) {
-            const __m512i qh = twice(bw + 16);
-            q[0] = or_and(q[0], _mm512_sllv_epi16(qh, hshift[0]), bit4);
-            q[1] = or_and(q[1], _mm512_sllv_epi16(qh, hshift[1]), bit4);
-            q[2] = or_and(q[2], _mm512_srlv_epi16(qh, hshift[2]), bit4);
-            q[3] = or_and(q[3], _mm512_srlv_epi16(qh, hshift[3]), bit4);
-        }
+        const __m512i mn16 = _mm512_cvtepu8_epi16(mn4);
+        const __m512 dm = _mm512_permutexvar_ps(quads, _mm512_castps128_ps512(dmin4));
+#pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const uint8_t *ab = a + t * a_row + i * ACT_BYTES;
-            __m512i p = dot4(q, s, ab);
-            const float da = act_d(ab);
-            F[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(d * da), F[t]);
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(ab + ACT_BSUMS));
-            const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn16, bs));
-            G[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(dmin * da), G[t]);
+            const __m128i s32 = _mm_loadu_si128((const __m128i *)(ab + ACT_BSUM32));
+            const __m512i m32 = _mm512_madd_epi16(mn16, _mm512_broadcast_i32x4(s32));
+            const __m512 m = _mm512_cvtepi32_ps(m32);
+            G[t] = _mm512_fmadd_ps(m, _mm512_mul_ps(dm, _mm512_set1_ps(act_d(ab))), G[t]);
         }
     }
-    for (int t = 0; t < nt; t++) out[t * out_stride] = hsum16(F[t]) - hsum8(G[t]);
+    for (int t = 0; t < nt; t++) {
+        float g[16];
+        _mm512_storeu_ps(g, G[t]);
+        for (int r = 0; r < nr; r++) out[t * out_stride + r] = hsum16(F[t][r]) - tree4(g + 4 * r);
+    }
 }
 
-static ALWAYS_INLINE void row_q6k(int64_t nb, const uint8_t *w, const uint8_t *a, int64_t a_row,
-                                  const int nt, float *out, int64_t out_stride) {
+static ALWAYS_INLINE void tile_q6k(int64_t nb, const uint8_t *w, int64_t w_row, const int nr,
+                                   const uint8_t *a, int64_t a_row, const int nt, float *out,
+                                   int64_t out_stride) {
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
     const __m512i shift_lo = halves(_mm256_set1_epi16(4), _mm256_set1_epi16(2));
     const __m512i shift_hi = halves(_mm256_set1_epi16(0), _mm256_set1_epi16(2));
@@ -320,32 +370,46 @@ static ALWAYS_INLINE void row_q6k(int64_t nb, const uint8_t *w, const uint8_t *a
                                    _mm_set1_epi16((short)(4 * k + 1)), 1),
                 _mm_set1_epi16((short)(4 * k + 2)), 2),
             _mm_set1_epi16((short)(4 * k + 3)), 3);
-    __m512 F[4];
-    for (int t = 0; t < nt; t++) F[t] = _mm512_setzero_ps();
+    __m512 F[4][4];
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++) F[t][r] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *bw = w + i * Q6K_BYTES;
-        const float d = fp16_to_f32(bw + 208);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(bw + 192)));
-        const __m256i sc32 = _mm256_slli_epi16(sc16, 5); /* the -32 offset: 32 * scale */
-        const __m512i sc16z = _mm512_zextsi256_si512(sc16);
-        __m512i q[4], s[4];
-        for (int n = 0; n < 2; n++) {
-            const __m512i ql = _mm512_loadu_si512((const void *)(bw + 64 * n));
-            const __m512i qh = twice(bw + 128 + 32 * n);
-            q[2 * n] = or_and(_mm512_and_si512(ql, low4), _mm512_sllv_epi16(qh, shift_lo), bits45);
-            q[2 * n + 1] = or_and(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
-                                  _mm512_srlv_epi16(qh, shift_hi), bits45);
-        }
-        for (int k = 0; k < 4; k++) s[k] = _mm512_permutexvar_epi16(pick[k], sc16z);
-        for (int t = 0; t < nt; t++) {
-            const uint8_t *ab = a + t * a_row + i * ACT_BYTES;
-            __m512i p = dot4(q, s, ab);
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(ab + ACT_BSUMS));
-            p = _mm512_sub_epi32(p, _mm512_zextsi256_si512(_mm256_madd_epi16(sc32, bs)));
-            F[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(d * act_d(ab)), F[t]);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *bw = w + r * w_row + i * Q6K_BYTES;
+            prefetch_bytes(w + nr * w_row + (i * nr + r) * Q6K_BYTES, Q6K_BYTES);
+            const float d = fp16_to_f32(bw + 208);
+            const __m128i sc8 = _mm_loadu_si128((const __m128i *)(bw + 192));
+            const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+            const __m256i sc32 = _mm256_slli_epi16(sc16, 5); /* the -32 offset: 32 * scale */
+            const __m512i sc16z = _mm512_zextsi256_si512(sc16);
+            __m512i p[4];
+            for (int t = 0; t < nt; t++) p[t] = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) { /* values 64k..64k+63 */
+                const int n = k / 2;
+                const __m512i ql = _mm512_loadu_si512((const void *)(bw + 64 * n));
+                const __m512i qh = twice(bw + 128 + 32 * n);
+                const __m512i q =
+                    k % 2 == 0 ? or_and(_mm512_and_si512(ql, low4), _mm512_sllv_epi16(qh, shift_lo),
+                                        bits45)
+                               : or_and(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+                                        _mm512_srlv_epi16(qh, shift_hi), bits45);
+                const __m512i sk = _mm512_permutexvar_epi16(pick[k], sc16z);
+                dot64(p, nt, q, sk, a + i * ACT_BYTES + 64 * k, a_row);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const uint8_t *ab = a + t * a_row + i * ACT_BYTES;
+                const __m256i bs = _mm256_loadu_si256((const __m256i *)(ab + ACT_BSUMS));
+                const __m512i pt =
+                    _mm512_sub_epi32(p[t], _mm512_zextsi256_si512(_mm256_madd_epi16(sc32, bs)));
+                const __m512 dd = _mm512_set1_ps(d * act_d(ab));
+                F[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pt), dd, F[t][r]);
+            }
         }
     }
-    for (int t = 0; t < nt; t++) out[t * out_stride] = hsum16(F[t]);
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr; r++) out[t * out_stride + r] = hsum16(F[t][r]);
 }
 
 /* ---- AVX2 ------------------------------------------------------------------------ */
@@ -375,15 +439,18 @@ static ALWAYS_INLINE void row_q45k(int64_t nb, const uint8_t *w, const uint8_t *
                                    const int nt, float *out, int64_t out_stride, const int q5) {
     const int64_t wb = q5 ? Q5K_BYTES : Q4K_BYTES;
     const __m256i low4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
-    __m256 F0[4], F1[4], G[4];
-    for (int t = 0; t < nt; t++) F0[t] = F1[t] = G[t] = _mm256_setzero_ps();
+    __m256 F0[4], F1[4];
+    __m128 G[4];
+    for (int t = 0; t < nt; t++) {
+        F0[t] = F1[t] = _mm256_setzero_ps();
+        G[t] = _mm_setzero_ps();
+    }
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *bw = w + i * wb;
         const float d = fp16_to_f32(bw), dmin = fp16_to_f32(bw + 2);
         uint64_t sc, mn;
         k4_scales(bw + 4, &sc, &mn);
-        const __m128i mn8 = _mm_cvtsi64_si128((long long)mn);
-        const __m256i mn16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+        const __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn));
         const uint8_t *qs = bw + (q5 ? 48 : 16);
         const __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(bw + 16)) : low4;
         __m256i q[8], s[8];
@@ -410,13 +477,16 @@ static ALWAYS_INLINE void row_q45k(int64_t nb, const uint8_t *w, const uint8_t *
             const __m256 dd = _mm256_set1_ps(d * da);
             F0[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), dd, F0[t]);
             F1[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), dd, F1[t]);
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)(ab + ACT_BSUMS));
-            const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn16, bs));
-            G[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(dmin * da), G[t]);
+            const __m128i s32 = _mm_loadu_si128((const __m128i *)(ab + ACT_BSUM32));
+            const __m128 m = _mm_cvtepi32_ps(_mm_madd_epi16(mn16, s32));
+            G[t] = _mm_fmadd_ps(m, _mm_set1_ps(dmin * da), G[t]);
         }
     }
-    for (int t = 0; t < nt; t++)
-        out[t * out_stride] = hsum8(_mm256_add_ps(F0[t], F1[t])) - hsum8(G[t]);
+    for (int t = 0; t < nt; t++) {
+        float g[4];
+        _mm_storeu_ps(g, G[t]);
+        out[t * out_stride] = hsum8(_mm256_add_ps(F0[t], F1[t])) - tree4(g);
+    }
 }
 
 static ALWAYS_INLINE void row_q6k(int64_t nb, const uint8_t *w, const uint8_t *a, int64_t a_row,
@@ -505,24 +575,17 @@ static void unpack_q6k(const uint8_t *bw, kblock *b) {
     }
 }
 
-static inline int16_t bsum(const uint8_t *ab, int g) {
+static inline int16_t act_i16(const uint8_t *ab, int offset, int j) {
     int16_t s;
-    memcpy(&s, ab + ACT_BSUMS + 2 * g, sizeof s);
+    memcpy(&s, ab + offset + 2 * j, sizeof s);
     return s;
 }
 
-/* tree(F) for sixteen lanes, tree(G) for eight (see the top of the file). */
-static inline float tree8(const float *g) {
-    float s4[4], s2[2];
-    for (int l = 0; l < 4; l++) s4[l] = g[l] + g[l + 4];
-    for (int l = 0; l < 2; l++) s2[l] = s4[l] + s4[l + 2];
-    return s2[0] + s2[1];
-}
-
 static inline float tree16(const float *f) {
-    float s8[8];
+    float s8[8], s4[4];
     for (int l = 0; l < 8; l++) s8[l] = f[l] + f[l + 8];
-    return tree8(s8);
+    for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
+    return tree4(s4);
 }
 
 /* One block against one activation block: F and G as the top of the file says. */
@@ -541,20 +604,23 @@ static void dot_block(const kblock *b, const uint8_t *ab, int q6, float *F, floa
     const float da = act_d(ab);
     if (q6)
         for (int l = 0; l < 8; l++)
-            P[l] -= 32 * (b->sc[2 * l] * bsum(ab, 2 * l) + b->sc[2 * l + 1] * bsum(ab, 2 * l + 1));
+            P[l] -= 32 * (b->sc[2 * l] * act_i16(ab, ACT_BSUMS, 2 * l) +
+                          b->sc[2 * l + 1] * act_i16(ab, ACT_BSUMS, 2 * l + 1));
     const float dd = b->d * da;
     for (int l = 0; l < 16; l++) F[l] = __builtin_fmaf((float)P[l], dd, F[l]);
     if (!q6) {
         const float dm = b->dmin * da;
-        for (int j = 0; j < 8; j++)
-            G[j] = __builtin_fmaf((float)(b->mn[j] * (bsum(ab, 2 * j) + bsum(ab, 2 * j + 1))), dm,
-                                  G[j]);
+        for (int j = 0; j < 4; j++) {
+            const int32_t m = b->mn[2 * j] * act_i16(ab, ACT_BSUM32, 2 * j) +
+                              b->mn[2 * j + 1] * act_i16(ab, ACT_BSUM32, 2 * j + 1);
+            G[j] = __builtin_fmaf((float)m, dm, G[j]);
+        }
     }
 }
 
 static void row_k(int type, int64_t nb, const uint8_t *w, const uint8_t *a, int64_t a_row, int nt,
                   float *out, int64_t out_stride) {
-    float F[4][16] = {{0}}, G[4][8] = {{0}};
+    float F[4][16] = {{0}}, G[4][4] = {{0}};
     const int64_t wb = type == 4 ? Q4K_BYTES : type == 5 ? Q5K_BYTES : Q6K_BYTES;
     kblock b;
     for (int64_t i = 0; i < nb; i++) {
@@ -566,7 +632,7 @@ static void row_k(int type, int64_t nb, const uint8_t *w, const uint8_t *a, int6
             dot_block(&b, a + t * a_row + i * ACT_BYTES, type == 6, F[t], G[t]);
     }
     for (int t = 0; t < nt; t++)
-        out[t * out_stride] = type == 6 ? tree16(F[t]) : tree16(F[t]) - tree8(G[t]);
+        out[t * out_stride] = type == 6 ? tree16(F[t]) : tree16(F[t]) - tree4(G[t]);
 }
 
 static inline void row_q45k(int64_t nb, const uint8_t *w, const uint8_t *a, int64_t a_row, int nt,
@@ -580,31 +646,55 @@ static inline void row_q6k(int64_t nb, const uint8_t *w, const uint8_t *a, int64
 }
 #endif
 
+#if !defined(QK_AVX512)
+/* AVX2 and portable C: a tile row by row. */
+static ALWAYS_INLINE void tile_q45k(int64_t nb, const uint8_t *w, int64_t w_row, const int nr,
+                                    const uint8_t *a, int64_t a_row, const int nt, float *out,
+                                    int64_t out_stride, const int q5) {
+    for (int r = 0; r < nr; r++) row_q45k(nb, w + r * w_row, a, a_row, nt, out + r, out_stride, q5);
+}
+
+static ALWAYS_INLINE void tile_q6k(int64_t nb, const uint8_t *w, int64_t w_row, const int nr,
+                                   const uint8_t *a, int64_t a_row, const int nt, float *out,
+                                   int64_t out_stride) {
+    for (int r = 0; r < nr; r++) row_q6k(nb, w + r * w_row, a, a_row, nt, out + r, out_stride);
+}
+#endif
+
 /* ---- the tiles (llmcore_qtile_fn) ------------------------------------------------ */
 
-/* type (4, 5, 6) and ntok as constants for the inlined rows, so that their
+/* type (4, 5, 6), nrows and ntok as constants for the inlined tile, so that its
  * accumulators stay in registers */
+static ALWAYS_INLINE void tile_nt(const int type, int64_t nb, const uint8_t *w, int64_t w_row,
+                                  const int nr, const uint8_t *a, int64_t a_row, const int nt,
+                                  float *out, int64_t out_stride) {
+    if (type == 6)
+        tile_q6k(nb, w, w_row, nr, a, a_row, nt, out, out_stride);
+    else
+        tile_q45k(nb, w, w_row, nr, a, a_row, nt, out, out_stride, type == 5);
+}
+
 static ALWAYS_INLINE void tile_k(const int type, int64_t cols, const uint8_t *w,
                                  int64_t w_row_bytes, int nrows, const uint8_t *a,
                                  int64_t a_row_bytes, int ntok, float *out, int64_t out_stride) {
-    for (int r = 0; r < nrows; r++) {
-        const uint8_t *wr = w + r * w_row_bytes;
-#define ROW(nt)                                                                          \
-    if (type == 6)                                                                       \
-        row_q6k(cols / QK, wr, a, a_row_bytes, nt, out + r, out_stride);                 \
-    else                                                                                 \
-        row_q45k(cols / QK, wr, a, a_row_bytes, nt, out + r, out_stride, type == 5);     \
-    break;
-        switch (ntok) {
-        case 1: ROW(1)
-        case 2: ROW(2)
-        case 3: ROW(3)
-        default: ROW(4)
-        }
-#undef ROW
+    const int64_t nb = cols / QK;
+#define NT(nr, nt) tile_nt(type, nb, w, w_row_bytes, nr, a, a_row_bytes, nt, out, out_stride)
+#define NR(nr)                 \
+    switch (ntok) {            \
+    case 1: NT(nr, 1); break;  \
+    case 2: NT(nr, 2); break;  \
+    case 3: NT(nr, 3); break;  \
+    default: NT(nr, 4); break; \
     }
+    switch (nrows) {
+    case 1: NR(1) break;
+    case 2: NR(2) break;
+    case 3: NR(3) break;
+    default: NR(4) break;
+    }
+#undef NR
+#undef NT
 }
-
 void llmcore_qtile_q4_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
                         const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
                         int64_t out_stride) {
@@ -621,4 +711,17 @@ void llmcore_qtile_q6_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int
                         const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
                         int64_t out_stride) {
     tile_k(6, cols, w, w_row_bytes, nrows, a, a_row_bytes, ntok, out, out_stride);
+}
+
+/* quant.h's names for the dequantized rows */
+void llmcore_qdequant_q4_k(const uint8_t *row, int64_t cols, float *out) {
+    llmcore_qdequant_row_q4_k(row, cols, out);
+}
+
+void llmcore_qdequant_q5_k(const uint8_t *row, int64_t cols, float *out) {
+    llmcore_qdequant_row_q5_k(row, cols, out);
+}
+
+void llmcore_qdequant_q6_k(const uint8_t *row, int64_t cols, float *out) {
+    llmcore_qdequant_row_q6_k(row, cols, out);
 }
