@@ -34,14 +34,16 @@ from pathlib import Path
 
 logger = logging.getLogger("llmcore.ops")
 
-SOURCES = ("activation.c", "attention.c", "kv_cache.c", "norm.c", "rotary.c")
-HEADERS = ("vec.h",)
+SOURCES = (
+    "activation.c", "attention.c", "kv_cache.c", "norm.c", "quant.c", "quant_tiles.c",
+    "rotary.c",
+)  # fmt: skip
+HEADERS = ("quant.h", "quant_layout.h", "vec.h")
+NATIVE = "native"  # the -march of the library every op uses
 # No floating-point contraction: the kernels write each fused multiply-add they
 # mean, and the others round as torch does (see docs/ops.md).
-FLAGS = (
-    "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=gnu11", "-shared",
-    "-fPIC",
-)  # fmt: skip
+FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-std=gnu11", "-shared", "-fPIC")
+LIBS = ("-lm",)
 THREADED, SINGLE_THREADED = "-fopenmp", "-fopenmp-simd"  # the second if the first fails
 
 
@@ -65,9 +67,9 @@ def compiler() -> str | None:
     return next((name for name in ("cc", "gcc", "clang") if shutil.which(name)), None)
 
 
-def _sources() -> dict[str, str]:
+def _sources(compiled: tuple[str, ...] = SOURCES) -> dict[str, str]:
     folder = importlib.resources.files("ops.cpu") / "kernels"
-    return {name: (folder / name).read_text(encoding="utf-8") for name in SOURCES + HEADERS}
+    return {name: (folder / name).read_text(encoding="utf-8") for name in compiled + HEADERS}
 
 
 def _cpu_signature() -> str:
@@ -79,19 +81,29 @@ def _cpu_signature() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _library_path(cc: str, sources: dict[str, str]) -> Path:
+def _flags(march: str, defines: tuple[str, ...]) -> tuple[str, ...]:
+    return (*FLAGS, f"-march={march}", *(f"-D{name}" for name in defines))
+
+
+def _library_path(cc: str, sources: dict[str, str], flags: tuple[str, ...]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256()
-    for part in (*sources.values(), " ".join(FLAGS), version, _cpu_signature(), platform.machine()):
+    for part in (*sources.values(), " ".join(flags), version, _cpu_signature(), platform.machine()):
         digest.update(part.encode())
         digest.update(b"\0")
     return cache_dir() / f"cpu-kernels-{digest.hexdigest()[:20]}.so"
 
 
-def build(cc: str) -> Path:
-    """Compile the kernels (unless cached) and return the library's path."""
-    sources = _sources()
-    target = _library_path(cc, sources)
+def build(
+    cc: str, march: str = NATIVE, defines: tuple[str, ...] = (), compiled: tuple[str, ...] = SOURCES
+) -> Path:
+    """Compile the kernels (unless cached) and return the library's path. `march`,
+    `defines` (macro names) and `compiled` (a subset of SOURCES) exist for tests, which
+    build the quantized matmul's sources for older instruction sets (`x86-64-v3`: the
+    AVX2 paths; `x86-64`: the portable C)."""
+    sources = _sources(compiled)
+    flags = _flags(march, defines)
+    target = _library_path(cc, sources, flags)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,13 +112,13 @@ def build(cc: str) -> Path:
         for name, text in sources.items():
             path = Path(tmp) / name
             path.write_text(text, encoding="utf-8")
-            if name in SOURCES:
+            if name in compiled:
                 files.append(str(path))
         out = Path(tmp) / target.name
         errors = []
         for openmp in (THREADED, SINGLE_THREADED):
             result = subprocess.run(
-                [cc, *FLAGS, openmp, "-o", str(out), *files],
+                [cc, *flags, openmp, "-o", str(out), *files, *LIBS],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -147,6 +159,26 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+# The quantized matmul's sources (kernels/quant*.c), which `library_for` builds alone.
+QUANT_SOURCES = tuple(name for name in SOURCES if name.startswith("quant"))
+
+
+@functools.cache
+def library_for(march: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """The quantized matmul (QUANT_SOURCES only) built for another instruction set
+    (`-march=march`, plus `-D` for each of `defines`), in a library of its own: for
+    tests, which compare its results with the native library's. Raises where the
+    build fails."""
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler")
+    import torch  # noqa: F401  (as in library())
+
+    lib = ctypes.CDLL(str(build(cc, march, defines, QUANT_SOURCES)))
+    _declare_quant(lib)
+    return lib
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     p, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
     fn = lib.llmcore_paged_attention_f32
@@ -167,3 +199,22 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.llmcore_silu_and_mul_f32
     fn.restype = None
     fn.argtypes = [p, i64, p, i64, i64]
+    _declare_quant(lib)
+
+
+def _declare_quant(lib: ctypes.CDLL) -> None:
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    fn = lib.llmcore_qmatmul
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, p, i64, i64, p, p, i64]
+    fn = lib.llmcore_qget_rows
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, p, i64, p, i64]
+    fn = lib.llmcore_qtype_support
+    fn.restype = ctypes.c_int
+    fn.argtypes = [i64]
+    fn = lib.llmcore_qquantize_act
+    fn.restype = ctypes.c_int
+    fn.argtypes = [i64, p, i64, p, p, p]
+    lib.llmcore_qisa.restype = ctypes.c_char_p
+    lib.llmcore_qisa.argtypes = []

@@ -17,7 +17,6 @@ the dispatch caches cleared), which forces every torch path.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -25,7 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import ops.cpu as cpu
 from ops import dispatch
 from ops.cpu import _build
 from ops.rotary import build_rope_cache, rope_inv_freq
+from tests.ops.cpu_paths import torch_path
 
 if cpu.library() is None:
     pytest.skip(
@@ -53,18 +53,6 @@ ATOL = RTOL = 1e-5  # attention: float32 summation order and the kernel's own ex
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-@contextlib.contextmanager
-def torch_path() -> Iterator[None]:
-    """Every public op takes its torch path inside this block."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_build, "library", lambda: None)
-        dispatch.clear_caches()
-        try:
-            yield
-        finally:
-            dispatch.clear_caches()
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
