@@ -35,8 +35,8 @@ from pathlib import Path
 logger = logging.getLogger("llmcore.ops")
 
 SOURCES = (
-    "activation.c", "attention.c", "kv_cache.c", "norm.c", "quant.c", "quant_tiles.c",
-    "rotary.c",
+    "activation.c", "attention.c", "kv_cache.c", "norm.c", "quant.c", "quant_k.c",
+    "quant_tiles.c", "rotary.c",
 )  # fmt: skip
 HEADERS = ("quant.h", "quant_layout.h", "vec.h")
 NATIVE = "native"  # the -march of the library every op uses

@@ -1,13 +1,16 @@
-"""The K-quant kernels of `ops/cpu/kernels/quant_k.c`, compiled alone and called with ctypes.
+"""The K-quant kernels (ops/cpu/kernels/quant_k.c: Q4_K, Q5_K, Q6_K weights against
+Q8_K activations) through the quantized matmul (`ops.quant`) and directly.
 
-Covered: Q8_K activation quantization (byte for byte against a numpy transcription of
-ggml's quantize_row_q8_K_ref: ties, a negative extreme, all-zero blocks); the
-dequantized rows of Q4_K, Q5_K and Q6_K (bit-identical to `gguf.quants.dequantize`);
-the dot-product tiles against a float64 reference from the same integers (tight) and
-against gguf's dequantized weights times the dequantized activations; extreme blocks
-(the largest scales, values and activations); bit stability over every sub-tile of a
-4 x 4 tile; and the AVX2 (`-march=x86-64-v3`) and scalar (`-march=x86-64`) builds
-against the native one, bit for bit.
+Covered: the Q8_K activation quantizer (byte for byte against a numpy transcription
+of ggml's quantize_row_q8_K_ref: ties, a negative extreme, all-zero blocks); get_rows
+(`quant_embedding`) and the torch reference bit-identical to `gguf.quants.dequantize`;
+`QuantLinear` against a float64 reference from the same integers (tight) and against
+dequantize-then-matmul (within the activations' int8 rounding), for 1..67 rows and
+1..300 tokens; extreme blocks (the largest scales, quants and activations); each
+token bit-identical alone and in any batch at 1 or 2 threads; every sub-tile of a
+4 x 4 tile bit-identical to the full tile (the tile functions called directly, with
+strided rows); the AVX2 (`-march=x86-64-v3`) and portable (`-march=x86-64`) builds
+bit-identical to the native one; the dispatch.
 
 The blocks are random and valid: random float16 d and dmin (some subnormal), random
 6-bit scales and mins (int8 scales for Q6_K), random quants, packed here from their
@@ -17,141 +20,86 @@ integer fields (the packing checked against gguf's dequantization).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
 import platform
-import shutil
-import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import dequantize
 
 from ops.cpu import _build
+from ops.cpu import quant as cq
+from ops.quant import LINEAR_OPS, QuantLinear, QuantType, QuantWeight, quant_embedding
+from tests.ops.cpu_paths import torch_path
 
-KERNELS = Path(__file__).resolve().parents[2] / "ops" / "cpu" / "kernels"
-FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-std=gnu11", "-shared", "-fPIC"]
+if _build.library() is None:
+    pytest.skip("CPU kernels not built", allow_module_level=True)
+
+T = QuantType
 QK, ACT_BYTES = 256, 320
-BLOCK_BYTES = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
-GGUF_TYPE = {"q4_k": GT.Q4_K, "q5_k": GT.Q5_K, "q6_k": GT.Q6_K}
-KINDS = tuple(BLOCK_BYTES)
-
-CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-if CC is None:
-    pytest.skip("no C compiler", allow_module_level=True)
-
-
-class Lib:
-    """One build of quant_k.c."""
-
-    def __init__(self, path: Path) -> None:
-        self.dll = ctypes.CDLL(str(path))
-        p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        self.dll.llmcore_qact_q8_k.argtypes = [p, i64, p]
-        self.dll.llmcore_qact_q8_k.restype = None
-        self.dll.llmcore_qact_q8_k_row_bytes.argtypes = [i64]
-        self.dll.llmcore_qact_q8_k_row_bytes.restype = i64
-        for kind in KINDS:
-            fn = getattr(self.dll, f"llmcore_qtile_{kind}")
-            fn.argtypes = [i64, p, i64, c_int, p, i64, c_int, p, i64]
-            fn.restype = None
-            fn = getattr(self.dll, f"llmcore_qdequant_row_{kind}")
-            fn.argtypes = [p, i64, p]
-            fn.restype = None
-
-    def act(self, x: np.ndarray) -> np.ndarray:
-        """Q8_K rows of float32 rows x [n, cols]: uint8 [n, row_bytes]."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n, cols = x.shape
-        row_bytes = self.dll.llmcore_qact_q8_k_row_bytes(cols)
-        out = np.full((n, row_bytes), 0xAB, dtype=np.uint8)
-        for t in range(n):
-            self.dll.llmcore_qact_q8_k(x[t].ctypes.data, cols, out[t].ctypes.data)
-        return out
-
-    def tile(
-        self,
-        kind: str,
-        w: np.ndarray,
-        a: np.ndarray,
-        *,
-        nrows: int | None = None,
-        ntok: int | None = None,
-        out_stride: int | None = None,
-    ) -> np.ndarray:
-        """out[t, r] = <row r of w, activation row t> for uint8 rows w and a (any row strides)."""
-        nrows = w.shape[0] if nrows is None else nrows
-        ntok = a.shape[0] if ntok is None else ntok
-        cols = a.shape[1] // ACT_BYTES * QK
-        stride = nrows if out_stride is None else out_stride
-        out = np.full((ntok, stride), np.nan, dtype=np.float32)
-        getattr(self.dll, f"llmcore_qtile_{kind}")(
-            cols,
-            w.ctypes.data,
-            w.strides[0],
-            nrows,
-            a.ctypes.data,
-            a.strides[0],
-            ntok,
-            out.ctypes.data,
-            stride,
-        )
-        return out[:, :nrows]
-
-    def dequant(self, kind: str, w: np.ndarray) -> np.ndarray:
-        rows = w.shape[0]
-        cols = w.shape[1] // BLOCK_BYTES[kind] * QK
-        out = np.empty((rows, cols), dtype=np.float32)
-        for r in range(rows):
-            getattr(self.dll, f"llmcore_qdequant_row_{kind}")(
-                w[r].ctypes.data, cols, out[r].ctypes.data
-            )
-        return out
-
-
-TARGETS = ("native", "x86-64-v3", "x86-64") if platform.machine() == "x86_64" else ("native",)
-
-
-def _build_path(target: str) -> Path:
-    """A cached build of quant_k.c for one target, named by the sources, flags and compiler."""
-    assert CC is not None
-    digest = hashlib.sha256()
-    version = subprocess.run([CC, "--version"], capture_output=True, text=True).stdout
-    for part in (KERNELS / "quant_k.c", KERNELS / "vec.h"):
-        digest.update(part.read_bytes())
-    digest.update(" ".join([*FLAGS, target, version]).encode())
-    return _build.cache_dir() / f"test-quant_k-{target}-{digest.hexdigest()[:16]}.so"
-
-
-@pytest.fixture(scope="module")
-def libs() -> dict[str, Lib]:
-    """quant_k.c built for each target (in parallel, cached): native, AVX2 and scalar."""
-    jobs = {}
-    for target in TARGETS:
-        path = _build_path(target)
-        if path.exists():
-            jobs[target] = (path, None)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [CC, *FLAGS, f"-march={target}", "-o", str(tmp), str(KERNELS / "quant_k.c")]
-        jobs[target] = (path, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
-    built = {}
-    for target, (path, job) in jobs.items():
-        if job is not None:
-            _, err = job.communicate(timeout=300)
-            assert job.returncode == 0, f"{target}: {err}"
-            os.replace(path.with_suffix(f".{os.getpid()}.tmp"), path)
-        built[target] = Lib(path)
-    return built
+BLOCK_BYTES = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
+KINDS = [t for t in BLOCK_BYTES if cq.Support.MATMUL in cq.support(t)]
+if not KINDS:
+    pytest.skip("the library has no K-quant kernels", allow_module_level=True)
+BUILDS = [("x86-64-v3", ()), ("x86-64", ("LLMCORE_NO_FLOAT16",))]
 
 
 @pytest.fixture
-def lib(libs: dict[str, Lib]) -> Lib:
-    return libs["native"]
+def keep_threads() -> Iterator[None]:
+    """Tests here may set torch's (and so the kernels') thread count; it is put back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- the library's K-quant functions, called directly ----------------------------
+
+
+def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.llmcore_qact_q8_k.argtypes = [p, i64, p]
+    lib.llmcore_qact_q8_k.restype = None
+    lib.llmcore_qact_q8_k_row_bytes.argtypes = [i64]
+    lib.llmcore_qact_q8_k_row_bytes.restype = i64
+    for kind in BLOCK_BYTES:
+        fn = getattr(lib, f"llmcore_qtile_{kind.name.lower()}")
+        fn.argtypes = [i64, p, i64, c_int, p, i64, c_int, p, i64]
+        fn.restype = None
+    return lib
+
+
+def act(x: np.ndarray, lib: ctypes.CDLL | None = None) -> np.ndarray:
+    """The C Q8_K rows of float32 rows x [n, cols]: uint8 [n, row_bytes]."""
+    lib = _declared(lib or _build.library())
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, cols = x.shape
+    out = np.full((n, lib.llmcore_qact_q8_k_row_bytes(cols)), 0xAB, dtype=np.uint8)
+    for t in range(n):
+        lib.llmcore_qact_q8_k(x[t].ctypes.data, cols, out[t].ctypes.data)
+    return out
+
+
+def tile(
+    kind: QuantType, w: np.ndarray, a: np.ndarray, nrows: int, ntok: int, out_stride: int
+) -> np.ndarray:
+    """llmcore_qtile_*: out[t, r] = <row r of w, activation row t> (any row strides)."""
+    lib = _declared(_build.library())
+    out = np.full((ntok, out_stride), np.nan, dtype=np.float32)
+    getattr(lib, f"llmcore_qtile_{kind.name.lower()}")(
+        a.shape[1] // ACT_BYTES * QK,
+        w.ctypes.data,
+        w.strides[0],
+        nrows,
+        a.ctypes.data,
+        a.strides[0],
+        ntok,
+        out.ctypes.data,
+        out_stride,
+    )
+    return out[:, :nrows]
 
 
 # ---- random valid blocks, packed here from their integer fields ---------------------
@@ -159,9 +107,9 @@ def lib(libs: dict[str, Lib]) -> Lib:
 
 @dataclass
 class Blocks:
-    """rows x nb blocks of one type: the bytes and the integers they hold."""
+    """rows x nb blocks of one type: the weight and the integers its bytes hold."""
 
-    raw: np.ndarray  # uint8 [rows, nb * block bytes]
+    weight: QuantWeight
     d: np.ndarray  # float32 [rows, nb]
     dmin: np.ndarray  # float32 [rows, nb] (zero for Q6_K)
     sc: np.ndarray  # int64 [rows, nb, 16]: the scale of each 16 values
@@ -169,13 +117,16 @@ class Blocks:
     q: np.ndarray  # int64 [rows, nb, 256]: the unsigned quants
     offset: int  # 32 for Q6_K (its values are q - 32), else 0
 
+    @property
+    def raw(self) -> np.ndarray:
+        return self.weight.data.numpy()
+
     def exact(self) -> np.ndarray:
         """The weights in float64, as the integers say: d * sc * (q - offset) - dmin * mn."""
         sc = np.repeat(self.sc, 16, axis=-1).astype(np.float64)
         mn = np.repeat(self.mn, 32, axis=-1).astype(np.float64)
         d, dmin = self.d.astype(np.float64)[..., None], self.dmin.astype(np.float64)[..., None]
-        w = d * sc * (self.q - self.offset) - dmin * mn
-        return w.reshape(self.q.shape[0], -1)
+        return (d * sc * (self.q - self.offset) - dmin * mn).reshape(self.q.shape[0], -1)
 
 
 def random_f16(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:
@@ -195,12 +146,12 @@ def pack_k4_scales(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
 
 
 def make_blocks(
-    kind: str, rows: int, cols: int, rng: np.random.Generator, extreme: bool = False
+    kind: QuantType, rows: int, cols: int, seed: int = 0, extreme: bool = False
 ) -> Blocks:
-    nb = cols // QK
-    shape = (rows, nb)
-    q6 = kind == "q6_k"
-    qmax = {"q4_k": 15, "q5_k": 31, "q6_k": 63}[kind]
+    rng = np.random.default_rng(seed)
+    shape = (rows, cols // QK)
+    q6 = kind == T.Q6_K
+    qmax = {T.Q4_K: 15, T.Q5_K: 31, T.Q6_K: 63}[kind]
     if extreme:
         q = np.full((*shape, QK), qmax, dtype=np.int64)
         sc8 = np.full((*shape, 8), 63, dtype=np.int64)
@@ -233,14 +184,14 @@ def make_blocks(
         qs = ((qb[..., 0, :] & 15) | ((qb[..., 1, :] & 15) << 4)).reshape(*shape, 128)
         parts = [d.view(np.uint8).reshape(*shape, 2), dmin.view(np.uint8).reshape(*shape, 2)]
         parts.append(pack_k4_scales(sc8, mn))
-        if kind == "q5_k":
+        if kind == T.Q5_K:
             sub = q.reshape(*shape, 8, 32)
             parts.append(sum((sub[..., j, :] >> 4) << j for j in range(8)))
         parts.append(qs)
     raw = np.concatenate([p.astype(np.uint8) for p in parts], axis=-1)
     assert raw.shape[-1] == BLOCK_BYTES[kind]
     return Blocks(
-        raw=raw.reshape(rows, -1),
+        weight=QuantWeight.from_raw(kind, raw.reshape(rows, -1), (rows, cols)),
         d=d.astype(np.float32),
         dmin=dmin.astype(np.float32),
         sc=sc16,
@@ -250,7 +201,11 @@ def make_blocks(
     )
 
 
-# ---- Q8_K references ----------------------------------------------------------------
+def gguf_rows(w: QuantWeight) -> np.ndarray:
+    return dequantize(w.data.numpy(), GT(int(w.qtype))).reshape(w.rows, w.cols)
+
+
+# ---- Q8_K activations as ggml makes them (numpy float32) -------------------------
 
 
 def q8k_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -259,13 +214,10 @@ def q8k_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d = np.zeros(len(blocks), dtype=np.float32)
     q = np.zeros(blocks.shape, dtype=np.int8)
     for i, b in enumerate(blocks):
-        amax, vmax = np.float32(0), np.float32(0)
-        for v in b:  # the first value of the largest magnitude, as ggml's loop
-            if abs(v) > amax:
-                amax, vmax = abs(v), v
-        if amax == 0:
+        first = int(np.argmax(np.abs(b)))  # the first value of the largest magnitude
+        if b[first] == 0:
             continue
-        iscale = np.float32(-127.0) / vmax
+        iscale = np.float32(-127.0) / b[first]
         q[i] = np.minimum(np.rint(iscale * b), 127).astype(np.int8)
         d[i] = np.float32(1.0) / iscale
     bsums = q.reshape(len(blocks), 16, 16).astype(np.int64).sum(-1)
@@ -273,7 +225,8 @@ def q8k_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def parse_act(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Our Q8_K layout: (d, q, bsums) of one activation row (and the sums of 32 checked)."""
+    """quant_k.c's Q8_K layout: (d, q, bsums) of one activation row (the sums of 32
+    checked on the way)."""
     blocks = row.reshape(-1, ACT_BYTES)
     q = blocks[:, :256].view(np.int8)
     bsums = blocks[:, 256:288].copy().view(np.int16).astype(np.int64)
@@ -283,36 +236,40 @@ def parse_act(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return d, q, bsums
 
 
-def activations(rng: np.random.Generator, n: int, cols: int) -> np.ndarray:
-    x = (rng.standard_normal((n, cols)) * rng.choice([0.01, 1.0, 30.0], size=(n, 1))).astype(
-        np.float32
-    )
-    return x
+def acts_q8k(x: np.ndarray) -> np.ndarray:
+    """The activations the kernels multiply, dequantized (float64) [n, cols]."""
+    out = []
+    for row in x:
+        d, q, _ = q8k_reference(row)
+        out.append((q.astype(np.float64) * d.astype(np.float64)[:, None]).reshape(-1))
+    return np.array(out)
 
 
-def exact_dot(blocks: Blocks, a_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 <W row, activation row> from the integers, and the magnitude sum it bounds."""
-    out, mag = [], []
-    for a in a_rows:
-        d_a, q_a, _ = parse_act(a)
-        x = (q_a.astype(np.float64) * d_a.astype(np.float64)[:, None]).reshape(-1)
-        w = blocks.exact()
-        out.append(w @ x)
-        mag.append(np.abs(w) @ np.abs(x))
-    return np.array(out), np.array(mag)
+def exact(blocks: Blocks, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 x @ W.T over the Q8_K activations with exact integer sums, and the sum of
+    |terms| it is accurate to: [n, rows] each."""
+    w = blocks.exact()
+    xa = acts_q8k(x)
+    return xa @ w.T, np.abs(xa) @ np.abs(w).T
 
 
-# ---- tests ------------------------------------------------------------------------------
+def random_x(n: int, cols: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([0.01, 1.0, 30.0])[torch.randint(0, 3, (n, 1), generator=g)]
+    return torch.randn(n, cols, generator=g) * scale
 
 
-def test_act_matches_ggml(lib: Lib) -> None:
+# ---- the activation quantizer and the packing ---------------------------------------
+
+
+def test_act_matches_ggml() -> None:
     rng = np.random.default_rng(1)
-    x = activations(rng, 3, 1024)
+    x = rng.standard_normal((3, 1024)).astype(np.float32)
     x[0, :256] = 0.0  # an all-zero block
     x[1, 300], x[1, 400] = -5.0, 5.0  # a tie: the first (negative) value wins
     x[2, 512 + 7] = -80.0  # a negative extreme
     x[2, 768:] = 1.0  # every value the extreme
-    got = lib.act(x)
+    got = act(x)
     assert got.shape == (3, 4 * ACT_BYTES)
     for t in range(3):
         d, q, bsums = q8k_reference(x[t])
@@ -324,99 +281,146 @@ def test_act_matches_ggml(lib: Lib) -> None:
     assert parse_act(got[1])[0][1] > 0  # d = -max / 127 with max = -5
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_packing_matches_gguf(kind: str) -> None:
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_packing_matches_gguf(kind: QuantType) -> None:
     """The test's own packing: gguf reads back the integers it packed."""
-    rng = np.random.default_rng(2)
-    blocks = make_blocks(kind, 3, 512, rng)
-    ref = dequantize(blocks.raw, GGUF_TYPE[kind]).astype(np.float64)
-    np.testing.assert_allclose(ref, blocks.exact(), rtol=1e-6, atol=1e-9)
+    blocks = make_blocks(kind, 3, 512, seed=2)
+    np.testing.assert_allclose(gguf_rows(blocks.weight), blocks.exact(), rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_dequant_bit_identical_to_gguf(libs: dict[str, Lib], kind: str) -> None:
-    rng = np.random.default_rng(3)
-    blocks = make_blocks(kind, 5, 1024, rng)
-    ref = dequantize(blocks.raw, GGUF_TYPE[kind]).astype(np.float32)
-    for target, lib in libs.items():
-        got = lib.dequant(kind, blocks.raw)
-        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), target
+# ---- get_rows -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("cols", [256, 768, 4096])
-def test_tile_against_references(libs: dict[str, Lib], kind: str, cols: int) -> None:
-    rng = np.random.default_rng(cols + len(kind))
-    blocks = make_blocks(kind, 4, cols, rng)
-    x = activations(rng, 4, cols)
-    a = libs["native"].act(x)
-    exact, mag = exact_dot(blocks, a)
-    for target, lib in libs.items():  # every build against the float64 reference
-        got = lib.tile(kind, blocks.raw, a)
-        assert np.all(np.abs(got.astype(np.float64) - exact) <= 4e-6 * mag + 1e-30), target
-    got = libs["native"].tile(kind, blocks.raw, a)
-    # dequantize-then-dot: gguf's float32 weights times the dequantized activations
-    w32 = dequantize(blocks.raw, GGUF_TYPE[kind]).astype(np.float32)
-    for t in range(4):
-        d_a, q_a, _ = parse_act(a[t])
-        x32 = (q_a.astype(np.float32) * d_a[:, None]).reshape(-1)
-        ref = w32.astype(np.float64) @ x32.astype(np.float64)
-        np.testing.assert_allclose(got[t], ref, rtol=0, atol=1e-5 * float(mag[t].max()))
-    # and against the float activations themselves (the quantization error of Q8_K)
-    ref = w32.astype(np.float64) @ x.astype(np.float64).T
-    err = np.abs(got - ref.T) / (np.abs(w32) @ np.abs(x.T)).T
-    assert err.max() < 2e-2
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_get_rows_bit_identical_to_gguf(kind: QuantType) -> None:
+    w = make_blocks(kind, 67, 1024, seed=3).weight
+    ids = torch.tensor([[3, 0, 66], [5, 5, 1]])
+    expected = torch.from_numpy(gguf_rows(w))[ids]
+    assert torch.equal(quant_embedding(ids, w), expected)
+    assert torch.equal(w.dequantize()[ids], expected)  # the torch reference too
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_tile_extreme_blocks(libs: dict[str, Lib], kind: str) -> None:
+# ---- the matmul against its references ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    ("cols", "rows", "n"),
+    [(256, 1, 1), (768, 5, 4), (768, 67, 5), (4096, 3, 1), (4096, 9, 8), (768, 67, 300)],
+)
+def test_matmul_against_references(kind: QuantType, cols: int, rows: int, n: int) -> None:
+    blocks = make_blocks(kind, rows, cols, seed=cols + rows + n)
+    w = blocks.weight
+    x = random_x(n, cols, seed=n)
+    out = QuantLinear(w)(x)
+    assert out.shape == (n, rows) and out.dtype == torch.float32
+    # (a) the same quantized activations, exact integer sums, float64 scaling
+    values, magnitude = exact(blocks, x.numpy())
+    err = np.abs(out.numpy().astype(np.float64) - values)
+    assert (err <= 4e-6 * magnitude + 1e-30).all(), (err / magnitude).max()
+    # (b) dequantize-then-matmul in float32: off by the activations' int8 rounding
+    reference = x @ w.dequantize().T
+    wabs = np.abs(gguf_rows(w)).astype(np.float64)
+    xs = x.numpy().astype(np.float64)
+    act_error = np.abs(xs - acts_q8k(x.numpy())) @ wabs.T
+    bound = 1.01 * act_error + 2**-10 * (np.abs(xs) @ wabs.T) + 1e-6
+    assert (np.abs(out.numpy() - reference.numpy()) <= bound).all()
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_extreme_blocks(kind: QuantType) -> None:
     """The largest scales, quants and activations (lanes near 2^24; no int16 saturation)."""
-    rng = np.random.default_rng(5)
-    blocks = make_blocks(kind, 2, 1024, rng, extreme=True)
-    x = np.full((2, 1024), 3.0, dtype=np.float32)
+    blocks = make_blocks(kind, 6, 1024, extreme=True)
+    x = torch.full((3, 1024), 3.0)
     x[1, ::2] = -3.0
-    a = libs["native"].act(x)
-    exact, mag = exact_dot(blocks, a)
-    for target, lib in libs.items():
-        got = lib.tile(kind, blocks.raw, a)
-        assert np.all(np.abs(got.astype(np.float64) - exact) <= 4e-6 * mag), target
+    x[2] = -1.0
+    out = QuantLinear(blocks.weight)(x)
+    values, magnitude = exact(blocks, x.numpy())
+    assert (np.abs(out.numpy().astype(np.float64) - values) <= 4e-6 * magnitude).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_tile_bit_stable(lib: Lib, kind: str) -> None:
-    """Every sub-tile (rows r0.., tokens t0..) gives the full tile's values bit for bit,
-    whatever the strides of the weights, activations and output."""
-    rng = np.random.default_rng(6)
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_bias(kind: QuantType) -> None:
+    w = make_blocks(kind, 7, 512, seed=4).weight
+    x, bias = torch.randn(5, 512), torch.randn(7)
+    assert torch.equal(QuantLinear(w, bias)(x), QuantLinear(w)(x) + bias)
+
+
+# ---- bit stability ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_each_token_is_bit_identical_in_any_batch(kind: QuantType, keep_threads: None) -> None:
+    w = make_blocks(kind, 67, 768, seed=7).weight
+    x = torch.randn(300, 768, generator=torch.Generator().manual_seed(1))
+    torch.set_num_threads(2)
+    full = cq.qmatmul(w.descriptor, x)
+    alone = torch.cat([cq.qmatmul(w.descriptor, x[t : t + 1]) for t in range(0, 300, 37)])
+    assert torch.equal(alone, full[0:300:37])
+    rng = np.random.default_rng(0)
+    for n in range(1, 65, 3):  # any batch size at any position, on 1 or 2 threads
+        start = int(rng.integers(0, 300 - n + 1))
+        torch.set_num_threads(1 + n % 2)
+        part = cq.qmatmul(w.descriptor, x[start : start + n])
+        assert torch.equal(part, full[start : start + n])
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_every_sub_tile_is_bit_identical(kind: QuantType) -> None:
+    """The tile function alone: rows r0.. and tokens t0.. of a 4 x 4 tile, every size,
+    give the full tile's values bit for bit, whatever the row strides."""
     cols = 1280
-    blocks = make_blocks(kind, 4, cols, rng)
-    # strided rows: weights and activations with padding after each row
-    w = np.zeros((4, blocks.raw.shape[1] + 37), dtype=np.uint8)[:, : blocks.raw.shape[1]]
-    w[...] = blocks.raw
-    a0 = lib.act(activations(rng, 4, cols))
+    raw = make_blocks(kind, 4, cols, seed=6).raw
+    w = np.zeros((4, raw.shape[1] + 37), dtype=np.uint8)[:, : raw.shape[1]]  # padded rows
+    w[...] = raw
+    a0 = act(random_x(4, cols, seed=6).numpy())
     a = np.zeros((4, a0.shape[1] + 64), dtype=np.uint8)[:, : a0.shape[1]]
     a[...] = a0
-    full = lib.tile(kind, w, a, out_stride=9)
+    full = tile(kind, w, a, 4, 4, out_stride=9)
     assert np.isfinite(full).all()
     for r0 in range(4):
         for nrows in range(1, 5 - r0):
             for t0 in range(4):
                 for ntok in range(1, 5 - t0):
-                    part = lib.tile(kind, w[r0:], a[t0:], nrows=nrows, ntok=ntok)
+                    part = tile(kind, w[r0:], a[t0:], nrows, ntok, out_stride=nrows)
                     want = full[t0 : t0 + ntok, r0 : r0 + nrows]
                     assert np.array_equal(part.view(np.uint32), want.view(np.uint32))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_builds_agree_bit_for_bit(libs: dict[str, Lib], kind: str) -> None:
-    """AVX-512, AVX2 and scalar: the same activations and the same dot products."""
-    if len(libs) == 1:
-        pytest.skip("one build on this machine")
-    rng = np.random.default_rng(7)
-    cols = 2048
-    blocks = make_blocks(kind, 3, cols, rng)
-    x = activations(rng, 3, cols)
-    acts = {target: lib.act(x) for target, lib in libs.items()}
-    outs = {target: lib.tile(kind, blocks.raw, acts["native"]) for target, lib in libs.items()}
-    for target in libs:
-        assert np.array_equal(acts[target], acts["native"]), target
-        assert np.array_equal(outs[target].view(np.uint32), outs["native"].view(np.uint32)), target
+# ---- the other instruction sets ---------------------------------------------------
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 builds")
+@pytest.mark.parametrize("build", BUILDS, ids=lambda b: b[0])
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_other_instruction_sets_are_bit_identical(
+    build: tuple[str, tuple[str, ...]], kind: QuantType
+) -> None:
+    """AVX2 and portable C: the same activations, products and rows as AVX-512."""
+    lib = _build.library_for(*build)
+    x = random_x(70, 1024, seed=9)
+    assert np.array_equal(act(x.numpy(), lib), act(x.numpy()))
+    w = make_blocks(kind, 67, 1024, seed=9).weight
+    bias = torch.randn(67)
+    assert torch.equal(cq.qmatmul(w.descriptor, x, bias, lib), cq.qmatmul(w.descriptor, x, bias))
+    ids = torch.tensor([0, 66, 7])
+    assert torch.equal(cq.qget_rows(w.descriptor, ids, lib), cq.qget_rows(w.descriptor, ids))
+
+
+# ---- dispatch -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_dispatch_kernel_and_reference(kind: QuantType) -> None:
+    w = make_blocks(kind, 5, 512, seed=10).weight
+    x = torch.randn(3, 512)
+    op = LINEAR_OPS[kind]
+    assert op.select(x, w, None).backend.name == f"cpu-{kind.name.lower()}"
+    kernel = QuantLinear(w)(x)
+    with torch_path():
+        assert op.select(x, w, None).backend.name == "torch"
+        reference = QuantLinear(w)(x)
+    assert torch.equal(reference, x @ w.dequantize().T)
+    torch.testing.assert_close(
+        kernel, reference, rtol=0.05, atol=0.05 * reference.abs().max().item()
+    )

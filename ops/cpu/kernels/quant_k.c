@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "quant.h"
 #include "vec.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
