@@ -106,6 +106,42 @@ static inline float act_d(const uint8_t *ab) {
 
 typedef int8_t vb __attribute__((vector_size(16)));
 
+/* The index of the first of the QK values at x whose magnitude is amax (one is). */
+static inline int first_of(const float *x, float amax) {
+#if defined(QK_AVX512)
+    for (int i = 0;; i += 16) {
+        const __m512 ax = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+        const __mmask16 m = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(amax), _CMP_EQ_OQ);
+        if (m) return i + __builtin_ctz(m);
+    }
+#elif defined(QK_AVX2)
+    const __m256 sign = _mm256_set1_ps(-0.0f), top = _mm256_set1_ps(amax);
+    for (int i = 0;; i += 8) {
+        const __m256 ax = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
+        const int m = _mm256_movemask_ps(_mm256_cmp_ps(ax, top, _CMP_EQ_OQ));
+        if (m) return i + __builtin_ctz((unsigned)m);
+    }
+#else
+    int i = 0;
+    while (!(__builtin_fabsf(x[i]) == amax)) i++;
+    return i;
+#endif
+}
+
+/* The sum of the W lanes of q (each at most 127 in magnitude). (On AVX2 the loop
+ * beats intrinsics on the two halves, which the vector type sends through memory.) */
+static inline int16_t lane_sum(vi q) {
+#if defined(QK_AVX512)
+    __m512i v;
+    memcpy(&v, &q, sizeof v);
+    return (int16_t)_mm512_reduce_add_epi32(v);
+#else
+    int32_t sum = 0;
+    for (int l = 0; l < W; l++) sum += q[l];
+    return (int16_t)sum;
+#endif
+}
+
 void llmcore_qact_q8_k(const float *x, int64_t cols, uint8_t *a) {
     for (int64_t blk = 0; blk < cols / QK; blk++, x += QK, a += ACT_BYTES) {
         vf top = splat(0.0f);
@@ -120,9 +156,8 @@ void llmcore_qact_q8_k(const float *x, int64_t cols, uint8_t *a) {
             memset(a, 0, QK);
             continue;
         }
-        int first = 0; /* ggml keeps the first value of the largest magnitude */
-        while (!(__builtin_fabsf(x[first]) == amax)) first++;
-        const float iscale = -127.0f / x[first];
+        /* ggml keeps the first value of the largest magnitude */
+        const float iscale = -127.0f / x[first_of(x, amax)];
         for (int i = 0; i < QK; i += W) {
             /* ggml's nearest_int: round to nearest even through 1.5 * 2^23 */
             const vf v = load(x + i) * iscale + 12582912.0f;
@@ -131,8 +166,7 @@ void llmcore_qact_q8_k(const float *x, int64_t cols, uint8_t *a) {
             q = (q & ~over) | (127 & over);
             const vb q8 = __builtin_convertvector(q, vb);
             memcpy(a + i, &q8, sizeof q8);
-            int16_t sum = 0;
-            for (int l = 0; l < W; l++) sum = (int16_t)(sum + q[l]);
+            const int16_t sum = lane_sum(q);
             memcpy(a + ACT_BSUMS + 2 * (i / W), &sum, sizeof sum);
         }
         for (int j = 0; j < 8; j++) {
