@@ -387,6 +387,19 @@ def test_every_sub_tile_is_bit_identical(kind: QuantType) -> None:
                     assert np.array_equal(part.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
+def test_tile_beyond_its_contract(kind: QuantType) -> None:
+    """More than 4 rows or tokens are taken four at a time (the same values as the
+    matmul's); none writes nothing."""
+    blocks = make_blocks(kind, 9, 512, seed=11)
+    x = random_x(6, 512, seed=11)
+    a = act(x.numpy())
+    got = tile(kind, blocks.raw, a, 9, 6, out_stride=9)
+    assert torch.equal(torch.from_numpy(got), cq.qmatmul(blocks.weight.descriptor, x))
+    assert np.isnan(tile(kind, blocks.raw, a, 0, 6, out_stride=9)).all()
+    assert np.isnan(tile(kind, blocks.raw, a, 9, 0, out_stride=9)).all()
+
+
 # ---- the other instruction sets ---------------------------------------------------
 
 

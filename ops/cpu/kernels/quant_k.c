@@ -713,22 +713,29 @@ static ALWAYS_INLINE void tile_k(const int type, int64_t cols, const uint8_t *w,
                                  int64_t w_row_bytes, int nrows, const uint8_t *a,
                                  int64_t a_row_bytes, int ntok, float *out, int64_t out_stride) {
     const int64_t nb = cols / QK;
-#define NT(nr, nt) tile_nt(type, nb, w, w_row_bytes, nr, a, a_row_bytes, nt, out, out_stride)
-#define NR(nr)                 \
-    switch (ntok) {            \
-    case 1: NT(nr, 1); break;  \
-    case 2: NT(nr, 2); break;  \
-    case 3: NT(nr, 3); break;  \
-    default: NT(nr, 4); break; \
+    /* the contract is 1..4 rows and tokens; more are taken four at a time */
+    for (int r0 = 0; r0 < nrows; r0 += 4)
+        for (int t0 = 0; t0 < ntok; t0 += 4) {
+            const uint8_t *wr = w + r0 * w_row_bytes, *at = a + t0 * a_row_bytes;
+            float *o = out + t0 * out_stride + r0;
+            const int nr = nrows - r0 < 4 ? nrows - r0 : 4, nt = ntok - t0 < 4 ? ntok - t0 : 4;
+#define NT(r, t) tile_nt(type, nb, wr, w_row_bytes, r, at, a_row_bytes, t, o, out_stride)
+#define NR(r)                    \
+    switch (nt) {                \
+    case 1: NT(r, 1); break;     \
+    case 2: NT(r, 2); break;     \
+    case 3: NT(r, 3); break;     \
+    default: NT(r, 4); break;    \
     }
-    switch (nrows) {
-    case 1: NR(1) break;
-    case 2: NR(2) break;
-    case 3: NR(3) break;
-    default: NR(4) break;
-    }
+            switch (nr) {
+            case 1: NR(1) break;
+            case 2: NR(2) break;
+            case 3: NR(3) break;
+            default: NR(4) break;
+            }
 #undef NR
 #undef NT
+        }
 }
 void llmcore_qtile_q4_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
                         const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
