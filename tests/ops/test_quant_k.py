@@ -9,8 +9,9 @@ dequantize-then-matmul (within the activations' int8 rounding), for 1..67 rows a
 1..300 tokens; extreme blocks (the largest scales, quants and activations); each
 token bit-identical alone and in any batch at 1 or 2 threads; every sub-tile of a
 4 x 4 tile bit-identical to the full tile (the tile functions called directly, with
-strided rows); the AVX2 (`-march=x86-64-v3`) and portable (`-march=x86-64`) builds
-bit-identical to the native one; the dispatch.
+strided rows) and beyond its 4 x 4 contract; the AVX2 (`-march=x86-64-v3`, and with
+AVX-VNNI `-march=alderlake`) and portable (`-march=x86-64`) builds bit-identical to the
+native one; the dispatch.
 
 The blocks are random and valid: random float16 d and dmin (some subnormal), random
 6-bit scales and mins (int8 scales for Q6_K), random quants, packed here from their
@@ -23,6 +24,7 @@ import ctypes
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +46,29 @@ BLOCK_BYTES = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
 KINDS = [t for t in BLOCK_BYTES if cq.Support.MATMUL in cq.support(t)]
 if not KINDS:
     pytest.skip("the library has no K-quant kernels", allow_module_level=True)
-BUILDS = [("x86-64-v3", ()), ("x86-64", ("LLMCORE_NO_FLOAT16",))]
+
+
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+# AVX2 and portable C (built for the framework's tests too), and AVX2 with AVX-VNNI's
+# vpdpwssd where this CPU runs it (a build of its own: slow).
+BUILDS = [
+    pytest.param(("x86-64-v3", ()), id="x86-64-v3"),
+    pytest.param(("x86-64", ("LLMCORE_NO_FLOAT16",)), id="x86-64"),
+    pytest.param(
+        ("alderlake", ()),
+        id="avx-vnni",
+        marks=[
+            pytest.mark.slow,
+            pytest.mark.skipif(" avx_vnni" not in _cpu_flags(), reason="no AVX-VNNI here"),
+        ],
+    ),
+]
 
 
 @pytest.fixture
@@ -404,12 +428,13 @@ def test_tile_beyond_its_contract(kind: QuantType) -> None:
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 builds")
-@pytest.mark.parametrize("build", BUILDS, ids=lambda b: b[0])
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("kind", KINDS, ids=lambda t: t.name)
 def test_other_instruction_sets_are_bit_identical(
     build: tuple[str, tuple[str, ...]], kind: QuantType
 ) -> None:
-    """AVX2 and portable C: the same activations, products and rows as AVX-512."""
+    """AVX2 (with or without AVX-VNNI) and portable C: the same activations, products and
+    rows as AVX-512."""
     lib = _build.library_for(*build)
     x = random_x(70, 1024, seed=9)
     assert np.array_equal(act(x.numpy(), lib), act(x.numpy()))
