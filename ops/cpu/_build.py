@@ -36,7 +36,7 @@ logger = logging.getLogger("llmcore.ops")
 
 SOURCES = (
     "activation.c", "attention.c", "decode.c", "kv_cache.c", "norm.c", "quant.c",
-    "quant_float.c", "quant_tiles.c", "rotary.c",
+    "quant_float.c", "quant_k.c", "quant_tiles.c", "rotary.c",
 )  # fmt: skip
 HEADERS = ("quant.h", "quant_layout.h", "vec.h")
 NATIVE = "native"  # the -march of the library every op uses

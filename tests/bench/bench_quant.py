@@ -323,6 +323,28 @@ def bench_sweep(
     return rows_out
 
 
+def ceilings(helper: ctypes.CDLL, threads: int, repeats: int) -> dict[str, object]:
+    """The machine's streaming-read bandwidth and int8 dot ceiling, printed and returned
+    (with the machine, thread count and tiles' instruction set) for the JSON."""
+    buf = torch.ones(1 << 30, dtype=torch.uint8)
+    sink = ctypes.c_int64()
+    read = max(
+        helper.read_bandwidth(buf.data_ptr(), buf.numel(), 2, ctypes.byref(sink))
+        for _ in range(repeats)
+    )
+    del buf
+    peak = max(helper.int8_peak(20_000_000) for _ in range(repeats))
+    print(f"threads {threads}, tiles: {cq.isa()}")
+    print(f"streaming read {read / 1e9:.1f} GB/s; int8 dot ceiling {peak / 1e9:.0f} GOPS\n")
+    return {
+        "machine": platform.processor() or platform.machine(),
+        "threads": threads,
+        "isa": cq.isa(),
+        "read_GB/s": read / 1e9,
+        "int8_peak_GOPS": peak / 1e9,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -333,23 +355,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         helper = build_helper(Path(tmp))
         runner = Runner(helper, args.repeats)
-        buf = torch.ones(1 << 30, dtype=torch.uint8)
-        sink = ctypes.c_int64()
-        read = max(
-            helper.read_bandwidth(buf.data_ptr(), buf.numel(), 2, ctypes.byref(sink))
-            for _ in range(args.repeats)
-        )
-        del buf
-        peak = max(helper.int8_peak(20_000_000) for _ in range(args.repeats))
-        results: dict[str, object] = {
-            "machine": platform.processor() or platform.machine(),
-            "threads": args.threads,
-            "isa": cq.isa(),
-            "read_GB/s": read / 1e9,
-            "int8_peak_GOPS": peak / 1e9,
-        }
-        print(f"threads {args.threads}, tiles: {cq.isa()}")
-        print(f"streaming read {read / 1e9:.1f} GB/s; int8 dot ceiling {peak / 1e9:.0f} GOPS\n")
+        results = ceilings(helper, args.threads, args.repeats)
         shapes = bench_shapes(runner, args.repeats)
         results["shapes"] = shapes
         print("| shape | type | n | µs | GB/s (n=1) or GOPS | oneDNN f32 GF/s |")
