@@ -125,9 +125,7 @@ def _load_gguf(
     return LoadedModel(path, config, model, torch_dtype, device)
 
 
-def _load_hf(
-    path: Path, dtype: str, device: torch.device, quantization: str | None
-) -> LoadedModel:
+def _load_hf(path: Path, dtype: str, device: torch.device, quantization: str | None) -> LoadedModel:
     raw = hf_folder.read_config_json(path)
     cls = registry.resolve_model_class(hf_folder.architecture_of(raw))
     config = hf_folder.read_config(path, raw)

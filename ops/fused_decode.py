@@ -133,8 +133,9 @@ class DecoderStack:
         is_neox: bool = True,
     ) -> None:
         self.shape = shape
-        self.lib = library()
-        assert self.lib is not None, "DecoderStack.build checks the library first"
+        lib = library()
+        assert lib is not None, "DecoderStack.build checks the library first"
+        self.lib = lib
         # Everything the C structs point at is kept here, alive and contiguous.
         self._keep: list[object] = []
         self._weights = list(layers)
@@ -177,9 +178,7 @@ class DecoderStack:
         """The stack, or None where it cannot run (see the module doc)."""
         if library() is None or not layers:
             return None
-        if not attention_supported(
-            shape.num_heads, shape.num_kv_heads, shape.head_dim, block_size
-        ):
+        if not attention_supported(shape.num_heads, shape.num_kv_heads, shape.head_dim, block_size):
             return None
         for layer in layers:
             for parts in (layer.qkv, layer.o, layer.gate_up, layer.down):

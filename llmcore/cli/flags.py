@@ -176,8 +176,9 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
                    "or as OpenAI's list of parts (default auto: detected from the "
                    "template)")  # fmt: skip
     g.add_argument("--dtype", default="auto", type=dtype, choices=DTYPES,
-                   help="activations and weights; auto keeps a quantized GGUF's blocks as "
-                   "stored (float32 activations) on the CPU, any other value dequantizes")  # fmt: skip
+                   help="auto keeps a quantized GGUF's blocks as stored on the CPU "
+                   "(float32 activations); any other value dequantizes; bfloat16 on the "
+                   "CPU is bfloat16 weights with float32 activations")  # fmt: skip
     g.add_argument("--quantization", type=quantization,
                    choices=(*QUANTIZATIONS, None), metavar="{int8,gguf,None}",
                    help="int8: float matmul weights become int8 rows at load (W8A8 "

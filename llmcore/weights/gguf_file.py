@@ -32,7 +32,11 @@ QUANTIZED_TYPES = frozenset(SUPPORTED_TYPES) - {0, 1, 30}
 def quantized_kernel_types() -> frozenset[int]:
     """The quantized GGML types the CPU kernels multiply as stored (none without
     the kernel library)."""
-    return frozenset(q for q in QUANTIZED_TYPES if q in QuantType._value2member_map_ and kernels_support(QuantType(q)))
+    return frozenset(
+        q
+        for q in QUANTIZED_TYPES
+        if q in QuantType._value2member_map_ and kernels_support(QuantType(q))
+    )
 
 
 class GGUFFile:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import llmcore
-from ops.quant import QuantLinear, QuantWeight, kernels_support, QuantType
+from ops.quant import QuantLinear, QuantType, QuantWeight, kernels_support
 from tests.plugins.models import tiny_models
 
 BLOCK = 16
