@@ -23,11 +23,18 @@ class HTTPError(Exception):
     pass
 
 
+class StaleConnection(Exception):
+    """A kept-alive connection the server had closed: it answered nothing at all.
+    (llama-server closes after each streamed response without saying so.)"""
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection; `post_sse` yields (arrival time, event)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.closing = False  # the last response said `connection: close`
+        self.answered = 0  # responses read on this connection
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -49,7 +56,14 @@ class Connection:
             f"accept: text/event-stream\r\ncontent-length: {len(body)}\r\n\r\n"
         )
         self.writer.write(head.encode() + body)
-        status, headers = await self._head()
+        try:
+            status, headers = await self._head()
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if self.answered and not getattr(exc, "partial", b""):
+                raise StaleConnection from exc
+            raise
+        self.answered += 1
+        self.closing = headers.get("connection", "").lower() == "close"
         buffer = b""
         async for piece in self._body(headers):
             now = time.perf_counter()
@@ -161,7 +175,8 @@ async def run_level(
     server_cpu_seconds: Callable[[], float],
 ) -> LevelResult:
     """Post every body (`concurrency` at a time, each worker on its own keep-alive
-    connection) and time them; results come back in the order of `bodies`."""
+    connection, opened again where the server closed it after a response) and time
+    them; results come back in the order of `bodies`."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(bodies)):
         queue.put_nowait(index)
@@ -172,7 +187,15 @@ async def run_level(
         try:
             while not queue.empty():
                 index = queue.get_nowait()
-                results[index] = await one_request(conn, host, path, bodies[index])
+                if conn.closing:
+                    await conn.close()
+                    conn = await Connection.open(host, port)
+                try:
+                    results[index] = await one_request(conn, host, path, bodies[index])
+                except StaleConnection:
+                    await conn.close()
+                    conn = await Connection.open(host, port)
+                    results[index] = await one_request(conn, host, path, bodies[index])
         finally:
             await conn.close()
 

@@ -90,14 +90,21 @@ class Server:
         return 1024 * sum(_status_kib(p, "VmHWM") for p in process_tree(self.process.pid))
 
     def get_json(self, path: str) -> object:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        return self._call("GET", path, None)
+
+    def post_json(self, path: str, request: object) -> object:
+        return self._call("POST", path, json.dumps(request).encode())
+
+    def _call(self, method: str, path: str, body: bytes | None) -> object:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
-            conn.request("GET", path)
+            headers = {"content-type": "application/json"} if body is not None else {}
+            conn.request(method, path, body, headers)
             response = conn.getresponse()
-            body = response.read()
+            answer = response.read()
             if response.status != 200:
-                raise OSError(f"GET {path}: HTTP {response.status}")
-            return json.loads(body)
+                raise OSError(f"{method} {path}: HTTP {response.status}: {answer[:200]!r}")
+            return json.loads(answer)
         finally:
             conn.close()
 
