@@ -19,6 +19,15 @@ level's prompt in the prefix cache.
 
     python tests/bench/bench_serving.py [--levels 1,8,32] [--requests-factor 2]
         [--min-requests 4] [--max-tokens 64] [--prompt-tokens 100] [--offline-repeats 2]
+
+Side by side with llama.cpp (issue 19; tests/bench/serving_side_by_side.py says how):
+llama.cpp's `llama-server` and/or llama-cpp-python's server, then llmcore's server
+in each of --llmcore-variants, one at a time, on the same GGUF, with 128-token-id
+completion prompts; the machine's ceilings (tests/bench/ceilings.py) first.
+
+    python tests/bench/bench_serving.py --llama-server PATH [--llamacpp-python PYTHON]
+        [--llmcore-variants "auto;--dtype float32;--dtype bfloat16"] [--rounds 3]
+        [--levels 1,8,32] [--model FILE.gguf] [--no-ceilings]
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import torch
 
 import llmcore
 from llmcore.default_model import default_chat_model_path
+from tests.bench import serving_side_by_side
 from tests.bench.serving_client import LevelResult, ms, percentile, run_level
 from tests.bench.serving_servers import Server, log_problems, start_llmcore, stop_server
 
@@ -180,8 +190,31 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--min-requests", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--prompt-tokens", type=int, default=100, help="rendered prompt length")
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        help="prompt length: rendered chat (default 100), or token ids side by side (128)",
+    )
     parser.add_argument("--offline-repeats", type=int, default=2, help="median of these runs")
+    side = parser.add_argument_group(
+        "side by side (tests/bench/serving_side_by_side.py; any of the first three selects it)"
+    )
+    side.add_argument("--llama-server", metavar="PATH", help="llama.cpp's llama-server binary")
+    side.add_argument(
+        "--llamacpp-python", metavar="PYTHON", help="a python with llama-cpp-python[server]"
+    )
+    side.add_argument(
+        "--side-by-side", action="store_true", help="the completions protocol, llmcore alone"
+    )
+    side.add_argument(
+        "--llmcore-variants",
+        default="auto",
+        help='";"-separated llmcore flag sets, one server each ("auto": as shipped), e.g. '
+        '"auto;--dtype float32;--dtype bfloat16"',
+    )
+    side.add_argument("--rounds", type=int, default=3, help="figures are medians of these")
+    side.add_argument("--model", type=Path, help="a GGUF (default: the embedded SmolLM2)")
+    side.add_argument("--no-ceilings", action="store_true", help="skip tests/bench/ceilings.py")
     return parser.parse_args()
 
 
@@ -194,8 +227,15 @@ def main() -> None:
         f"({torch.get_num_threads()} threads)"
     )
     print("command: python " + shlex.join(sys.argv))
-    print("server: python -m llmcore.http --port 0 " + shlex.join(SERVER_ARGS))
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    if args.llama_server or args.llamacpp_python or args.side_by_side:
+        args.prompt_tokens = args.prompt_tokens or 128
+        model = args.model or default_chat_model_path()
+        serving_side_by_side.main(args, model, levels, KV_CACHE)
+        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        return
+    args.prompt_tokens = args.prompt_tokens or 100
+    print("server: python -m llmcore.http --port 0 " + shlex.join(SERVER_ARGS))
     t_begin = time.perf_counter()
 
     path = default_chat_model_path()
