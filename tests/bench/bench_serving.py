@@ -27,7 +27,7 @@ completion prompts; the machine's ceilings (tests/bench/ceilings.py) first.
 
     python tests/bench/bench_serving.py --llama-server PATH [--llamacpp-python PYTHON]
         [--llmcore-variants "auto;--dtype float32;--dtype bfloat16"] [--rounds 3]
-        [--levels 1,8,32] [--model FILE.gguf] [--no-ceilings]
+        [--levels 1,8,32] [--model FILE.gguf] [--no-ceilings] [--wait-idle SECONDS]
 """
 
 from __future__ import annotations
@@ -215,6 +215,13 @@ def parse_args() -> argparse.Namespace:
     side.add_argument("--rounds", type=int, default=3, help="figures are medians of these")
     side.add_argument("--model", type=Path, help="a GGUF (default: the embedded SmolLM2)")
     side.add_argument("--no-ceilings", action="store_true", help="skip tests/bench/ceilings.py")
+    side.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each server, wait up to this long for 2 s with the machine <10%% busy",
+    )
     return parser.parse_args()
 
 

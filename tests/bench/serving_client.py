@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class HTTPError(Exception):
@@ -124,6 +127,13 @@ class LevelResult:
     wall: float
     server_cpu: float  # seconds
     client_cpu: float
+    machine_cpu: float = 0.0  # busy CPU seconds of the whole machine (all processes)
+
+    @property
+    def others_cpu(self) -> float:
+        """CPU seconds that neither the server nor this client used: other jobs on a
+        shared machine (what makes a figure *contended*)."""
+        return max(0.0, self.machine_cpu - self.server_cpu - self.client_cpu)
 
     @property
     def tokens(self) -> int:
@@ -199,12 +209,25 @@ async def run_level(
         finally:
             await conn.close()
 
-    cpu0, client0, start = server_cpu_seconds(), time.process_time(), time.perf_counter()
+    cpu0, client0, machine0 = server_cpu_seconds(), time.process_time(), machine_busy_seconds()
+    start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     server_cpu, client_cpu = server_cpu_seconds() - cpu0, time.process_time() - client0
+    machine_cpu = machine_busy_seconds() - machine0
     ordered = [results[i] for i in range(len(bodies))]
-    return LevelResult(concurrency, ordered, wall, server_cpu, client_cpu)
+    return LevelResult(concurrency, ordered, wall, server_cpu, client_cpu, machine_cpu)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but
+    idle and iowait); 0 where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
 def percentile(values: list[float], q: float) -> float:

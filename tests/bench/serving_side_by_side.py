@@ -19,12 +19,13 @@ stream chunks (one per token).
 
 Before the servers: the machine's ceilings (tests/bench/ceilings.py). After: per
 contender and level, output tokens/s, TTFT p50, ITL p50 (between content chunks),
-E2E p50, the server's CPU, and the weight bytes a decode step must stream (the
-weights the server holds: llama.cpp the GGUF's tensors, llmcore what its loaded
-model holds in the variant's dtype) over the ITL p50, that is decode tokens/s per
-sequence x concurrency x (weight bytes / concurrency) per token, against the
-measured read bandwidth; and each server's resident memory (RSS of the server
-process tree after the last level, and its high-water mark).
+E2E p50, the server's CPU and the CPU other processes took meanwhile (% of one core:
+on a shared machine, what makes a row *contended*), and the weight bytes a decode
+step must stream (the weights the server holds: llama.cpp the GGUF's tensors,
+llmcore what its loaded model holds in the variant's dtype) over the ITL p50, that
+is decode tokens/s per sequence x concurrency x (weight bytes / concurrency) per
+token, against the measured read bandwidth; and each server's resident memory (RSS
+of the server process tree after the last level, and its high-water mark).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shlex
 import statistics
@@ -48,7 +50,7 @@ import torch
 
 import llmcore
 from tests.bench.ceilings import Ceilings, measure
-from tests.bench.serving_client import LevelResult, percentile, run_level
+from tests.bench.serving_client import LevelResult, machine_busy_seconds, percentile, run_level
 from tests.bench.serving_servers import (
     Server,
     free_port,
@@ -330,12 +332,27 @@ def run(
         warm = make_prompts(tokenizer, f"warm{number}", 2, args.prompt_tokens)
         shift = number % len(contenders)
         for index, contender in enumerate(contenders[shift:] + contenders[:shift]):
+            if args.wait_idle > 0:
+                waited, busy = wait_idle(args.wait_idle)
+                print(f"waited {waited:.0f} s for an idle machine ({busy:.0%} busy)", flush=True)
             log_path = log_dir / f"round{number}-{index}.log"
             one = run_round(contender, prompts, warm, tokenizer, args.max_tokens, log_path)
             results.rounds[contender.label].append(one)
             rates = ", ".join(f"c{c} {lv.rate:.1f}" for c, lv in one.levels.items())
             print(f"round {number + 1}, {contender.label}: tok/s {rates}", flush=True)
     return results
+
+
+def wait_idle(limit: float, window: float = 2.0, most_busy: float = 0.1) -> tuple[float, float]:
+    """Wait until `window` seconds find the machine's cores at most `most_busy` busy,
+    or `limit` seconds have passed; returns (seconds waited, the last share busy)."""
+    start, cores = time.monotonic(), os.cpu_count() or 1
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(window)
+        busy = (machine_busy_seconds() - before) / (window * cores)
+        if busy <= most_busy or time.monotonic() - start >= limit:
+            return time.monotonic() - start, busy
 
 
 def median(values: list[float]) -> float:
@@ -348,9 +365,10 @@ def print_tables(
     bandwidth = ceilings.bandwidth if ceilings else float("nan")
     print(
         "\n| server | concurrency | output tok/s (median; each round) | TTFT p50 (ms) "
-        "| ITL p50 (ms) | E2E p50 (ms) | server CPU | weights streamed: GB/s, of bandwidth |"
+        "| ITL p50 (ms) | E2E p50 (ms) | server CPU | others' CPU "
+        "| weights streamed: GB/s, of bandwidth |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|")
     for contender in contenders:
         rounds = results.rounds[contender.label]
         for c in levels:
@@ -365,6 +383,7 @@ def print_tables(
                 f"| {itl * 1000:.1f} "
                 f"| {median([percentile(lv.e2es(), 50) for lv in got]) * 1000:.0f} "
                 f"| {median([lv.server_cpu / lv.wall for lv in got]):.0%} "
+                f"| {median([lv.others_cpu / lv.wall for lv in got]):.0%} "
                 f"| {streamed / 1e9:.1f}, {streamed / bandwidth:.2f} |"
             )
     print(
