@@ -426,6 +426,9 @@ def main(args: argparse.Namespace, model: Path, levels: list[int], kv_cache: str
         print(line)
     ceilings = None
     if not args.no_ceilings:
+        if args.wait_idle > 0:
+            waited, busy = wait_idle(args.wait_idle)
+            print(f"waited {waited:.0f} s for an idle machine ({busy:.0%} busy)")
         ceilings = measure()
         print("\n" + "\n".join(ceilings.lines()) + "\n")
     slots = max(levels)
