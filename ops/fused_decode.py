@@ -23,7 +23,7 @@ import torch
 
 from ops.cpu._build import library
 from ops.cpu.attention import attention_supported
-from ops.quant import QuantLinear, kernels_support
+from ops.quant import DENSE_MIN_TOKENS, QuantLinear, QuantType, kernels_support
 
 MAX_PARTS = 3  # weight parts of one fused matmul (q, k, v)
 
@@ -162,6 +162,14 @@ class DecoderStack:
         m.final_norm = self._final_norm.data_ptr()
         m.layers = self._layers
         self._bound: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Steps of more tokens take the per-op path, where float rows reach oneDNN.
+        floats = any(
+            p.weight.qtype in (QuantType.BF16, QuantType.F32)
+            for layer in layers
+            for parts in (layer.qkv, layer.o, layer.gate_up, layer.down)
+            for p in parts
+        )
+        self.max_tokens = DENSE_MIN_TOKENS - 1 if floats else None
         self._scratch = torch.empty(0)
 
     @classmethod

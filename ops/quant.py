@@ -285,10 +285,12 @@ def quant_embedding(ids: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
     return EMBEDDING_OPS[weight.qtype](ids, weight)
 
 
-# Float rows (BF16, F32) at more tokens than this go through oneDNN's GEMM on a view
-# of the same bytes (measured on the Zen 4 VM: bfloat16 ~700 GF/s from 128 tokens up,
-# several times the tiles' rate); fewer stay on the tiles, like every decode step.
-DENSE_MIN_TOKENS = 65
+# Float rows (BF16, F32) at this many tokens or more go through oneDNN's GEMM on a
+# view of the same bytes: its bfloat16 GEMM (~970 GF/s on the development VM) beats
+# the tiles from a few tokens up (serving 32 sequences: 323 tok/s on the tiles for
+# every step of fewer than 65 tokens, against 453 with oneDNN); fewer tokens (a
+# single stream's decode: 88 tok/s on the tiles against 50) stay on the tiles.
+DENSE_MIN_TOKENS = 8
 
 
 class QuantLinear:

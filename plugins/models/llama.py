@@ -321,8 +321,11 @@ class LlamaForCausalLM:
         return F.embedding(input_ids, self.embed_tokens)
 
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache]) -> torch.Tensor:
-        if batch.is_decode and self.decoder is not None:
-            return self._fused_decode(batch, kv_caches)
+        decoder = self.decoder
+        if batch.is_decode and decoder is not None:
+            limit = decoder.max_tokens
+            if limit is None or batch.input_ids.shape[0] <= limit:
+                return self._fused_decode(batch, kv_caches)
         eps = self.config.rms_norm_eps
         hidden = self.embed(batch.input_ids)
         residual: torch.Tensor | None = None
