@@ -169,10 +169,11 @@ def describe_bytes(by_dtype: dict[str, int]) -> str:
 
 def llmcore_contender(model: Path, variant: str, kv_cache: str) -> Contender:
     """`python -m llmcore.http MODEL --kv-cache-memory KV VARIANT...`; its weight bytes
-    from loading the same model here with the variant's --dtype."""
+    from loading the same model here with the variant's --dtype and --quantization."""
     extra = [] if variant.strip() in ("", "auto") else shlex.split(variant)
     dtype = extra[extra.index("--dtype") + 1] if "--dtype" in extra else "auto"
-    loaded = llmcore.load_model(model, dtype=dtype)
+    quant = extra[extra.index("--quantization") + 1] if "--quantization" in extra else None
+    loaded = llmcore.load_model(model, dtype=dtype, quantization=quant)
     by_dtype = held_tensor_bytes(loaded.model)
     del loaded
     args = [str(model), "--kv-cache-memory", kv_cache, *extra]
