@@ -96,3 +96,42 @@ def test_greedy_64_tokens_match_transformers_generate(
         expected = out[0, len(ids) :].tolist()
         got = llmcore.greedy_generate(runner, ids, 64, stop_ids=[eos])
         assert got == expected, tokenizer.decode(got) + " != " + tokenizer.decode(expected)
+
+
+@pytest.fixture(scope="module")
+def smollm2_q4(smollm2_path: Any) -> llmcore.LoadedModel:
+    """The same GGUF as shipped: Q4_1 and Q8_0 blocks kept as stored."""
+    return llmcore.load_model(smollm2_path)
+
+
+def test_blocks_as_stored_follow_the_dequantized_model(
+    smollm2_q4: llmcore.LoadedModel, runner: llmcore.ModelRunner, prompts: list[list[int]]
+) -> None:
+    """Same weights; the quantized path also rounds activations to int8 per block (as
+    llama.cpp does), so logits move a little, and the top token stays."""
+    q4 = llmcore.ModelRunner(smollm2_q4, num_blocks=64, block_size=16)
+    agree = 0
+    for ids in prompts:
+        table = list(range(-(-len(ids) // 16)))
+        want = runner.execute([llmcore.SequenceChunk(ids, 0, table)])[0]
+        got = q4.execute([llmcore.SequenceChunk(ids, 0, table)])[0]
+        assert _rel(got, want) < 0.05, _rel(got, want)
+        agree += int(got.argmax()) == int(want.argmax())
+    assert agree >= len(prompts) - 1
+
+
+def test_one_call_decode_is_the_per_op_path_on_the_real_model(
+    smollm2_q4: llmcore.LoadedModel, prompts: list[list[int]]
+) -> None:
+    model = smollm2_q4.model
+    decoder = model.decoder
+    assert decoder is not None
+    runs = []
+    try:
+        for stack in (decoder, None):
+            model.decoder = stack
+            runner = llmcore.ModelRunner(smollm2_q4, num_blocks=64, block_size=16)
+            runs.append([llmcore.greedy_generate(runner, ids, 24) for ids in prompts[:3]])
+    finally:
+        model.decoder = decoder
+    assert runs[0] == runs[1]
