@@ -52,6 +52,8 @@ import torch
 
 import llmcore
 from llmcore.default_model import default_chat_model_path
+from tests.bench.serving_client import percentile
+from tests.bench.serving_servers import log_problems
 
 MODEL_NAME = "instant-fake"
 MAX_MODEL_LEN = 1 << 20
@@ -290,13 +292,6 @@ def stop_child(child: Child) -> int:
         return child.process.wait()
 
 
-def log_problems(log_path: Path) -> list[str]:
-    pattern = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback|Exception")
-    return [
-        line for line in log_path.read_text(errors="replace").splitlines() if pattern.search(line)
-    ]
-
-
 # ---- the client ------------------------------------------------------------------------
 
 
@@ -445,17 +440,6 @@ def uvicorn_label(http: str) -> str:
 
 
 # ---- statistics and the table ----------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def row(result: ServerResult, reference: ServerResult) -> str:
