@@ -23,6 +23,8 @@ import torch
 
 from ops.cpu._build import library
 from ops.cpu.attention import attention_supported
+from ops.cpu.kv_cache import SLOT_OUT_OF_RANGE
+from ops.cpu.rotary import POSITION_OUT_OF_RANGE
 from ops.quant import DENSE_MIN_TOKENS, QuantLinear, QuantType, kernels_support
 
 MAX_PARTS = 3  # weight parts of one fused matmul (q, k, v)
@@ -75,8 +77,8 @@ class _Model(ctypes.Structure):
 
 _FAILURES = {
     1: (RuntimeError, "a quantized matmul had no kernel for its weight type"),
-    2: (IndexError, "a position is outside the rotary cos/sin table"),
-    3: (IndexError, "slot_mapping points past the end of the KV cache"),
+    2: (IndexError, POSITION_OUT_OF_RANGE),
+    3: (IndexError, SLOT_OUT_OF_RANGE),
     4: (RuntimeError, "the attention kernel refused its shape"),
 }
 

@@ -26,17 +26,14 @@ from llmcore.weights.gguf_quants import SUPPORTED_TYPES, dequantize
 from ops.quant import QuantType, QuantWeight, kernels_support
 
 # GGML types that are block-quantized (not plain float32/16/bf16).
-QUANTIZED_TYPES = frozenset(SUPPORTED_TYPES) - {0, 1, 30}
+QUANTIZED_TYPES = frozenset(SUPPORTED_TYPES) - {QuantType.F32, QuantType.F16, QuantType.BF16}
 
 
 def quantized_kernel_types() -> frozenset[int]:
     """The quantized GGML types the CPU kernels multiply as stored (none without
     the kernel library)."""
-    return frozenset(
-        q
-        for q in QUANTIZED_TYPES
-        if q in QuantType._value2member_map_ and kernels_support(QuantType(q))
-    )
+    known = {int(t) for t in QuantType}
+    return frozenset(q for q in QUANTIZED_TYPES if q in known and kernels_support(q))
 
 
 class GGUFFile:
@@ -109,12 +106,13 @@ class GGUFFile:
         `keep_quantized`, each quantized matrix whose type the CPU kernels take as a
         `QuantWeight` over the file's bytes as stored (a copy out of the memory map)."""
         self.check_quantization()
+        kept = quantized_kernel_types() if keep_quantized else frozenset()
         for t in self._reader.tensors:
             shape = tuple(int(n) for n in reversed(t.shape.tolist()))
             raw = np.asarray(t.data)
             qtype = int(t.tensor_type)
             try:
-                if keep_quantized and len(shape) == 2 and qtype in quantized_kernel_types():
+                if len(shape) == 2 and qtype in kept:
                     yield t.name, QuantWeight.from_raw(QuantType(qtype), raw, shape)
                 else:
                     yield t.name, dequantize(raw, qtype, shape, dtype)
