@@ -46,14 +46,16 @@ typedef struct llmcore_qweight {
 typedef void (*llmcore_qact_fn)(const float *x, int64_t cols, uint8_t *a);
 /* The bytes of one quantized activation row of `cols` values. */
 typedef int64_t (*llmcore_qact_bytes_fn)(int64_t cols);
+/* The parameters of a tile function (below), written once for every declaration. */
+#define LLMCORE_QTILE_PARAMS                                                                 \
+    int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows, const uint8_t *a,        \
+        int64_t a_row_bytes, int ntok, float *out, int64_t out_stride
 /* Dot products of nrows weight rows (1..4) against ntok activation rows (1..4, or up
    to the type's tile_tokens where its table row sets more):
    out[t * out_stride + r] = <W row r, activation row t>.
    Each (t, r) accumulates in its own registers in block order, so its value does
    not depend on nrows or ntok (bit stability). */
-typedef void (*llmcore_qtile_fn)(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                                 const uint8_t *a, int64_t a_row_bytes, int ntok,
-                                 float *out, int64_t out_stride);
+typedef void (*llmcore_qtile_fn)(LLMCORE_QTILE_PARAMS);
 /* One weight row of `cols` values dequantized into `out` (as ggml's dequantize_row_*). */
 typedef void (*llmcore_qdequant_fn)(const uint8_t *row, int64_t cols, float *out);
 
@@ -103,28 +105,18 @@ const char *llmcore_qisa(void);
    links without that file and the K types then report no support. */
 void llmcore_qact_q8_k(const float *x, int64_t cols, uint8_t *a);
 int64_t llmcore_qact_q8_k_row_bytes(int64_t cols);
-void llmcore_qtile_q4_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                        int64_t out_stride);
-void llmcore_qtile_q5_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                        int64_t out_stride);
-void llmcore_qtile_q6_k(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                        int64_t out_stride);
+void llmcore_qtile_q4_k(LLMCORE_QTILE_PARAMS);
+void llmcore_qtile_q5_k(LLMCORE_QTILE_PARAMS);
+void llmcore_qtile_q6_k(LLMCORE_QTILE_PARAMS);
 /* Plain float weights (quant_float.c): BF16 rows (activations rounded to bfloat16,
    products summed in float32) and F32 rows. */
 void llmcore_qact_bf16(const float *x, int64_t cols, uint8_t *a);
 int64_t llmcore_qact_bf16_row_bytes(int64_t cols);
-void llmcore_qtile_bf16(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                        int64_t out_stride);
+void llmcore_qtile_bf16(LLMCORE_QTILE_PARAMS);
 void llmcore_qdequant_bf16(const uint8_t *row, int64_t cols, float *out);
 void llmcore_qact_f32(const float *x, int64_t cols, uint8_t *a);
 int64_t llmcore_qact_f32_row_bytes(int64_t cols);
-void llmcore_qtile_f32(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                       const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                       int64_t out_stride);
+void llmcore_qtile_f32(LLMCORE_QTILE_PARAMS);
 void llmcore_qdequant_f32(const uint8_t *row, int64_t cols, float *out);
 
 /* Optional (get_rows of the K types; without them get_rows of these types is left to

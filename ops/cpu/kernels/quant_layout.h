@@ -109,15 +109,7 @@ static inline float qround_f16(float x) {
 #endif
 
 /* The framework's tiles (quant_tiles.c), llmcore_qtile_fn each. */
-void llmcore_qtile_q4_0(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                        int64_t out_stride);
-void llmcore_qtile_q4_1(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                        int64_t out_stride);
-void llmcore_qtile_q8_0(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                        const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                        int64_t out_stride);
-void llmcore_qtile_i8_row(int64_t cols, const uint8_t *w, int64_t w_row_bytes, int nrows,
-                          const uint8_t *a, int64_t a_row_bytes, int ntok, float *out,
-                          int64_t out_stride);
+void llmcore_qtile_q4_0(LLMCORE_QTILE_PARAMS);
+void llmcore_qtile_q4_1(LLMCORE_QTILE_PARAMS);
+void llmcore_qtile_q8_0(LLMCORE_QTILE_PARAMS);
+void llmcore_qtile_i8_row(LLMCORE_QTILE_PARAMS);
