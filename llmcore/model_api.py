@@ -44,6 +44,10 @@ class CausalLM(Protocol):
     config: ModelConfig
     dtype: torch.dtype
     device: torch.device
+    # Per layer, the sliding window in tokens (a query at position p sees keys
+    # from p - window + 1), or None for full attention. The KV cache manager keeps
+    # only the blocks some layer can still read.
+    layer_windows: list[int | None]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Take every weight under its Hugging Face name; raise on a missing one."""
@@ -70,6 +74,11 @@ class CausalLMClass(Protocol):
     ) -> tuple[str, torch.Tensor]:
         """Translate one GGUF tensor to its Hugging Face name and layout."""
         ...
+
+    # Optional: `adapt_gguf_config(config) -> ModelConfig`, a classmethod that reads
+    # the family's own GGUF metadata (`config.raw` holds it) into the config under
+    # Hugging Face names (e.g. Gemma 2's `attn_logit_softcapping`), so the plugin
+    # reads one set of names whichever file the model came from.
 
 
 @dataclass(slots=True)

@@ -109,6 +109,11 @@ def _load_gguf(
     cls = registry.resolve_model_class(architecture)
     gguf_file.check_quantization()
     config = gguf_file.model_config(architecture)
+    # a plugin whose family has metadata beyond the llama keys reads it from
+    # `config.raw` (the GGUF metadata) into the config, under Hugging Face names
+    adapt = getattr(cls, "adapt_gguf_config", None)
+    if adapt is not None:
+        config = adapt(config)
     torch_dtype, formats = _compute_dtype(
         cls, resolve_dtype(dtype, device, config.torch_dtype), device, quantization
     )

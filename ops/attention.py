@@ -19,6 +19,14 @@ reference gathers every sequence's keys and values token by token (one
 Positions past a sequence's end gather a copy of its last token instead of an
 unwritten slot, so whatever those slots hold (even NaN) never reaches the
 arithmetic; the mask then gives the copies zero weight.
+
+Two options serve the Gemma and Mistral families:
+- `sliding_window=W`: a query at position `p` sees keys at positions `p - W + 1`
+  to `p` (Hugging Face's `q - k < W`). Blocks wholly before the window of a
+  sequence's first new token are never read: their block-table entries may name
+  freed blocks.
+- `soft_cap=c`: scores become `c * tanh(score / c)` (after `scale`) before the
+  softmax (Gemma 2's attention logit soft-capping).
 """
 
 from __future__ import annotations
@@ -42,13 +50,19 @@ def _gather_padded(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     max_len: int,
+    first: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values `[B, Hkv, max_len, D]` (strided views): each sequence's cached
-    tokens, the positions past its end filled with copies of its last token."""
+    tokens, the positions past its end filled with copies of its last token, and
+    those before `first` (`[B]`, a sliding window's start) with copies of the
+    token at `first`: blocks out of every query's window are never read (the KV
+    cache manager may have freed them)."""
     block_size, num_kv_heads, head_dim = key_cache.shape[1:]
     positions = torch.arange(max_len, device=key_cache.device)
     last = (seq_lens.to(positions.dtype) - 1).clamp_(min=0)
     positions = torch.minimum(positions[None, :], last[:, None])  # [B, max_len]
+    if first is not None:
+        positions = torch.maximum(positions, torch.minimum(first, last)[:, None])
     blocks = block_tables.long().gather(1, positions // block_size)
     slots = (blocks * block_size + positions % block_size).flatten()
     shape = (seq_lens.shape[0], max_len, num_kv_heads, head_dim)
@@ -64,26 +78,63 @@ def _paged_attention_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     """One query token per sequence: `query` `[B, Hq, D]` -> `[B, Hq, D]`.
 
     `block_tables` is `[B, max_blocks]` int32/int64, `seq_lens` `[B]` (tokens in
     the cache for each sequence, the new one included). All sequences are served
     by one attention call over their tokens gathered to the longest length, the
-    shorter ones masked past their end."""
+    shorter ones masked past their end. `sliding_window` and `soft_cap` as in
+    the module's docstring."""
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
     max_len = int(seq_lens.max())
-    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len)
+    first = _window_start(seq_lens, 1, sliding_window)
+    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len, first)
     mask = None
-    if bool((seq_lens != max_len).any()):
+    if bool((seq_lens != max_len).any()) or first is not None:
         positions = torch.arange(max_len, device=query.device)
         valid = positions[None, :] < seq_lens[:, None].to(positions.dtype)  # [B, L]
+        if first is not None:
+            valid &= positions[None, :] >= first[:, None]
         mask = valid[:, None, None, :]
     q = query.view(num_seqs, num_kv_heads, group, head_dim)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    out = _sdpa(q, k, v, mask, scale, soft_cap)
     return out.reshape(num_seqs, num_heads, head_dim)
+
+
+def _window_start(
+    seq_lens: torch.Tensor, q_lens: torch.Tensor | int, sliding_window: int | None
+) -> torch.Tensor | None:
+    """`[B]` int64: the first position any new token of each sequence sees under
+    `sliding_window` (None without one)."""
+    if sliding_window is None:
+        return None
+    return (seq_lens.long() - q_lens - sliding_window + 1).clamp_(min=0)
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    soft_cap: float | None,
+) -> torch.Tensor:
+    """`softmax(cap * tanh(q k^T * scale / cap) + mask) v`; without a cap, torch's
+    scaled_dot_product_attention. `k`/`v` may have fewer heads than `q` only as
+    `[B, Hkv, L, D]` against `q` `[B, Hkv, G * rows, D]` (the callers' layout)."""
+    if soft_cap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / soft_cap) * soft_cap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, v.float()).to(q.dtype)
 
 
 def _paged_attention_prefill(
@@ -94,6 +145,8 @@ def _paged_attention_prefill(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Variable-length causal attention: `query` `[T, Hq, D]` holds the new tokens
     of every sequence back to back, sequence `i` at rows
@@ -105,8 +158,11 @@ def _paged_attention_prefill(
     starts = query_start_loc.long()
     q_lens = starts[1:] - starts[:-1]
     single = q_lens == 1
+    extra = {"sliding_window": sliding_window, "soft_cap": soft_cap}
     if bool(single.all()):
-        return _paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale)
+        return _paged_attention_decode(
+            query, key_cache, value_cache, block_tables, seq_lens, scale, **extra
+        )
     out = torch.empty_like(query)
     if bool(single.any()):
         rows = starts[:-1][single]
@@ -117,6 +173,7 @@ def _paged_attention_prefill(
             block_tables[single],
             seq_lens[single],
             scale,
+            **extra,
         )
     multi = (q_lens > 1).nonzero().flatten()
     if len(multi) == 0:
@@ -127,7 +184,7 @@ def _paged_attention_prefill(
             one = slice(int(starts[i]), int(starts[i + 1]))
             out[one] = _prefill_batch(
                 query[one], key_cache, value_cache, block_tables[i : i + 1],
-                starts[i : i + 2] - starts[i], seq_lens[i : i + 1], scale,
+                starts[i : i + 2] - starts[i], seq_lens[i : i + 1], scale, **extra,
             )  # fmt: skip
         return out
     rows = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in multi.tolist()])
@@ -140,6 +197,7 @@ def _paged_attention_prefill(
         local.to(query.device),
         seq_lens[multi],
         scale,
+        **extra,
     )
     return out
 
@@ -152,6 +210,8 @@ def _prefill_batch(
     starts: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention for sequences with their query rows back to back in `query`
     (sequence `i` at `starts[i]:starts[i + 1]`), one padded call."""
@@ -169,13 +229,16 @@ def _prefill_batch(
     q = query.index_select(0, (starts[:-1, None] + j_clamped).flatten())
     q = q.view(num_seqs, max_q, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
     q = q.reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
-    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len)
+    first = _window_start(seq_lens, q_lens, sliding_window)
+    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len, first)
     # Query row j of sequence i sits at position seq_len - q_len + j.
     q_pos = (seq_lens.long() - q_lens)[:, None] + j_clamped  # [B, max_q]
     k_pos = torch.arange(max_len, device=device)
     mask = k_pos[None, None, :] <= q_pos[:, :, None]  # [B, max_q, L]
+    if sliding_window is not None:
+        mask &= k_pos[None, None, :] > q_pos[:, :, None] - sliding_window
     mask = mask[:, None].repeat(1, 1, group, 1).view(num_seqs, 1, group * max_q, max_len)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    o = _sdpa(q, k, v, mask, scale, soft_cap)
     o = o.view(num_seqs, num_kv_heads, group, max_q, head_dim).permute(0, 3, 1, 2, 4)
     o = o.reshape(num_seqs * max_q, num_heads, head_dim)
     keep = (j[None, :] < q_lens[:, None]).flatten()
@@ -214,6 +277,13 @@ def _check_paged(
         raise ValueError(f"{name}: every tensor must be on the query's device, {device}")
 
 
+def _check_options(name: str, sliding_window: int | None, soft_cap: float | None) -> None:
+    if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
+        raise ValueError(f"{name}: sliding_window must be a positive int, got {sliding_window!r}")
+    if soft_cap is not None and not soft_cap > 0:
+        raise ValueError(f"{name}: soft_cap must be positive, got {soft_cap!r}")
+
+
 def _check_decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -221,8 +291,11 @@ def _check_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> None:
     name = "paged_attention_decode"
+    _check_options(name, sliding_window, soft_cap)
     _check_paged(name, query, key_cache, value_cache, block_tables, seq_lens, seq_lens)
     if seq_lens.shape[0] != query.shape[0]:
         raise ValueError(f"{name}: {query.shape[0]} query rows for {seq_lens.shape[0]} sequences")
@@ -236,8 +309,11 @@ def _check_prefill(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> None:
     name = "paged_attention_prefill"
+    _check_options(name, sliding_window, soft_cap)
     _check_paged(
         name, query, key_cache, value_cache, block_tables, seq_lens, seq_lens, query_start_loc
     )
@@ -248,32 +324,50 @@ def _check_prefill(
         )
 
 
+def _on(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    *args: object,
+    **kwargs: object,
+) -> tuple[torch.Tensor, ...]:
+    return query, key_cache, value_cache
+
+
 paged_attention_decode = Op(
     "paged_attention_decode",
     _paged_attention_decode,
-    on=lambda query, key_cache, value_cache, block_tables, seq_lens, scale: (
-        query,
-        key_cache,
-        value_cache,
-    ),
+    on=_on,
     validate=_check_decode,
     kernels=[
-        Impl(cuda.BACKEND, cuda_attention.paged_attention_decode, cuda_attention.supports),
-        Impl(cpu.BACKEND, cpu_attention.paged_attention_decode, cpu_attention.supports),
+        Impl(
+            cuda.BACKEND,
+            cuda_attention.paged_attention_decode,
+            cuda_attention.supports,
+        ),
+        Impl(
+            cpu.BACKEND,
+            cpu_attention.paged_attention_decode,
+            cpu_attention.supports,
+        ),
     ],
 )
 
 paged_attention_prefill = Op(
     "paged_attention_prefill",
     _paged_attention_prefill,
-    on=lambda query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale: (
-        query,
-        key_cache,
-        value_cache,
-    ),
+    on=_on,
     validate=_check_prefill,
     kernels=[
-        Impl(cuda.BACKEND, cuda_attention.paged_attention_prefill, cuda_attention.supports),
-        Impl(cpu.BACKEND, cpu_attention.paged_attention_prefill, cpu_attention.supports),
+        Impl(
+            cuda.BACKEND,
+            cuda_attention.paged_attention_prefill,
+            cuda_attention.supports,
+        ),
+        Impl(
+            cpu.BACKEND,
+            cpu_attention.paged_attention_prefill,
+            cpu_attention.supports,
+        ),
     ],
 )

@@ -40,8 +40,16 @@ def paged_attention_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     """As `ops.paged_attention_decode`: one query row per sequence."""
+    if sliding_window is not None or soft_cap is not None:  # not in the C kernel yet
+        from ops.attention import _paged_attention_decode
+
+        return _paged_attention_decode(
+            query, key_cache, value_cache, block_tables, seq_lens, scale, sliding_window, soft_cap
+        )
     return _paged_attention(query, key_cache, value_cache, block_tables, None, seq_lens, scale)
 
 
@@ -53,9 +61,18 @@ def paged_attention_prefill(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
     """As `ops.paged_attention_prefill`. Rows before `query_start_loc[0]` belong to
     no sequence: the kernel skips them and they come back as zeros."""
+    if sliding_window is not None or soft_cap is not None:  # not in the C kernel yet
+        from ops.attention import _paged_attention_prefill
+
+        return _paged_attention_prefill(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
+            sliding_window, soft_cap,
+        )  # fmt: skip
     return _paged_attention(
         query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
     )

@@ -120,7 +120,15 @@ def paged_attention_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
+    if sliding_window is not None or soft_cap is not None:  # not in the CUDA kernel yet
+        from ops.attention import _paged_attention_decode
+
+        return _paged_attention_decode(
+            query, key_cache, value_cache, block_tables, seq_lens, scale, sliding_window, soft_cap
+        )
     if not query.shape[0]:
         return torch.empty_like(query)
     max_seq_len = block_tables.shape[1] * key_cache.shape[1]  # no device sync
@@ -178,7 +186,16 @@ def paged_attention_prefill(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:
+    if sliding_window is not None or soft_cap is not None:  # not in the CUDA kernel yet
+        from ops.attention import _paged_attention_prefill
+
+        return _paged_attention_prefill(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
+            sliding_window, soft_cap,
+        )  # fmt: skip
     out, launch = plan_paged_attention_prefill(
         query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
     )

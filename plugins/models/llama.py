@@ -166,6 +166,7 @@ class LlamaForCausalLM:
         self.lm_head_mm: Matmul = Linear(torch.empty(0))
         self.quantization: str | None = None  # "int8": float matmul weights to int8 rows
         self.decoder: DecoderStack | None = None  # the one-call decode step, if it runs
+        self.layer_windows: list[int | None] = [None] * config.num_hidden_layers
 
     def set_quantization(self, method: str | None) -> None:
         """The format float matmul weights take at load: "int8" (per-row scales;

@@ -155,3 +155,75 @@ def test_norms_and_activation() -> None:
     torch.testing.assert_close(normed, ops.rms_norm(x + res, w, 1e-6))
     gu = torch.randn(5, 64)
     torch.testing.assert_close(ops.silu_and_mul(gu), F.silu(gu[:, :32]) * gu[:, 32:])
+
+
+def _brute_attention(
+    query: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tables: torch.Tensor,
+    starts: list[int],
+    seq_lens: list[int],
+    scale: float,
+    window: int | None,
+    cap: float | None,
+) -> torch.Tensor:
+    """Attention written out per query row and head, from the definitions."""
+    bs, hkv = k.shape[1], k.shape[2]
+    group = query.shape[1] // hkv
+    out = torch.zeros_like(query)
+    for i, seq_len in enumerate(seq_lens):
+        q_len = starts[i + 1] - starts[i]
+        ks = torch.stack([k[tables[i, p // bs], p % bs] for p in range(seq_len)])
+        vs = torch.stack([v[tables[i, p // bs], p % bs] for p in range(seq_len)])
+        for j in range(q_len):
+            pos = seq_len - q_len + j
+            lo = 0 if window is None else max(0, pos - window + 1)
+            for h in range(query.shape[1]):
+                scores = (ks[lo : pos + 1, h // group] @ query[starts[i] + j, h]) * scale
+                if cap is not None:
+                    scores = torch.tanh(scores / cap) * cap
+                out[starts[i] + j, h] = torch.softmax(scores, 0) @ vs[lo : pos + 1, h // group]
+    return out
+
+
+@pytest.mark.parametrize("window,cap", [(None, None), (1, None), (4, None), (5, 3.0), (None, 2.0)])
+def test_attention_sliding_window_and_soft_cap(window: int | None, cap: float | None) -> None:
+    """Both ops against the definitions; blocks wholly before every window are
+    filled with NaN and must never be read."""
+    torch.manual_seed(3)
+    nb, bs, hkv, d = 16, 4, 2, 16
+    k, v = torch.randn(nb, bs, hkv, d), torch.randn(nb, bs, hkv, d)
+    tables = torch.randperm(nb)[:15].view(3, 5).to(torch.int32)
+    seq_lens, starts = [7, 19, 12], [0, 7, 8, 11]
+    if window is not None:  # the blocks out of every new token's window hold garbage
+        for i, seq_len in enumerate(seq_lens):
+            first = max(0, seq_len - (starts[i + 1] - starts[i]) - window + 1)
+            for b in range(first // bs):
+                k[tables[i, b]] = float("nan")
+                v[tables[i, b]] = float("nan")
+    query = torch.randn(starts[-1], 4, d)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    expected = _brute_attention(query, k, v, tables, starts, seq_lens, 0.3, window, cap)
+    got = ops.paged_attention_prefill(
+        query, k, v, tables, torch.tensor(starts, dtype=torch.int32), lens, 0.3,
+        sliding_window=window, soft_cap=cap,
+    )  # fmt: skip
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    last = torch.tensor(starts[1:]) - 1
+    decode_expected = _brute_attention(
+        query[last], k, v, tables, [0, 1, 2, 3], seq_lens, 0.3, window, cap
+    )
+    got = ops.paged_attention_decode(
+        query[last], k, v, tables, lens, 0.3, sliding_window=window, soft_cap=cap
+    )
+    torch.testing.assert_close(got, decode_expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_options_are_checked() -> None:
+    q, k = torch.randn(1, 2, 16), torch.randn(2, 4, 1, 16)
+    tables, lens = torch.zeros(1, 1, dtype=torch.int32), torch.tensor([1], dtype=torch.int32)
+    with pytest.raises(ValueError, match="sliding_window"):
+        ops.paged_attention_decode(q, k, k, tables, lens, 1.0, sliding_window=0)
+    with pytest.raises(ValueError, match="soft_cap"):
+        ops.paged_attention_decode(q, k, k, tables, lens, 1.0, soft_cap=-1.0)
