@@ -59,11 +59,18 @@ KINDS: dict[str, dict[str, Any]] = {
 
 def build(kind: str, folder: Path) -> Any:
     """Build, seed and save the tiny model `kind` into `folder`; return the HF model."""
+    return build_spec(kind, KINDS[kind], folder)
+
+
+def build_spec(kind: str, spec: dict[str, Any], folder: Path) -> Any:
+    """Build, seed and save a tiny model into `folder`; return the HF model. `spec`:
+    "cls" (the transformers prefix: `{cls}Config`, `{cls}ForCausalLM`), or
+    "config_cls" and "model_cls" by name; "config" (overrides of the common small
+    shape); "shard" (a safetensors shard size)."""
     import transformers
 
-    spec = KINDS[kind]
-    config_cls = getattr(transformers, f"{spec['cls']}Config")
-    model_cls = getattr(transformers, f"{spec['cls']}ForCausalLM")
+    config_cls = getattr(transformers, spec.get("config_cls") or f"{spec['cls']}Config")
+    model_cls = getattr(transformers, spec.get("model_cls") or f"{spec['cls']}ForCausalLM")
     config = config_cls(**{**_common(), **spec["config"]})
     torch.manual_seed(1234)
     model = model_cls(config).eval()
