@@ -8,7 +8,7 @@ sequences (no padding) that reads and writes the paged KV cache described by a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +18,15 @@ from llmcore.model_config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 """One layer's cache: keys and values, each `[num_blocks, block_size, num_kv_heads, head_dim]`."""
+
+
+def kv_cache_groups(layer_windows: Sequence[int | None]) -> tuple[list[int | None], list[int]]:
+    """The KV cache groups of a model's layers, by attention window: the groups'
+    windows (full attention first, then windows ascending) and each layer's group.
+    Layers of a group share block tables; a sliding group's tables hold only the
+    blocks its window still sees."""
+    windows = sorted(set(layer_windows), key=lambda w: -1 if w is None else w)
+    return windows, [windows.index(w) for w in layer_windows]
 
 
 @dataclass(slots=True)
@@ -36,6 +45,15 @@ class ForwardBatch:
     seq_lens: torch.Tensor  # [B] int32
     logits_indices: torch.Tensor  # [B] int64
     is_decode: bool  # every sequence has exactly one new token
+    # Per KV cache group (`kv_cache_groups`), its block tables and slot mapping;
+    # None: one group, the fields above. Group 0's are the fields above.
+    group_tables: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def kv_tables(self, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(block_tables, slot_mapping)` of KV cache group `group`."""
+        if self.group_tables is None:
+            return self.block_tables, self.slot_mapping
+        return self.group_tables[group]
 
 
 class CausalLM(Protocol):

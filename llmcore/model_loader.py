@@ -36,11 +36,13 @@ class LoadedModel:
 
     @property
     def max_model_len(self) -> int:
-        """Longest sequence served: the trained context, capped at a sliding window
-        (llmcore's attention is full attention, exact only within the window)."""
+        """Longest sequence served: the trained context; capped at a sliding window
+        the model's plugin does not apply (its attention would be full attention,
+        exact only within the window)."""
         window = self.config.sliding_window
         limit = self.config.max_position_embeddings
-        return min(limit, window) if window else limit
+        applied = any(w is not None for w in getattr(self.model, "layer_windows", ()))
+        return min(limit, window) if window and not applied else limit
 
 
 def load_model(

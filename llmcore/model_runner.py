@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from llmcore.errors import ContextLengthExceededError
-from llmcore.model_api import ForwardBatch, KVCache
+from llmcore.model_api import ForwardBatch, KVCache, kv_cache_groups
 from llmcore.model_loader import LoadedModel
 
 
@@ -26,6 +26,9 @@ class SequenceChunk:
     block_table: list[int]  # its blocks, enough for num_cached + len(token_ids)
     sample: bool = True  # logits of the last new token are wanted
     all_logits: bool = False  # logits of every new token are wanted (prompt logprobs)
+    # Its table in each KV cache group (a model with sliding-window layers); None:
+    # `block_table` serves every group.
+    group_tables: list[list[int]] | None = None
 
 
 @dataclass(slots=True)
@@ -35,20 +38,38 @@ class StepLogits:
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int = 16) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        num_blocks: int | Sequence[int],
+        block_size: int = 16,
+        kv_cache_dtype: torch.dtype | None = None,
+    ) -> None:
+        """`num_blocks`: the KV cache's blocks, per KV cache group of the model
+        (`llmcore.model_api.kv_cache_groups` of its `layer_windows`) or one count
+        for all; `kv_cache_dtype`: the cache's dtype (default: the model's)."""
         self.loaded = loaded
         self.model = loaded.model
         self.block_size = block_size
-        self.num_blocks = num_blocks
         config = loaded.config
-        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-        self.kv_caches: list[KVCache] = [
-            (
-                torch.empty(shape, dtype=loaded.dtype, device=loaded.device),
-                torch.empty(shape, dtype=loaded.dtype, device=loaded.device),
+        windows = getattr(self.model, "layer_windows", None) or [None] * config.num_hidden_layers
+        self.group_windows, self.layer_group = kv_cache_groups(windows)
+        groups = len(self.group_windows)
+        sizes = [num_blocks] * groups if isinstance(num_blocks, int) else list(num_blocks)
+        if len(sizes) != groups:
+            raise ValueError(f"{len(sizes)} block counts for {groups} KV cache groups")
+        self.group_blocks = sizes
+        self.num_blocks = sizes[0]
+        self.kv_cache_dtype = kv_cache_dtype or loaded.dtype
+        self.kv_caches: list[KVCache] = []
+        for group in self.layer_group:
+            shape = (sizes[group], block_size, config.num_key_value_heads, config.head_dim)
+            self.kv_caches.append(
+                (
+                    torch.empty(shape, dtype=self.kv_cache_dtype, device=loaded.device),
+                    torch.empty(shape, dtype=self.kv_cache_dtype, device=loaded.device),
+                )
             )
-            for _ in range(config.num_hidden_layers)
-        ]
         # Touch the CPU cache now: faulted in lazily, each new block of each layer
         # was a page fault inside a decode step (~10 ms a step at batch 64).
         for pair in self.kv_caches:
@@ -59,27 +80,21 @@ class ModelRunner:
     def build_batch(self, chunks: Sequence[SequenceChunk]) -> ForwardBatch:
         ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
         starts = [0]
         seq_lens: list[int] = []
-        bs = self.block_size
         for chunk in chunks:
             end = chunk.num_cached + len(chunk.token_ids)
-            assert len(chunk.block_table) * bs >= end, "block table too short"
             ids.extend(chunk.token_ids)
-            pos = range(chunk.num_cached, end)
-            positions.extend(pos)
-            slots.extend(chunk.block_table[p // bs] * bs + p % bs for p in pos)
+            positions.extend(range(chunk.num_cached, end))
             starts.append(len(ids))
             seq_lens.append(end)
-        width = max(len(c.block_table) for c in chunks)
-        tables = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
         dev = self.loaded.device
+        tables = [self._group_tables(chunks, g) for g in range(len(self.group_windows))]
         return ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
             positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            slot_mapping=tables[0][1],
+            block_tables=tables[0][0],
             query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             logits_indices=torch.tensor(
@@ -88,6 +103,26 @@ class ModelRunner:
                 device=dev,
             ),
             is_decode=all(len(c.token_ids) == 1 for c in chunks),
+            group_tables=tables if len(tables) > 1 else None,
+        )
+
+    def _group_tables(
+        self, chunks: Sequence[SequenceChunk], group: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block tables `[B, width]` and slot mapping `[T]` of one KV cache group."""
+        bs = self.block_size
+        lists = [c.block_table if c.group_tables is None else c.group_tables[group] for c in chunks]
+        slots: list[int] = []
+        for chunk, table in zip(chunks, lists, strict=True):
+            end = chunk.num_cached + len(chunk.token_ids)
+            assert len(table) * bs >= end, "block table too short"
+            slots.extend(table[p // bs] * bs + p % bs for p in range(chunk.num_cached, end))
+        width = max(len(t) for t in lists)
+        padded = [t + [0] * (width - len(t)) for t in lists]
+        dev = self.loaded.device
+        return (
+            torch.tensor(padded, dtype=torch.int32, device=dev),
+            torch.tensor(slots, dtype=torch.int64, device=dev),
         )
 
     @torch.inference_mode()

@@ -31,6 +31,8 @@ Two options serve the Gemma and Mistral families:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -158,7 +160,7 @@ def _paged_attention_prefill(
     starts = query_start_loc.long()
     q_lens = starts[1:] - starts[:-1]
     single = q_lens == 1
-    extra = {"sliding_window": sliding_window, "soft_cap": soft_cap}
+    extra: dict[str, Any] = {"sliding_window": sliding_window, "soft_cap": soft_cap}
     if bool(single.all()):
         return _paged_attention_decode(
             query, key_cache, value_cache, block_tables, seq_lens, scale, **extra

@@ -186,6 +186,15 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--device", default="cpu")
 
 
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def kv_cache_dtype(text: str) -> str:
+    """`--kv-cache-dtype`, its short spellings spelled out (vLLM's fp8 caches are
+    not among the choices)."""
+    return {"half": "float16", "fp16": "float16", "bf16": "bfloat16"}.get(text, text)
+
+
 def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-model-len", type=token_count,
                    help="cap on prompt + output tokens (1024, 32k)")  # fmt: skip
@@ -194,6 +203,9 @@ def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--kv-cache-memory", "--kv-cache-memory-bytes", type=parse_memory,
                    help="KV cache: bytes (2GiB, 512MB, 1e9) or a fraction of RAM (0.2); "
                    "default min(4GiB, RAM/4)")  # fmt: skip
+    g.add_argument("--kv-cache-dtype", type=kv_cache_dtype, default="auto", choices=KV_CACHE_DTYPES,
+                   help="KV cache dtype: auto (the model's), float32, bfloat16, float16; "
+                   "a 16-bit cache halves KV memory on the CPU")  # fmt: skip
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     g.add_argument("--no-prefix-caching", "--no-enable-prefix-caching", action="store_true",
                    help="disable prefix caching")  # fmt: skip

@@ -127,7 +127,7 @@ def engine_info(args: argparse.Namespace) -> dict[str, str]:
     """The engine settings `vllm:cache_config_info` shows (vLLM's CacheConfig names)."""
     return {
         "block_size": str(args.block_size),
-        "cache_dtype": "auto",
+        "cache_dtype": str(args.kv_cache_dtype),
         "enable_prefix_caching": str(not args.no_prefix_caching),
         "kv_cache_memory_bytes": str(args.kv_cache_memory),
         "prefix_caching_hash_algo": "sha256",
@@ -150,6 +150,7 @@ def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool)
         quantization=getattr(args, "quantization", None),
         block_size=args.block_size,
         kv_cache_memory=args.kv_cache_memory,
+        kv_cache_dtype=args.kv_cache_dtype,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,

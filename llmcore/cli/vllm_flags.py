@@ -281,7 +281,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _same("--block-size"),
     _ok("--gpu-memory-utilization", _KV),
     _alias("--kv-cache-memory-bytes", "--kv-cache-memory"),
-    _ok("--kv-cache-dtype", "the KV cache has the model's dtype", accepts=("auto",)),
+    _same("--kv-cache-dtype"),
     _ok("--num-gpu-blocks-override", _KV),
     _alias("--enable-prefix-caching", "--no-prefix-caching (negated)", "bool"),
     _ok("--prefix-caching-hash-algo", "llmcore's block hash is fixed (SHA-256)"),

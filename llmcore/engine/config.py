@@ -24,6 +24,8 @@ class EngineConfig:
     max_logprobs: int = 20
     seed: int | None = None  # of the shared generator for unseeded requests
     task: str = "auto"  # "generate" | "embed"; auto: embed for encoders, else generate
+    # The KV cache's dtype: "auto" (the model's), "float32", "bfloat16", "float16"
+    kv_cache_dtype: str = "auto"
 
     def kv_bytes_per_token(self, model: ModelConfig, dtype_size: int) -> int:
         return 2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim * dtype_size

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.inbox import Abort, AddEncode, AddRequests, Inbox
 from llmcore.engine.input_processor import InputProcessor
-from llmcore.engine.kv_cache_manager import KVCacheManager
+from llmcore.engine.kv_cache_manager import KVCacheManager, KVGroupStatistics
 from llmcore.engine.output_processor import OutputProcessor
 from llmcore.engine.pooling_runner import PoolingRunner
 from llmcore.engine.request import EncodeRequest, FinishReason, Request, RequestStatus
 from llmcore.engine.sampler import Sampler, SamplerOutput, SamplingRow
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
-from llmcore.engine.sizing import size_engine, step_token_budget
+from llmcore.engine.sizing import kv_cache_dtype, size_engine, step_token_budget
 from llmcore.engine.task import resolve_task
 from llmcore.model_loader import LoadedModel
 from llmcore.model_runner import ModelRunner, SequenceChunk
@@ -56,6 +56,8 @@ class EngineStatistics:
     num_generated_tokens: int
     num_preemptions: int
     num_steps: int
+    # per KV cache group (sliding-window models have several): window, blocks, used
+    kv_groups: tuple[KVGroupStatistics, ...] = ()
 
 
 class EngineCore:
@@ -74,10 +76,16 @@ class EngineCore:
             log.warning("max_model_len capped to %d tokens by the KV cache size", capacity)
         self.max_model_len = sizing.max_model_len
         self.pooling_config = sizing.pooling_config
-        self.runner = ModelRunner(loaded, sizing.num_blocks, config.block_size)
-        self.kv_cache = KVCacheManager(
-            sizing.num_blocks, config.block_size, config.enable_prefix_caching
+        self.runner = ModelRunner(
+            loaded, sizing.blocks, config.block_size, kv_cache_dtype(loaded, config)
         )
+        self.kv_cache = KVCacheManager(
+            sizing.blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            windows=sizing.group_windows,
+        )
+        self._grouped = len(sizing.group_windows) > 1
         self.scheduler = Scheduler(
             self.kv_cache,
             max_num_seqs=config.max_num_seqs,
@@ -205,6 +213,9 @@ class EngineCore:
                     r.all_token_ids[start : start + s.num_new_tokens],
                     start,
                     self.kv_cache.block_ids(r.request_id),
+                    group_tables=(
+                        self.kv_cache.group_block_ids(r.request_id) if self._grouped else None
+                    ),
                     sample=s.completes_sequence,
                     all_logits=(
                         r.params.prompt_logprobs is not None and wants_prompt_logprobs(r, start)
@@ -302,6 +313,7 @@ class EngineCore:
             num_generated_tokens=self._num_generated,
             num_preemptions=sched.num_preemptions,
             num_steps=self._num_steps,
+            kv_groups=kv.groups,
         )
 
 

@@ -20,6 +20,7 @@ Invariant: every running request holds blocks for all its computed tokens, and
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmcore.engine.block_pool import KVBlock
@@ -168,7 +169,7 @@ class Scheduler:
                 break
             if self._waits_for_leader(request):
                 continue
-            blocks: list[KVBlock] = []
+            blocks: Sequence[KVBlock | None] = ()
             num_cached = 0
             if request.params.prompt_logprobs is None:  # those need every prompt position
                 blocks, num_cached = self.kv_cache.get_computed_blocks(request)

@@ -19,18 +19,28 @@ import torch
 
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.task import Task, is_encoder
+from llmcore.model_api import kv_cache_groups
+from llmcore.model_config import DTYPES
 from llmcore.model_loader import LoadedModel
 from llmcore.pooling import PoolingConfig
 
 
 @dataclass(slots=True, frozen=True)
 class EngineSizing:
-    num_blocks: int
+    num_blocks: int  # of the first KV cache group
     max_model_len: int  # the longest sequence (prompt + output) the engine accepts
     kv_capacity: int  # tokens the KV blocks hold
     capped_by_kv_cache: bool  # max_model_len is below what the model or config asked
     capped_by_step_budget: bool = False  # ... because chunked prefill is off
     pooling_config: PoolingConfig | None = None  # embed engines only
+    # Per KV cache group (`llmcore.model_api.kv_cache_groups`): its window and blocks.
+    group_windows: tuple[int | None, ...] = (None,)
+    group_blocks: tuple[int, ...] = ()
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """Every group's block count."""
+        return self.group_blocks or (self.num_blocks,)
 
 
 def size_engine(loaded: LoadedModel, config: EngineConfig, task: Task) -> EngineSizing:
@@ -41,16 +51,55 @@ def size_engine(loaded: LoadedModel, config: EngineConfig, task: Task) -> Engine
 
 
 def generate_sizing(loaded: LoadedModel, config: EngineConfig) -> EngineSizing:
-    """The KV cache from `kv_cache_memory`; the context capped at what it holds."""
-    dtype_size = torch.tensor([], dtype=loaded.dtype).element_size()
-    num_blocks = config.num_blocks(loaded.config, dtype_size)
-    capacity = num_blocks * config.block_size
+    """The KV cache from `kv_cache_memory`; the context capped at what it holds.
+
+    With sliding-window layers (`layer_windows`), each sliding group gets the
+    blocks its windows can hold for `max_num_seqs` sequences plus one step's
+    tokens (no more than an equal share), and the full-attention layers the rest;
+    a model with no full-attention layer is not capped by the KV cache at all."""
+    dtype_size = torch.tensor([], dtype=kv_cache_dtype(loaded, config)).element_size()
+    windows = getattr(loaded.model, "layer_windows", None)
+    group_windows, layer_group = kv_cache_groups(
+        windows or [None] * loaded.config.num_hidden_layers
+    )
+    equal = config.num_blocks(loaded.config, dtype_size)  # every layer the same blocks
+    budget = step_token_budget(config)
+    bs = config.block_size
+    blocks = [
+        equal
+        if w is None
+        else min(equal, config.max_num_seqs * (-(-(w - 1) // bs) + 1) + -(-budget // bs) + 1)
+        for w in group_windows
+    ]
+    if group_windows[0] is None and len(group_windows) > 1:
+        layers = [layer_group.count(g) for g in range(len(group_windows))]
+        spare = sum((equal - n) * layers[g] for g, n in enumerate(blocks) if g)
+        blocks[0] = equal + spare // layers[0]
+    capacity = blocks[0] * bs if group_windows[0] is None else loaded.max_model_len
     max_len = min(loaded.max_model_len, config.max_model_len or capacity, capacity)
     capped = max_len < (config.max_model_len or loaded.max_model_len)
-    budget = step_token_budget(config)
-    if config.enable_chunked_prefill or max_len <= budget:
-        return EngineSizing(num_blocks, max_len, capacity, capped)
-    return EngineSizing(num_blocks, budget, capacity, capped, capped_by_step_budget=True)
+    by_step = not config.enable_chunked_prefill and max_len > budget
+    return EngineSizing(
+        blocks[0],
+        budget if by_step else max_len,
+        capacity,
+        capped,
+        capped_by_step_budget=by_step,
+        group_windows=tuple(group_windows),
+        group_blocks=tuple(blocks),
+    )
+
+
+def kv_cache_dtype(loaded: LoadedModel, config: EngineConfig) -> torch.dtype:
+    """`--kv-cache-dtype`: "auto" is the model's dtype."""
+    if config.kv_cache_dtype == "auto":
+        return loaded.dtype
+    if config.kv_cache_dtype not in DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype {config.kv_cache_dtype!r} is not supported "
+            f"(choose auto, {', '.join(DTYPES)})"
+        )
+    return DTYPES[config.kv_cache_dtype]
 
 
 def step_token_budget(config: EngineConfig) -> int:

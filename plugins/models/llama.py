@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import ops
 from llmcore.errors import CorruptModelFileError, UnsupportedArchitectureError
-from llmcore.model_api import ForwardBatch, KVCache
+from llmcore.model_api import ForwardBatch, KVCache, kv_cache_groups
 from llmcore.model_config import ModelConfig
 from ops.fused_decode import DecoderLayerWeights, DecoderStack, StackShape
 from ops.linear import Linear
@@ -129,6 +129,8 @@ class _Layer:
     gate_up_mm: _Fused
     down_mm: _Fused
     qkv_bias: torch.Tensor | None = field(default=None)
+    window: int | None = None  # the layer's sliding window (None: full attention)
+    group: int = 0  # its KV cache group (`llmcore.model_api.kv_cache_groups`)
 
     def linears(self) -> list[Linear]:
         """The float matmuls (MKL packing applies to them)."""
@@ -228,6 +230,9 @@ class LlamaForCausalLM:
         self.layers = [
             self._take_layer(i, take, dense, w) for i in range(self.config.num_hidden_layers)
         ]
+        _, groups = kv_cache_groups(self.layer_windows)
+        for layer, window, group in zip(self.layers, self.layer_windows, groups, strict=True):
+            layer.window, layer.group = window, group
         if w:
             raise CorruptModelFileError(f"unexpected weights: {', '.join(sorted(w)[:5])}")
         self.lm_head_mm = _matmul(self._quantized(self.lm_head))
@@ -289,6 +294,8 @@ class LlamaForCausalLM:
         and the model runs float32 on the CPU; else None (the per-op path)."""
         if self.device.type != "cpu" or self.dtype != torch.float32:
             return None
+        if any(w is not None for w in self.layer_windows):
+            return None
         if os.environ.get("LLMCORE_FUSED_DECODE", "1") == "0":
             return None
         layers = []
@@ -323,7 +330,7 @@ class LlamaForCausalLM:
 
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache]) -> torch.Tensor:
         decoder = self.decoder
-        if batch.is_decode and decoder is not None:
+        if batch.is_decode and decoder is not None and kv_caches[0][0].dtype == self.dtype:
             limit = decoder.max_tokens
             if limit is None or batch.input_ids.shape[0] <= limit:
                 return self._fused_decode(batch, kv_caches)
@@ -364,21 +371,18 @@ class LlamaForCausalLM:
         v = v.view(num_tokens, self.num_kv_heads, d)
         ops.rotary_embedding(batch.positions, q, k, self.cos_sin_cache, is_neox=True)
         key_cache, value_cache = kv_cache
-        ops.reshape_and_cache(k, v, key_cache, value_cache, batch.slot_mapping)
+        tables, slots = batch.kv_tables(layer.group)
+        ops.reshape_and_cache(k, v, key_cache, value_cache, slots)
         if batch.is_decode:
             out = ops.paged_attention_decode(
-                q, key_cache, value_cache, batch.block_tables, batch.seq_lens, self.scale
-            )
+                q, key_cache, value_cache, tables, batch.seq_lens, self.scale,
+                sliding_window=layer.window,
+            )  # fmt: skip
         else:
             out = ops.paged_attention_prefill(
-                q,
-                key_cache,
-                value_cache,
-                batch.block_tables,
-                batch.query_start_loc,
-                batch.seq_lens,
-                self.scale,
-            )
+                q, key_cache, value_cache, tables, batch.query_start_loc, batch.seq_lens,
+                self.scale, sliding_window=layer.window,
+            )  # fmt: skip
         return layer.o_mm(out.view(num_tokens, q_size))
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -386,7 +390,12 @@ class LlamaForCausalLM:
 
 
 class MistralForCausalLM(LlamaForCausalLM):
-    """Mistral: a Llama whose config may name a sliding window (see design notes)."""
+    """Mistral: a Llama whose config may name a sliding window (v0.1: 4096), which
+    every layer applies; the KV cache keeps only the blocks the window sees."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__(config, dtype, device)
+        self.layer_windows = [config.sliding_window] * config.num_hidden_layers
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

@@ -456,3 +456,94 @@ class KVCacheMachine(RuleBasedStateMachine):
 
 KVCacheMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestKVCacheMachine = KVCacheMachine.TestCase
+
+
+# ---- sliding-window groups -----------------------------------------------------------------
+
+
+def _decode_to(mgr: KVCacheManager, req: FakeRequest, total: int) -> None:
+    """Grow `req` one token a step up to `total` tokens, as the scheduler would."""
+    while req.num_computed_tokens < total:
+        req.all_token_ids.append(len(req.all_token_ids) + 1000)
+        assert mgr.allocate_slots(req, 1) is not None
+        req.num_computed_tokens += 1
+
+
+def test_sliding_group_holds_only_the_window() -> None:
+    """A full group and a window of 8: after 200 tokens the full table has 50
+    blocks and the sliding one at most ceil((8 - 1 + 1) / 4) + 1 live blocks,
+    the rest holes (block 0) before the window."""
+    mgr = KVCacheManager([60, 10], BS, windows=(None, 8))
+    req = FakeRequest("r", list(range(20)))
+    admit(mgr, req)
+    _decode_to(mgr, req, 200)
+    full, sliding = mgr.group_block_ids("r")
+    assert len(full) == len(sliding) == 50 and len(set(full)) == 50
+    live = [b for b in mgr.groups[1].tables["r"] if b is not None]
+    assert len(live) <= 3 and all(b is None for b in mgr.groups[1].tables["r"][:47])
+    stats = mgr.statistics()
+    assert [(g.window, g.num_blocks, g.num_used_blocks) for g in stats.groups] == [
+        (None, 60, 50),
+        (8, 10, len(live)),
+    ]
+    assert stats.num_used_blocks == 50 + len(live) and stats.num_blocks == 70
+    mgr.free(req)
+    assert mgr.num_free_blocks == 70
+
+
+def test_sliding_prefix_hit_needs_only_the_window() -> None:
+    """A second request over the same 40 tokens hits 9 blocks in both groups; in
+    the sliding group only the blocks its first new token sees are taken."""
+    mgr = KVCacheManager([20, 20], BS, windows=(None, 6))
+    tokens = list(range(500, 541))
+    a = FakeRequest("a", list(tokens))
+    admit(mgr, a)
+    mgr.free(a)
+    b = FakeRequest("b", list(tokens))
+    hits, num_hit = mgr.get_computed_blocks(b)
+    assert num_hit == 40
+    full_hit, sliding_hit = hits.by_group
+    assert all(block is not None for block in full_hit) and len(full_hit) == 10
+    # the first new token (position 40) sees 35..40: blocks 8 and 9
+    assert sliding_hit[:8] == [None] * 8 and all(x is not None for x in sliding_hit[8:])
+    assert mgr.allocate_slots(b, 1, hits) is not None
+    assert mgr.group_block_ids("b")[0][:10] == ids(full_hit)
+
+
+def test_sliding_hit_shrinks_when_the_window_was_evicted() -> None:
+    """The sliding blocks a full-length hit would need were evicted: the hit falls
+    back to a length whose window is still cached, and never past it."""
+    mgr = KVCacheManager([30, 4], BS, windows=(None, 5))
+    a = FakeRequest("a", list(range(700, 733)))  # 33 tokens: 8 full blocks
+    admit(mgr, a, 4)
+    while a.num_computed_tokens < 33:  # chunks of 4: the window fits the small pool
+        todo = min(4, 33 - a.num_computed_tokens)
+        assert mgr.allocate_slots(a, todo) is not None
+        a.num_computed_tokens += todo
+    mgr.free(a)
+    # a new request takes the sliding pool's free blocks, evicting a's cached ones
+    other = FakeRequest("o", list(range(900, 916)))
+    admit(mgr, other)
+    mgr.free(other)
+    b = FakeRequest("b", list(range(700, 733)))
+    hits, num_hit = mgr.get_computed_blocks(b)
+    first = mgr.groups[1].first_visible(num_hit, BS)
+    assert all(x is not None for x in hits.by_group[1][first : num_hit // BS])
+    cached = [mgr.groups[1].pool.get_cached_block(h) is not None for h in b.block_hashes[:8]]
+    # 32 tokens need block 7 (the token at 32 sees 28..32); else a shorter hit
+    assert (num_hit == 32) == cached[7] and cached[7] != (num_hit < 32)
+    assert num_hit < 32, 'the test meant block 7 to be evicted'
+    assert mgr.allocate_slots(b, 8, hits) is not None  # a chunk the pool holds
+
+
+def test_all_sliding_model_and_all_or_nothing() -> None:
+    """One sliding group (Mistral): a request larger than the pool runs within
+    its window; a step that cannot fit changes nothing."""
+    mgr = KVCacheManager(4, BS, windows=(8,))
+    req = FakeRequest("r", list(range(8)))
+    admit(mgr, req)
+    _decode_to(mgr, req, 100)
+    assert sum(1 for b in mgr.groups[0].tables["r"] if b is not None) <= 3
+    before = snapshot(mgr, "r")
+    assert mgr.allocate_slots(req, 40) is None  # 40 new tokens need 10 blocks
+    assert snapshot(mgr, "r") == before

@@ -54,6 +54,8 @@ KINDS: dict[str, dict[str, Any]] = {
         "config": {"num_key_value_heads": 1, "rope_theta": 1000000.0, "use_sliding_window": False},
     },
     "mistral": {"cls": "Mistral", "config": {"sliding_window": None}},
+    # every layer a sliding window of 24 tokens (prompts of 90-150 go well past it)
+    "mistral-window": {"cls": "Mistral", "config": {"sliding_window": 24}},
 }
 
 
