@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -118,16 +119,26 @@ def llamacpp_version() -> str:
 
 
 def run_llamacpp_child(
-    python: str, model: Path, prompts: list[list[int]], new_tokens: int, kv: str
+    python: str,
+    model: Path,
+    prompts: list[list[int]],
+    new_tokens: int,
+    kv: str,
+    lib: Path | None = None,
 ) -> tuple[SideResult, str]:
-    """This file in `python` with --llamacpp-side; arrays come back in an .npz."""
+    """This file in `python` with --llamacpp-side; arrays come back in an .npz.
+    `lib`: another build of llama.cpp's shared libraries (LLAMA_CPP_LIB_PATH)."""
     with tempfile.TemporaryDirectory() as tmp:
         request, out = Path(tmp) / "prompts.json", Path(tmp) / "out.npz"
         spec = {"prompts": prompts, "new_tokens": new_tokens, "kv": kv}
         request.write_text(json.dumps(spec))
+        env = dict(os.environ)
+        if lib is not None:
+            env["LLAMA_CPP_LIB_PATH"] = str(lib)
         subprocess.run(
             [python, __file__, "--llamacpp-side", str(request), str(out), "--model", str(model)],
             check=True,
+            env=env,
         )
         data = np.load(out)
         count = len(prompts)
@@ -267,6 +278,12 @@ def main() -> None:
         "--f32-reference", action="store_true", help="also compare on a float32 copy of the GGUF"
     )
     parser.add_argument("--llamacpp-kv", choices=("f16", "f32"), default="f16")
+    parser.add_argument(
+        "--llamacpp-lib",
+        type=Path,
+        help="another build of llama.cpp's shared libraries (e.g. AVX2 only): also compare "
+        "llama.cpp against itself (needs --llamacpp-python)",
+    )
     parser.add_argument("--llamacpp-side", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.llamacpp_side:
@@ -308,6 +325,16 @@ def run_comparison(model: Path, args: argparse.Namespace) -> int:
         theirs, version = run_llamacpp_child(args.llamacpp_python, model, prompts, new, kv)
     else:
         theirs, version = llamacpp_side(model, prompts, new, kv), llamacpp_version()
+    if args.llamacpp_lib and args.llamacpp_python:
+        other, _ = run_llamacpp_child(
+            args.llamacpp_python, model, prompts, new, kv, args.llamacpp_lib
+        )
+        print(
+            f"llama.cpp built from {args.llamacpp_lib} against llama.cpp's own build "
+            f"({version}, KV cache {kv}), the same protocol:\n"
+        )
+        report(compare(other, theirs, prompts), texts, new)
+        print()
     ours = llmcore_side(model, args.dtype, prompts, new)
     print(
         f"model: {model.name}; llmcore --dtype {args.dtype} (torch {torch.__version__}, "
