@@ -158,10 +158,9 @@ def _paged_attention_prefill(
     starts = query_start_loc.long()
     q_lens = starts[1:] - starts[:-1]
     single = q_lens == 1
-    extra = {"sliding_window": sliding_window, "soft_cap": soft_cap}
     if bool(single.all()):
         return _paged_attention_decode(
-            query, key_cache, value_cache, block_tables, seq_lens, scale, **extra
+            query, key_cache, value_cache, block_tables, seq_lens, scale, sliding_window, soft_cap
         )
     out = torch.empty_like(query)
     if bool(single.any()):
@@ -173,7 +172,8 @@ def _paged_attention_prefill(
             block_tables[single],
             seq_lens[single],
             scale,
-            **extra,
+            sliding_window,
+            soft_cap,
         )
     multi = (q_lens > 1).nonzero().flatten()
     if len(multi) == 0:
@@ -184,7 +184,7 @@ def _paged_attention_prefill(
             one = slice(int(starts[i]), int(starts[i + 1]))
             out[one] = _prefill_batch(
                 query[one], key_cache, value_cache, block_tables[i : i + 1],
-                starts[i : i + 2] - starts[i], seq_lens[i : i + 1], scale, **extra,
+                starts[i : i + 2] - starts[i], seq_lens[i : i + 1], scale, sliding_window, soft_cap,
             )  # fmt: skip
         return out
     rows = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in multi.tolist()])
@@ -197,7 +197,8 @@ def _paged_attention_prefill(
         local.to(query.device),
         seq_lens[multi],
         scale,
-        **extra,
+        sliding_window,
+        soft_cap,
     )
     return out
 

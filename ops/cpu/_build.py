@@ -189,7 +189,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn.argtypes = [p, p, i64, p, p, p, i64, p, p]
     fn = lib.llmcore_paged_attention_f32
     fn.restype = ctypes.c_int
-    fn.argtypes = [p, i64, i64, p, p, p, i64, p, p, i32, i32, i32, i32, i32, f32, p, i64, i64]
+    fn.argtypes = [
+        p, i64, i64, p, p, p, i64, p, p, i32, i32, i32, i32, i32, f32, i32, f32, p, i64, i64
+    ]  # fmt: skip
     fn = lib.llmcore_reshape_and_cache_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64]

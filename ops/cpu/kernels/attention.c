@@ -13,7 +13,8 @@
  * head_dim], contiguous; query and out are [tokens, num_heads, head_dim] with the
  * given token and head strides (the head dim contiguous). Sequence s owns query
  * rows query_start_loc[s] .. query_start_loc[s + 1] - 1, which are the last q_len
- * of its seq_lens[s] tokens; row j attends to positions 0 .. seq_lens[s] - q_len + j.
+ * of its seq_lens[s] tokens; row j attends to positions 0 .. seq_lens[s] - q_len + j
+ * (the last sliding_window of them, where one is given).
  * A NULL query_start_loc means one query row per sequence (decode).
  */
 #include <math.h>
@@ -59,14 +60,14 @@ static inline vf sum16(const vf s[TILE]) {
 }
 
 /* One (query row, kv head): the `group` query heads that share the kv head, over
- * keys 0 .. num_keys - 1, a tile of up to 16 keys at a time (a tile never crosses a
+ * keys first_key .. num_keys - 1, a tile of up to 16 keys at a time (a tile never crosses a
  * block). Always inlined into callers that fix head_dim, so the loops over the
  * head's vectors unroll. */
 static inline __attribute__((always_inline)) void attend(
     const float *restrict query, int64_t q_stride_h, const float *restrict key_cache,
-    const float *restrict value_cache, const int32_t *restrict table, int num_keys, int kv_head,
-    int group, int num_kv_heads, const int head_dim, int block_size, float scale,
-    float *restrict out, int64_t out_stride_h) {
+    const float *restrict value_cache, const int32_t *restrict table, int first_key,
+    int num_keys, int kv_head, int group, int num_kv_heads, const int head_dim, int block_size,
+    float scale, float soft_cap, float *restrict out, int64_t out_stride_h) {
     const int nv = head_dim / W;
     vf q[MAX_GROUP][MAX_HEAD_DIM / W];
     vf acc[MAX_GROUP][MAX_HEAD_DIM / W];
@@ -85,7 +86,7 @@ static inline __attribute__((always_inline)) void attend(
         run_max[g] = -INFINITY;
         run_sum[g] = 0.0f;
     }
-    for (int start = 0, n = 0; start < num_keys; start += n) {
+    for (int start = first_key, n = 0; start < num_keys; start += n) {
         const int in_block = start % block_size;
         const int left = num_keys - start < TILE ? num_keys - start : TILE;
         n = left < block_size - in_block ? left : block_size - in_block;
@@ -126,6 +127,7 @@ static inline __attribute__((always_inline)) void attend(
         }
         for (int g = 0; g < group; g++) {
             vf s = sum16(partial[g]);
+            if (soft_cap > 0.0f) s = vtanh(s / soft_cap) * soft_cap;
             for (int t = n; t < TILE; t++) s[t] = -INFINITY;
             float tile_max = s[0];
             for (int t = 1; t < TILE; t++) tile_max = s[t] > tile_max ? s[t] : tile_max;
@@ -175,24 +177,29 @@ static inline __attribute__((always_inline)) void attend(
 
 #define ATTEND_ARGS                                                                            \
     const float *restrict query, int64_t q_stride_h, const float *restrict key_cache,          \
-        const float *restrict value_cache, const int32_t *restrict table, int num_keys,        \
-        int kv_head, int group, int num_kv_heads, int head_dim, int block_size, float scale,   \
-        float *restrict out, int64_t out_stride_h
+        const float *restrict value_cache, const int32_t *restrict table, int first_key,       \
+        int num_keys, int kv_head, int group, int num_kv_heads, int head_dim, int block_size,  \
+        float scale, float soft_cap, float *restrict out, int64_t out_stride_h
 #define ATTEND_PASS(HEAD_DIM)                                                                  \
-    query, q_stride_h, key_cache, value_cache, table, num_keys, kv_head, group, num_kv_heads,  \
-        HEAD_DIM, block_size, scale, out, out_stride_h
+    query, q_stride_h, key_cache, value_cache, table, first_key, num_keys, kv_head, group,     \
+        num_kv_heads, HEAD_DIM, block_size, scale, soft_cap, out, out_stride_h
 
 static void attend_64(ATTEND_ARGS) { (void)head_dim; attend(ATTEND_PASS(64)); }
 static void attend_128(ATTEND_ARGS) { (void)head_dim; attend(ATTEND_PASS(128)); }
 static void attend_any(ATTEND_ARGS) { attend(ATTEND_PASS(head_dim)); }
 
-/* Returns 0, or -1 if a size is past the stack buffers (the caller checks first). */
+/* sliding_window W > 0: a row at position p sees keys p - W + 1 .. p only, and its
+ * walk starts there (blocks before it are never read: the KV manager may have
+ * freed them). soft_cap c > 0: scores (after `scale`) become c * tanh(score / c).
+ * 0 means neither. Returns 0, or -1 if a size is past the stack buffers (the caller
+ * checks first). */
 int llmcore_paged_attention_f32(const float *query, int64_t q_stride_t, int64_t q_stride_h,
                                 const float *key_cache, const float *value_cache,
                                 const int32_t *block_tables, int64_t table_stride,
                                 const int32_t *seq_lens, const int32_t *query_start_loc,
                                 int32_t num_seqs, int32_t num_heads, int32_t num_kv_heads,
-                                int32_t head_dim, int32_t block_size, float scale, float *out,
+                                int32_t head_dim, int32_t block_size, float scale,
+                                int32_t sliding_window, float soft_cap, float *out,
                                 int64_t out_stride_t, int64_t out_stride_h) {
     const int group = num_heads / num_kv_heads;
     if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM || head_dim % W != 0 || block_size < 1)
@@ -221,9 +228,12 @@ int llmcore_paged_attention_f32(const float *query, int64_t q_stride_t, int64_t 
         const int first = query_start_loc != NULL ? query_start_loc[s] : s;
         const int q_len = query_start_loc != NULL ? query_start_loc[s + 1] - first : 1;
         const int num_keys = seq_lens[s] - q_len + (t - first) + 1;
+        const int first_key =
+            sliding_window > 0 && num_keys > sliding_window ? num_keys - sliding_window : 0;
         attend_fn(query + t * q_stride_t, q_stride_h, key_cache, value_cache,
-                  block_tables + s * table_stride, num_keys, kv_head, group, num_kv_heads,
-                  head_dim, block_size, scale, out + t * out_stride_t, out_stride_h);
+                  block_tables + s * table_stride, first_key, num_keys, kv_head, group,
+                  num_kv_heads, head_dim, block_size, scale, soft_cap, out + t * out_stride_t,
+                  out_stride_h);
     }
     free(row_seq);
     return 0;

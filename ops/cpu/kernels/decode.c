@@ -21,7 +21,8 @@ int llmcore_paged_attention_f32(const float *query, int64_t q_stride_t, int64_t 
                                 const int32_t *block_tables, int64_t table_stride,
                                 const int32_t *seq_lens, const int32_t *query_start_loc,
                                 int32_t num_seqs, int32_t num_heads, int32_t num_kv_heads,
-                                int32_t head_dim, int32_t block_size, float scale, float *out,
+                                int32_t head_dim, int32_t block_size, float scale,
+                                int32_t sliding_window, float soft_cap, float *out,
                                 int64_t out_stride_t, int64_t out_stride_h);
 int llmcore_reshape_and_cache_f32(const float *key, int64_t key_stride, const float *value,
                                   int64_t value_stride, float *key_cache, float *value_cache,
@@ -129,7 +130,7 @@ int llmcore_decode_step(const llmcore_decode_model *m, float *hidden, int64_t n,
         if (llmcore_paged_attention_f32(q, qkv_w, d, layer->key_cache, layer->value_cache,
                                         block_tables, table_stride, seq_lens, NULL, (int32_t)n,
                                         (int32_t)m->num_heads, (int32_t)m->num_kv_heads,
-                                        (int32_t)d, (int32_t)m->block_size, m->scale, attn,
+                                        (int32_t)d, (int32_t)m->block_size, m->scale, 0, 0.0f, attn,
                                         q_size, d))
             return DECODE_ATTENTION;
         rc = linear(&layer->o, attn, n, q_size, hidden, h);

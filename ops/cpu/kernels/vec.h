@@ -54,6 +54,24 @@ static inline vf vexp(vf x) {
     return vselect(tiny, splat(0.0f), p * scale);
 }
 
+/* tanh(x) lane-wise (Cephes' tanhf): x + x^3 P(x^2) for |x| < 0.625, else
+ * 1 - 2 / (exp(2|x|) + 1) with the sign of x. Absolute error below 2e-7 (the
+ * vector exp's), which is what a soft cap's c * tanh(s / c) needs: the softmax
+ * sees absolute errors of its scores. */
+static inline vf vtanh(vf x) {
+    const vi negative = x < splat(0.0f);
+    const vf ax = vselect(negative, -x, x);
+    const vf s = x * x;
+    vf p = splat(-5.70498872745e-3f);
+    p = vfma(p, s, splat(2.06390887954e-2f));
+    p = vfma(p, s, splat(-5.37397155531e-2f));
+    p = vfma(p, s, splat(1.33314422036e-1f));
+    p = vfma(p, s, splat(-3.33332819422e-1f));
+    const vf small = vfma(p * s, x, x);
+    const vf big = splat(1.0f) - splat(2.0f) / (vexp(ax + ax) + 1.0f);
+    return vselect(ax < splat(0.625f), small, vselect(negative, -big, big));
+}
+
 static inline float hsum(vf v) {
     float s = 0.0f;
     for (int i = 0; i < W; i++) s += v[i];
