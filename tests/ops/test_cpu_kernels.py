@@ -39,6 +39,7 @@ from ops import dispatch
 from ops.cpu import _build
 from ops.rotary import build_rope_cache, rope_inv_freq
 from tests.ops.cpu_paths import torch_path
+from tests.ops.test_reference_ops import _drop_out_of_window_blocks as drop_blocks
 
 if cpu.library() is None:
     pytest.skip(
@@ -243,19 +244,9 @@ def test_online_softmax_rescales(base: float, jump: float, block_size: int) -> N
 
 
 def _drop_out_of_window_blocks(p: Paged, window: int) -> None:
-    """What the KV cache manager may do under a sliding window: the blocks wholly
-    before the window of a sequence's first new token are freed (here: filled with
-    NaN, and their table entries pointed at the unowned NaN block). A kernel that
-    read one would return NaN."""
-    bs = p.key_cache.shape[1]
-    q_lens = (p.query_start_loc[1:] - p.query_start_loc[:-1]).tolist()
-    spare = int(p.block_tables[0, -1])  # the padding column: an unowned NaN block
-    for i, (seq_len, q_len) in enumerate(zip(p.seq_lens.tolist(), q_lens, strict=True)):
-        first = max(0, seq_len - q_len - window + 1)
-        for b in range(first // bs):
-            p.key_cache[int(p.block_tables[i, b])] = math.nan
-            p.value_cache[int(p.block_tables[i, b])] = math.nan
-            p.block_tables[i, b] = spare
+    """What the KV cache manager may do under a sliding window (see the helper it
+    calls): a kernel that read a freed block would return NaN."""
+    drop_blocks(p.key_cache, p.value_cache, p.block_tables, p.query_start_loc, p.seq_lens, window)
 
 
 WINDOWS_AND_CAPS = pytest.mark.parametrize(
