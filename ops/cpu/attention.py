@@ -1,4 +1,6 @@
-"""C kernel of paged attention for float32 CPU tensors (kernels/attention.c).
+"""C kernel of paged attention for float32 CPU queries (kernels/attention.c) over
+float32, float16 or bfloat16 caches (each element converted to float32 exactly as it
+is loaded; the arithmetic is the float32 cache's).
 
 One kernel serves decode and prefill: a task per (query row, kv head) walks its
 sequence's blocks in place with an online softmax (no gather, no padding, no
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ops.cpu._build import library
+from ops.cpu.kv_cache import KV_DTYPES
 
 # Attention shapes the kernel takes (its stack buffers; whole 16-float vectors).
 MAX_GROUP, MAX_HEAD_DIM = 16, 256
@@ -101,7 +104,7 @@ def _paged_attention(
     )
     rc = lib.llmcore_paged_attention_f32(
         query.data_ptr(), query.stride(0), query.stride(1),
-        key_cache.data_ptr(), value_cache.data_ptr(),
+        key_cache.data_ptr(), value_cache.data_ptr(), KV_DTYPES[key_cache.dtype],
         tables.data_ptr(), tables.stride(0),
         lens.data_ptr(), None if starts is None else starts.data_ptr(),
         lens.shape[0], num_heads, num_kv_heads, head_dim, block_size, float(scale),
