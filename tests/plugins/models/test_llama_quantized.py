@@ -234,6 +234,12 @@ def test_one_call_decode_with_a_16_bit_cache_equals_the_per_op_path(
     prompts = [_tokens(n, seed=n) for n in (5, 17, 33, 16)]
     fused = _decode_logits(loaded, prompts, steps=20, kv_dtype=kv_dtype)
     assert decoder.bound_to is not None and decoder.bound_to.dtype == kv_dtype  # it ran
+    shape = (4, BLOCK, decoder.shape.num_kv_heads, decoder.shape.head_dim)
+    dtypes = [kv_dtype] * len(loaded.model.layers)
+    dtypes[-1] = torch.float32
+    mixed = [(torch.zeros(shape, dtype=d), torch.zeros(shape, dtype=d)) for d in dtypes]
+    with pytest.raises(ValueError, match="one dtype"):
+        decoder.bind(mixed)
     loaded.model.decoder = None
     per_op = _decode_logits(loaded, prompts, steps=20, kv_dtype=kv_dtype)
     for f, p in zip(fused, per_op, strict=True):
