@@ -10,15 +10,19 @@ tokens of sequence `i` are the last `q_len` of its `seq_lens[i]` tokens, and eac
 attends causally to every token at or before its own position.
 `paged_attention_decode` is the one-token-per-sequence case.
 
-Both ops check their arguments' shapes and devices once per call (`_check_*`),
-then dispatch: the C kernel of `ops.cpu.attention` (float32 CPU tensors, groups up
-to 16, head sizes a multiple of 16 up to 256) and the CUDA kernels of
-`ops.cuda.attention` (head sizes 64/80/96/128) read the cache in place. The torch
-reference gathers every sequence's keys and values token by token (one
-`index_select` per cache) into a padded batch and makes one attention call.
-Positions past a sequence's end gather a copy of its last token instead of an
+Both ops check their arguments' shapes and devices once per call (`_check_*`), then
+dispatch: the C kernel of `ops.cpu.attention` (float32 CPU queries, caches of
+float32, float16 or bfloat16, groups up to 16, head sizes a multiple of 16 up to
+256) and the CUDA kernels of `ops.cuda.attention` (head sizes 64/80/96/128) read the
+cache in place. The torch reference gathers every sequence's keys and values token
+by token (one `index_select` per cache) into a padded batch and makes one attention
+call. Positions past a sequence's end gather a copy of its last token instead of an
 unwritten slot, so whatever those slots hold (even NaN) never reaches the
 arithmetic; the mask then gives the copies zero weight.
+
+The caches may hold another dtype than the query (issue 19: float16 or bfloat16
+caches with float32 queries, which the C kernel reads in place; the reference casts
+the gathered keys and values to the query's dtype).
 
 Two options serve the Gemma and Mistral families:
 - `sliding_window=W`: a query at position `p` sees keys at positions `p - W + 1`
@@ -30,8 +34,6 @@ Two options serve the Gemma and Mistral families:
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +54,11 @@ def _gather_padded(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     max_len: int,
+    dtype: torch.dtype,
     first: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values `[B, Hkv, max_len, D]` (strided views): each sequence's cached
+    """Keys and values `[B, Hkv, max_len, D]` of `dtype` (the query's; strided views
+    where the cache has it already): each sequence's cached
     tokens, the positions past its end filled with copies of its last token, and
     those before `first` (`[B]`, a sliding window's start) with copies of the
     token at `first`: blocks out of every query's window are never read (the KV
@@ -70,7 +74,7 @@ def _gather_padded(
     shape = (seq_lens.shape[0], max_len, num_kv_heads, head_dim)
     k = key_cache.view(-1, num_kv_heads * head_dim).index_select(0, slots).view(shape)
     v = value_cache.view(-1, num_kv_heads * head_dim).index_select(0, slots).view(shape)
-    return k.transpose(1, 2), v.transpose(1, 2)
+    return k.transpose(1, 2).to(dtype), v.transpose(1, 2).to(dtype)
 
 
 def _paged_attention_decode(
@@ -95,7 +99,9 @@ def _paged_attention_decode(
     group = num_heads // num_kv_heads
     max_len = int(seq_lens.max())
     first = _window_start(seq_lens, 1, sliding_window)
-    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len, first)
+    k, v = _gather_padded(
+        key_cache, value_cache, block_tables, seq_lens, max_len, query.dtype, first
+    )
     mask = None
     if bool((seq_lens != max_len).any()) or first is not None:
         positions = torch.arange(max_len, device=query.device)
@@ -160,10 +166,9 @@ def _paged_attention_prefill(
     starts = query_start_loc.long()
     q_lens = starts[1:] - starts[:-1]
     single = q_lens == 1
-    extra: dict[str, Any] = {"sliding_window": sliding_window, "soft_cap": soft_cap}
     if bool(single.all()):
         return _paged_attention_decode(
-            query, key_cache, value_cache, block_tables, seq_lens, scale, **extra
+            query, key_cache, value_cache, block_tables, seq_lens, scale, sliding_window, soft_cap
         )
     out = torch.empty_like(query)
     if bool(single.any()):
@@ -175,7 +180,8 @@ def _paged_attention_prefill(
             block_tables[single],
             seq_lens[single],
             scale,
-            **extra,
+            sliding_window,
+            soft_cap,
         )
     multi = (q_lens > 1).nonzero().flatten()
     if len(multi) == 0:
@@ -186,7 +192,7 @@ def _paged_attention_prefill(
             one = slice(int(starts[i]), int(starts[i + 1]))
             out[one] = _prefill_batch(
                 query[one], key_cache, value_cache, block_tables[i : i + 1],
-                starts[i : i + 2] - starts[i], seq_lens[i : i + 1], scale, **extra,
+                starts[i : i + 2] - starts[i], seq_lens[i : i + 1], scale, sliding_window, soft_cap,
             )  # fmt: skip
         return out
     rows = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in multi.tolist()])
@@ -199,7 +205,8 @@ def _paged_attention_prefill(
         local.to(query.device),
         seq_lens[multi],
         scale,
-        **extra,
+        sliding_window,
+        soft_cap,
     )
     return out
 
@@ -232,7 +239,9 @@ def _prefill_batch(
     q = q.view(num_seqs, max_q, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
     q = q.reshape(num_seqs, num_kv_heads, group * max_q, head_dim)
     first = _window_start(seq_lens, q_lens, sliding_window)
-    k, v = _gather_padded(key_cache, value_cache, block_tables, seq_lens, max_len, first)
+    k, v = _gather_padded(
+        key_cache, value_cache, block_tables, seq_lens, max_len, query.dtype, first
+    )
     # Query row j of sequence i sits at position seq_len - q_len + j.
     q_pos = (seq_lens.long() - q_lens)[:, None] + j_clamped  # [B, max_q]
     k_pos = torch.arange(max_len, device=device)
@@ -348,7 +357,7 @@ paged_attention_decode = Op(
             cuda_attention.supports,
         ),
         Impl(
-            cpu.BACKEND,
+            cpu.KV_CACHE_BACKEND,
             cpu_attention.paged_attention_decode,
             cpu_attention.supports,
         ),
@@ -367,7 +376,7 @@ paged_attention_prefill = Op(
             cuda_attention.supports,
         ),
         Impl(
-            cpu.BACKEND,
+            cpu.KV_CACHE_BACKEND,
             cpu_attention.paged_attention_prefill,
             cpu_attention.supports,
         ),

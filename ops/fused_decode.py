@@ -5,8 +5,11 @@ one or more `QuantLinear` parts written side by side) and bound to the KV cache
 tensors; calling it runs every layer and the final norm for a batch of decode
 tokens (one new token per sequence) without returning to Python between ops. It
 calls the kernels the per-op path calls, in the same order, so its result is
-bit-identical to that path (tests/ops/test_fused_decode.py checks it), which stays
-the reference and serves every other step (prefill, mixed batches).
+bit-identical to that path (tests/plugins/models/test_llama_quantized.py checks
+it), which stays the reference and serves every other step (prefill, mixed batches).
+The KV caches may hold float32, float16 or bfloat16 (`bind` reads their dtype); a
+layer may name a sliding window and a soft cap (`DecoderLayerWeights`), passed to
+its attention as the per-op path passes them to `ops.paged_attention_decode`.
 
 `DecoderStack.build` returns None where the stack cannot run: the C library is
 not built, a matmul weight is not a type the kernels take, or the attention
@@ -23,7 +26,7 @@ import torch
 
 from ops.cpu._build import library
 from ops.cpu.attention import attention_supported
-from ops.cpu.kv_cache import SLOT_OUT_OF_RANGE
+from ops.cpu.kv_cache import KV_DTYPES, SLOT_OUT_OF_RANGE
 from ops.cpu.rotary import POSITION_OUT_OF_RANGE
 from ops.quant import DENSE_MIN_TOKENS, QuantLinear, QuantType, kernels_support
 
@@ -51,6 +54,8 @@ class _Layer(ctypes.Structure):
         ("down", _Linear),
         ("key_cache", _p),
         ("value_cache", _p),
+        ("sliding_window", _i64),
+        ("soft_cap", _f32),
     ]
 
 
@@ -64,6 +69,7 @@ class _Model(ctypes.Structure):
         ("head_dim", _i64),
         ("block_size", _i64),
         ("num_slots", _i64),
+        ("kv_dtype", _i64),
         ("eps", _f32),
         ("scale", _f32),
         ("cos_sin", _p),
@@ -86,7 +92,8 @@ _FAILURES = {
 @dataclass(slots=True)
 class DecoderLayerWeights:
     """One layer: its two norms and four matmuls (each a list of parts whose
-    outputs sit side by side; `qkv_bias` spans all of the qkv parts)."""
+    outputs sit side by side; `qkv_bias` spans all of the qkv parts), and the
+    options of its attention (as `ops.paged_attention_decode`'s)."""
 
     input_norm: torch.Tensor
     post_norm: torch.Tensor
@@ -95,6 +102,8 @@ class DecoderLayerWeights:
     gate_up: Sequence[QuantLinear]
     down: Sequence[QuantLinear]
     qkv_bias: torch.Tensor | None = None
+    sliding_window: int | None = None
+    soft_cap: float | None = None
 
 
 @dataclass(slots=True)
@@ -152,6 +161,8 @@ class DecoderStack:
             slot.o = _linear(layer.o, None)
             slot.gate_up = _linear(layer.gate_up, None)
             slot.down = _linear(layer.down, None)
+            slot.sliding_window = layer.sliding_window or 0
+            slot.soft_cap = layer.soft_cap or 0.0
         m = self._model = _Model()
         m.num_layers = len(layers)
         m.hidden, m.intermediate = shape.hidden, shape.intermediate
@@ -206,21 +217,29 @@ class DecoderStack:
         return t
 
     def bind(self, kv_caches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Point every layer at its (key, value) cache: float32, contiguous,
-        `[num_blocks, block_size, kv_heads, head_dim]`, one pair per layer."""
+        """Point every layer at its (key, value) cache: contiguous,
+        `[num_blocks, block_size, kv_heads, head_dim]`, one pair per layer, all of
+        one dtype among float32, float16 and bfloat16."""
         if len(kv_caches) != len(self._layers):
             raise ValueError(f"{len(kv_caches)} caches for {len(self._layers)} layers")
         s = self.shape
+        dtype = kv_caches[0][0].dtype
         for slot, (key, value) in zip(self._layers, kv_caches, strict=True):
             for cache in (key, value):
-                if cache.dtype != torch.float32 or not cache.is_contiguous():
-                    raise ValueError("the decode stack takes contiguous float32 caches")
+                if cache.dtype not in KV_DTYPES or cache.dtype != dtype:
+                    raise ValueError(
+                        "the decode stack takes caches of one dtype among float32, float16 "
+                        f"and bfloat16, got {cache.dtype} (first: {dtype})"
+                    )
+                if not cache.is_contiguous():
+                    raise ValueError("the decode stack takes contiguous caches")
                 if tuple(cache.shape[2:]) != (s.num_kv_heads, s.head_dim):
                     raise ValueError(f"cache shape {tuple(cache.shape)} does not fit the model")
             slot.key_cache, slot.value_cache = key.data_ptr(), value.data_ptr()
         num_blocks, block_size = kv_caches[0][0].shape[:2]
         self._model.block_size = block_size
         self._model.num_slots = num_blocks * block_size
+        self._model.kv_dtype = KV_DTYPES[dtype]
         self._bound = list(kv_caches)
 
     @property

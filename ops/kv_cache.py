@@ -5,6 +5,8 @@ The cache of one layer is a pair of contiguous tensors `[num_blocks, block_size,
 num_kv_heads, head_dim]`; token `t` of the step goes to flat slot
 `slot_mapping[t]`, which is `block_id * block_size + offset`. `_check` (shapes,
 contiguous caches, one device) runs once per call, before any implementation.
+The caches may hold another dtype than the keys (issue 19: float16 or bfloat16
+caches beside float32 activations, on the CPU); values are rounded into them.
 Slot ranges are checked where it costs nothing: by torch's `index_copy_` in the
 reference and by the C kernel (`IndexError` either way), not by a reduction per
 layer; the CUDA kernel trusts its slots, and both kernels skip negative ones.
@@ -28,8 +30,11 @@ def _reshape_and_cache(
     slot_mapping: torch.Tensor,
 ) -> None:
     """Scatter `key`/`value` (`[num_tokens, num_kv_heads, head_dim]`) into the caches
-    at `slot_mapping` (`[num_tokens]`, int64), in place."""
+    at `slot_mapping` (`[num_tokens]`, int64), in place. Caches of another dtype
+    than the keys (a float16 or bfloat16 cache beside float32 activations) get the
+    values as `.to(cache dtype)` rounds them."""
     num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+    key, value = key.to(key_cache.dtype), value.to(value_cache.dtype)
     key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
     value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
 
@@ -73,6 +78,6 @@ reshape_and_cache = Op(
     validate=_check,
     kernels=[
         Impl(cuda.BACKEND, cuda_kv_cache.reshape_and_cache),
-        Impl(cpu.BACKEND, cpu_kv_cache.reshape_and_cache),
+        Impl(cpu.KV_CACHE_BACKEND, cpu_kv_cache.reshape_and_cache),
     ],
 )

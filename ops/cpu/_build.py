@@ -159,23 +159,27 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-# The quantized matmul's sources (kernels/quant*.c), which `library_for` builds alone.
+# The quantized matmul's sources (kernels/quant*.c), which `library_for` builds alone;
+# and those of the kernels that write and read the KV cache.
 QUANT_SOURCES = tuple(name for name in SOURCES if name.startswith("quant"))
+KV_SOURCES = ("attention.c", "kv_cache.c")
 
 
 @functools.cache
-def library_for(march: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
-    """The quantized matmul (QUANT_SOURCES only) built for another instruction set
-    (`-march=march`, plus `-D` for each of `defines`), in a library of its own: for
-    tests, which compare its results with the native library's. Raises where the
-    build fails."""
+def library_for(
+    march: str, defines: tuple[str, ...] = (), compiled: tuple[str, ...] = QUANT_SOURCES
+) -> ctypes.CDLL:
+    """The quantized matmul (QUANT_SOURCES; or the KV cache's kernels, KV_SOURCES)
+    built for another instruction set (`-march=march`, plus `-D` for each of
+    `defines`), in a library of its own: for tests, which compare its results with
+    the native library's. Raises where the build fails."""
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler")
     import torch  # noqa: F401  (as in library())
 
-    lib = ctypes.CDLL(str(build(cc, march, defines, QUANT_SOURCES)))
-    _declare_quant(lib)
+    lib = ctypes.CDLL(str(build(cc, march, defines, compiled)))
+    {QUANT_SOURCES: _declare_quant, KV_SOURCES: _declare_kv}[compiled](lib)
     return lib
 
 
@@ -187,12 +191,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.llmcore_decode_step
     fn.restype = ctypes.c_int
     fn.argtypes = [p, p, i64, p, p, p, i64, p, p]
-    fn = lib.llmcore_paged_attention_f32
-    fn.restype = ctypes.c_int
-    fn.argtypes = [p, i64, i64, p, p, p, i64, p, p, i32, i32, i32, i32, i32, f32, p, i64, i64]
-    fn = lib.llmcore_reshape_and_cache_f32
-    fn.restype = ctypes.c_int
-    fn.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64]
+    _declare_kv(lib)
     fn = lib.llmcore_rotary_embedding_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [p, p, i64, i64, i32, p, i64, i64, i32, p, i64, i32, i64, i32]
@@ -206,6 +205,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn.restype = None
     fn.argtypes = [p, i64, p, i64, i64]
     _declare_quant(lib)
+
+
+def _declare_kv(lib: ctypes.CDLL) -> None:
+    p, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
+    fn = lib.llmcore_paged_attention_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [
+        p, i64, i64, p, p, i32, p, i64, p, p, i32, i32, i32, i32, i32, f32, i32, f32, p, i64, i64
+    ]  # fmt: skip
+    fn = lib.llmcore_reshape_and_cache_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, i64, p, i64, p, p, p, i64, i64, i64, i32]
 
 
 def _declare_quant(lib: ctypes.CDLL) -> None:

@@ -8,8 +8,10 @@ tokens merged by a reduce kernel. Split-K pays when the context is long and ther
 tokens unless a single partition would do or more than 512 blocks already exist.
 The context bound is the block table's capacity (`max_blocks * block_size`), not
 `seq_lens.max()`, so a launch never waits for the device: partitions past a
-sequence's end do no work. Head sizes other than `HEAD_SIZES` run the torch
-reference (`supports`).
+sequence's end do no work. A sliding window bounds it too: partitions count from
+each sequence's window start, so a 4096-token window needs at most 8 partitions
+whatever the context. `sliding_window` and `soft_cap` reach the kernels as 0 for
+none. Head sizes other than `HEAD_SIZES` run the torch reference (`supports`).
 """
 
 from __future__ import annotations
@@ -55,15 +57,21 @@ def plan_paged_attention_decode(
     seq_lens: torch.Tensor,
     scale: float,
     max_seq_len: int,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> tuple[torch.Tensor, list[Launch]]:
-    """The output `[B, Hq, D]` and the launches that fill it (one, or split-K + reduce)."""
+    """The output `[B, Hq, D]` and the launches that fill it (one, or split-K + reduce).
+    `max_seq_len` bounds every sequence's length (the tables' capacity)."""
+    if sliding_window is not None:
+        max_seq_len = min(max_seq_len, sliding_window)  # keys any query reads
     query = with_contiguous_heads(query)
     num_seqs, num_heads, head_size = query.shape
     num_kv_heads = key_cache.shape[2]
     out = torch.empty((num_seqs, num_heads, head_size), dtype=query.dtype, device=query.device)
     tables = _int32(block_tables)
-    split = use_split_k(num_seqs, num_heads, max_seq_len)
-    partitions = -(-max_seq_len // PARTITION_SIZE) if split else 1
+    partitions = -(-max_seq_len // PARTITION_SIZE)
+    split = partitions > 1 and use_split_k(num_seqs, num_heads, max_seq_len)
+    partitions = partitions if split else 1
     # Split-K scratch in float32 (empty, never read, for a single pass).
     width = partitions if split else 0
     stats = torch.empty((num_seqs, num_heads, width), dtype=torch.float32, device=query.device)
@@ -86,6 +94,8 @@ def plan_paged_attention_decode(
             "block_tables": tables,
             "seq_lens": _int32(seq_lens),
             "scale": float(scale),
+            "sliding_window": sliding_window or 0,
+            "soft_cap": float(soft_cap or 0.0),
             "num_heads": num_heads,
             "num_kv_heads": num_kv_heads,
             "block_size": key_cache.shape[1],
@@ -123,18 +133,13 @@ def paged_attention_decode(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
 ) -> torch.Tensor:
-    if sliding_window is not None or soft_cap is not None:  # not in the CUDA kernel yet
-        from ops.attention import _paged_attention_decode
-
-        return _paged_attention_decode(
-            query, key_cache, value_cache, block_tables, seq_lens, scale, sliding_window, soft_cap
-        )
     if not query.shape[0]:
         return torch.empty_like(query)
     max_seq_len = block_tables.shape[1] * key_cache.shape[1]  # no device sync
     out, launches = plan_paged_attention_decode(
-        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len
-    )
+        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len,
+        sliding_window, soft_cap,
+    )  # fmt: skip
     for launch in launches:
         run(launch)
     return out
@@ -148,6 +153,8 @@ def plan_paged_attention_prefill(
     query_start_loc: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> tuple[torch.Tensor, Launch]:
     query = with_contiguous_heads(query)
     num_tokens, num_heads, head_size = query.shape
@@ -168,6 +175,8 @@ def plan_paged_attention_prefill(
             "query_start_loc": _int32(query_start_loc),
             "seq_lens": _int32(seq_lens),
             "scale": float(scale),
+            "sliding_window": sliding_window or 0,
+            "soft_cap": float(soft_cap or 0.0),
             "num_seqs": seq_lens.shape[0],
             "num_kv_heads": key_cache.shape[2],
             "block_size": key_cache.shape[1],
@@ -189,16 +198,10 @@ def paged_attention_prefill(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
 ) -> torch.Tensor:
-    if sliding_window is not None or soft_cap is not None:  # not in the CUDA kernel yet
-        from ops.attention import _paged_attention_prefill
-
-        return _paged_attention_prefill(
-            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
-            sliding_window, soft_cap,
-        )  # fmt: skip
     out, launch = plan_paged_attention_prefill(
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale
-    )
+        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
+        sliding_window, soft_cap,
+    )  # fmt: skip
     if out.numel():
         run(launch)
     return out

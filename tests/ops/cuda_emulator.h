@@ -64,6 +64,7 @@ inline float __int_as_float(unsigned bits) {
   return f;
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+using std::max;
 using std::min;
 
 template <typename F>

@@ -39,6 +39,7 @@ from ops import dispatch
 from ops.cpu import _build
 from ops.rotary import build_rope_cache, rope_inv_freq
 from tests.ops.cpu_paths import torch_path
+from tests.ops.test_reference_ops import _drop_out_of_window_blocks as drop_blocks
 
 if cpu.library() is None:
     pytest.skip(
@@ -78,6 +79,8 @@ class Paged:
     seq_lens: torch.Tensor
     slots: list[torch.Tensor]  # each sequence's flat cache slots, in position order
     scale: float
+    window: int | None = None
+    cap: float | None = None
 
 
 def _paged(
@@ -119,25 +122,24 @@ def _paged(
 
 
 def _kernel_attention(p: Paged, decode: bool) -> torch.Tensor:
-    if decode:
-        return cpu.paged_attention_decode(
-            p.query, p.key_cache, p.value_cache, p.block_tables, p.seq_lens, p.scale
-        )
-    return cpu.paged_attention_prefill(
-        p.query, p.key_cache, p.value_cache, p.block_tables, p.query_start_loc, p.seq_lens,
-        p.scale,
-    )  # fmt: skip
+    return _attention(cpu, p, decode)
 
 
 def _public_attention(p: Paged, decode: bool) -> torch.Tensor:
     """The public op (whichever path dispatch picks)."""
+    return _attention(ops, p, decode)
+
+
+def _attention(module: Any, p: Paged, decode: bool) -> torch.Tensor:
+    """`module`'s paged_attention_decode or _prefill on `p`."""
+    options = {"sliding_window": p.window, "soft_cap": p.cap}
     if decode:
-        return ops.paged_attention_decode(
-            p.query, p.key_cache, p.value_cache, p.block_tables, p.seq_lens, p.scale
+        return module.paged_attention_decode(
+            p.query, p.key_cache, p.value_cache, p.block_tables, p.seq_lens, p.scale, **options
         )
-    return ops.paged_attention_prefill(
+    return module.paged_attention_prefill(
         p.query, p.key_cache, p.value_cache, p.block_tables, p.query_start_loc, p.seq_lens,
-        p.scale,
+        p.scale, **options,
     )  # fmt: skip
 
 
@@ -239,6 +241,74 @@ def test_online_softmax_rescales(base: float, jump: float, block_size: int) -> N
     torch.testing.assert_close(got, _torch_attention(p, decode=False), atol=ATOL, rtol=RTOL)
     want = _dense_reference(p, q_len, scores)
     torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=RTOL)
+
+
+def _drop_out_of_window_blocks(p: Paged, window: int) -> None:
+    """What the KV cache manager may do under a sliding window (see the helper it
+    calls): a kernel that read a freed block would return NaN."""
+    drop_blocks(p.key_cache, p.value_cache, p.block_tables, p.query_start_loc, p.seq_lens, window)
+
+
+WINDOWS_AND_CAPS = pytest.mark.parametrize(
+    ("window", "cap"),
+    [
+        (1, None),
+        (5, None),
+        (37, None),
+        (1000, None),
+        (None, 2.0),
+        (None, 30.0),
+        (5, 2.0),
+        (37, 30.0),
+    ],
+)
+
+
+@WINDOWS_AND_CAPS
+@pytest.mark.parametrize(
+    ("head_dim", "group", "block_size"), [(64, 1, 16), (80, 4, 8), (128, 3, 16)]
+)
+def test_paged_attention_window_and_cap_match_torch(
+    window: int | None, cap: float | None, head_dim: int, group: int, block_size: int
+) -> None:
+    """Windows of one token, inside one block, spanning blocks, past every sequence;
+    soft caps that bite (2) and that barely do (30), alone and with a window; decode
+    and prefill (chunks, single rows) over ragged batches; out-of-window blocks NaN."""
+    seq_lens, q_lens = _prefill_lens(block_size)
+    decode_lens = [1, block_size - 1, block_size + 1, 3 * block_size + 5, 61]
+    for decode, (lens, qs) in ((True, (decode_lens, [1] * 5)), (False, (seq_lens, q_lens))):
+        p = _paged(lens, qs, 2 * group, 2, head_dim, block_size)
+        p.scale, p.window, p.cap = 2.0 * head_dim**-0.5, window, cap  # sharper scores
+        if window is not None:
+            _drop_out_of_window_blocks(p, window)
+        got = _kernel_attention(p, decode)
+        assert torch.isfinite(got).all()  # no block out of the window was read
+        want = _torch_attention(p, decode)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
+        if window is not None and window < min(lens):  # the window changes the result
+            p.window = None
+            assert not torch.allclose(_torch_attention(p, decode)[-1], want[-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("cap", [0.5, 5.0, 50.0])
+def test_soft_cap_of_exact_scores(cap: float) -> None:
+    """Scores set exactly over [-3c, 3c] (tanh's polynomial and exp branches, and
+    its saturation), against a float64 softmax of c * tanh(s / c)."""
+    seq_len, q_len, kv_heads = 70, 3, 2
+    p = _paged([seq_len], [q_len], 4, kv_heads, 64, 16)
+    pos = torch.arange(seq_len, dtype=torch.float64)
+    rising = (pos / (seq_len - 1) * 6 - 3) * cap
+    scores = torch.stack([rising, rising.flip(0) * 0.3], dim=1).float()  # [L, Hkv]
+    p.key_cache.view(-1, kv_heads, 64)[p.slots[0], :, 0] = scores
+    p.query.zero_()
+    p.query[..., 0] = 1.0
+    p.scale, p.cap = 1.0, cap
+    got = _kernel_attention(p, decode=False)
+    capped = torch.tanh(scores.double() / cap) * cap
+    torch.testing.assert_close(
+        got.double(), _dense_reference(p, q_len, capped), atol=ATOL, rtol=RTOL
+    )
+    torch.testing.assert_close(got, _torch_attention(p, decode=False), atol=ATOL, rtol=RTOL)
 
 
 def test_prefill_rows_before_the_first_sequence_are_skipped() -> None:

@@ -28,7 +28,7 @@ from ops.cuda._kernels import ALL_KERNELS, COMPILE_OPTIONS
 from ops.cuda._launch import SCALAR_TYPES, Launch, build_args
 from ops.cuda.build_check import KERNELS_DIR, find_nvcc
 from ops.rotary import build_rope_cache, rope_inv_freq
-from tests.ops.test_reference_ops import _paged_setup
+from tests.ops.test_reference_ops import _drop_out_of_window_blocks, _paged_setup
 
 HERE = Path(__file__).resolve().parent
 HEAD_SIZES = (64, 80)  # 80 leaves lanes idle in the last slice of a head
@@ -145,20 +145,30 @@ def test_rotary_and_cache_write(emulated: None, dtype: torch.dtype, is_neox: boo
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
 
 
-# (dtype, head size, split-K, query heads, kv heads): every dtype, both head
-# sizes, both paths, GQA groups of 1, 3, 6 (two blocks: 4 + 2 heads) and 8.
+# (dtype, head size, split-K, query heads, kv heads, window, soft cap): every
+# dtype, both head sizes, both paths, GQA groups of 1, 3, 6 (two blocks: 4 + 2
+# heads) and 8; windows of one token, inside a block (8 tokens), across blocks and
+# partitions (16 tokens), past every sequence; caps alone and with a window.
 DECODE_CASES = [
-    (torch.float32, 64, False, 6, 2),
-    (torch.float32, 80, True, 6, 1),
-    (torch.float32, 64, True, 2, 2),
-    (torch.float16, 64, True, 6, 2),
-    (torch.float16, 80, False, 2, 2),
-    (torch.bfloat16, 64, False, 6, 1),
-    (torch.bfloat16, 80, True, 8, 1),
+    (torch.float32, 64, False, 6, 2, None, None),
+    (torch.float32, 80, True, 6, 1, None, None),
+    (torch.float32, 64, True, 2, 2, None, None),
+    (torch.float16, 64, True, 6, 2, None, None),
+    (torch.float16, 80, False, 2, 2, None, None),
+    (torch.bfloat16, 64, False, 6, 1, None, None),
+    (torch.bfloat16, 80, True, 8, 1, None, None),
+    (torch.float32, 64, True, 6, 2, 20, None),
+    (torch.float32, 80, False, 6, 1, 5, 2.0),
+    (torch.float16, 64, True, 2, 2, 1, None),
+    (torch.bfloat16, 64, True, 8, 1, None, 2.0),
+    (torch.float32, 64, True, 4, 2, 1000, 30.0),
+    (torch.float16, 80, False, 2, 2, 11, None),
 ]
 
 
-@pytest.mark.parametrize(("dtype", "d", "split", "heads", "kv_heads"), DECODE_CASES)
+@pytest.mark.parametrize(
+    ("dtype", "d", "split", "heads", "kv_heads", "window", "cap"), DECODE_CASES
+)
 def test_paged_decode(
     emulated: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -167,25 +177,49 @@ def test_paged_decode(
     split: bool,
     heads: int,
     kv_heads: int,
+    window: int | None,
+    cap: float | None,
 ) -> None:
     monkeypatch.setattr(attention, "use_split_k", lambda *_: split)
     monkeypatch.setattr(attention, "PARTITION_SIZE", 16)  # several partitions, some empty
-    lens = [1, 7, 8, 9, 30]
-    q, kc, vc, tables, _, seq_lens, _, _ = _paged_setup(
+    lens = [1, 7, 8, 9, 30, 45]
+    q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
         lens, [1] * len(lens), heads, kv_heads, d, 8, dtype, seed=d + heads
     )
-    want = ops.paged_attention_decode(q, kc, vc, tables, seq_lens, d**-0.5)
-    _close(ops.cuda.paged_attention_decode(q, kc, vc, tables, seq_lens, d**-0.5), want, dtype)
+    _drop_out_of_window_blocks(kc, vc, tables, starts, seq_lens, window)
+    args = (q, kc, vc, tables, seq_lens, 2 * d**-0.5)
+    options = {"sliding_window": window, "soft_cap": cap}
+    want = ops.paged_attention_decode.reference(*args, **options)
+    got = ops.cuda.paged_attention_decode(*args, **options)
+    assert torch.isfinite(got.float()).all()  # nothing out of the window was read
+    _close(got, want, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_paged_prefill(emulated: None, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "window", "cap"),
+    [
+        (torch.float32, None, None),
+        (torch.float16, None, None),
+        (torch.bfloat16, None, None),
+        (torch.float32, 1, None),
+        (torch.float32, 6, 2.0),
+        (torch.bfloat16, 13, None),
+        (torch.float16, None, 2.0),
+    ],
+)
+def test_paged_prefill(
+    emulated: None, dtype: torch.dtype, window: int | None, cap: float | None
+) -> None:
     lens, q_lens = [1, 8, 9, 20, 7], [1, 8, 3, 6, 0]
     q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
         lens, q_lens, 4, 1, 80, 8, dtype, seed=7
     )
-    want = ops.paged_attention_prefill(q, kc, vc, tables, starts, seq_lens, 0.1)
-    got = ops.cuda.paged_attention_prefill(q, kc, vc, tables, starts, seq_lens, 0.1)
+    _drop_out_of_window_blocks(kc, vc, tables, starts, seq_lens, window)
+    args = (q, kc, vc, tables, starts, seq_lens, 0.2)
+    options = {"sliding_window": window, "soft_cap": cap}
+    want = ops.paged_attention_prefill.reference(*args, **options)
+    got = ops.cuda.paged_attention_prefill(*args, **options)
+    assert torch.isfinite(got.float()).all()
     _close(got, want, dtype)
 
 

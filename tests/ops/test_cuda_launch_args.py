@@ -134,6 +134,29 @@ def test_attention_plans(dtype: torch.dtype, head_size: int, max_len: int) -> No
     out, launch = plan_paged_attention_prefill(q, kc, kc, tables, starts, lens[:2], 0.1)
     _check(launch)
     assert launch.grid == (3, 6, 1) and launch.name_expression.endswith(f", {head_size}>")
+    assert (launch.values["sliding_window"], launch.values["soft_cap"]) == (0, 0.0)  # none
+
+
+@pytest.mark.parametrize("window", [1, 1000, 9000])
+def test_attention_plans_with_window_and_cap(window: int) -> None:
+    """The options reach the kernels; a window bounds the split-K partitions (they
+    count from each sequence's window start), whatever the tables' capacity."""
+    kc = torch.zeros(8, 16, 2, 64)
+    q, tables, lens = torch.randn(3, 6, 64), torch.zeros(3, 4, dtype=torch.int32), torch.ones(3)
+    _, launches = plan_paged_attention_decode(q, kc, kc, tables, lens, 0.1, 20000, window, 50.0)
+    for launch in launches:
+        _check(launch)
+    decode = launches[0]
+    assert (decode.values["sliding_window"], decode.values["soft_cap"]) == (window, 50.0)
+    partitions = -(-window // 512)
+    assert decode.grid[2] == (partitions if partitions > 1 else 1)
+    assert len(launches) == (2 if partitions > 1 else 1)
+    if partitions == 1:  # one pass over the window
+        assert decode.values["partition_size"] == window
+    starts = torch.tensor([0, 1, 3])
+    _, launch = plan_paged_attention_prefill(q, kc, kc, tables, starts, lens[:2], 0.1, window, 2.0)
+    _check(launch)
+    assert (launch.values["sliding_window"], launch.values["soft_cap"]) == (window, 2.0)
 
 
 def test_build_args_rejects_wrong_dtype_order_and_names() -> None:

@@ -20,7 +20,7 @@ import llmcore
 import ops
 from ops.cuda import attention as cuda_attention
 from ops.rotary import build_rope_cache, rope_inv_freq
-from tests.ops.test_reference_ops import _paged_setup
+from tests.ops.test_reference_ops import _drop_out_of_window_blocks, _paged_setup
 
 pytest.importorskip("cupy")
 if not torch.cuda.is_available():
@@ -112,6 +112,36 @@ def test_paged_decode(
     want = ops.paged_attention_decode(q, kc, vc, tables, seq_lens, d**-0.5)
     got = ops.cuda.paged_attention_decode(*_to_cuda(q, kc, vc, tables, seq_lens), d**-0.5)
     _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("window", "cap"), [(1, None), (5, None), (700, None), (None, 50.0), (37, 2.0)]
+)
+@pytest.mark.parametrize("split", [False, True])
+def test_paged_window_and_cap(
+    monkeypatch: Any, dtype: torch.dtype, window: int | None, cap: float | None, split: bool
+) -> None:
+    """Decode (one pass and split-K) and prefill with a sliding window and a soft cap,
+    the blocks out of every window NaN, against the torch reference."""
+    monkeypatch.setattr(cuda_attention, "use_split_k", lambda *_: split)
+    lens, q_lens = [1, 15, 16, 17, 100, 1500], [1, 15, 3, 1, 40, 9]
+    options = {"sliding_window": window, "soft_cap": cap}
+    for qs in ([1] * len(lens), q_lens):
+        q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
+            lens, qs, 8, 2, 128, 16, dtype, seed=len(qs)
+        )
+        _drop_out_of_window_blocks(kc, vc, tables, starts, seq_lens, window)
+        if qs == q_lens:
+            args = (q, kc, vc, tables, starts, seq_lens, 0.1)
+            want = ops.paged_attention_prefill.reference(*args, **options)
+            got = ops.cuda.paged_attention_prefill(*_to_cuda(*args[:-1]), 0.1, **options)
+        else:
+            args = (q, kc, vc, tables, seq_lens, 0.1)
+            want = ops.paged_attention_decode.reference(*args, **options)
+            got = ops.cuda.paged_attention_decode(*_to_cuda(*args[:-1]), 0.1, **options)
+        assert torch.isfinite(got.float()).all()
+        _close(got, want, dtype)
 
 
 def test_long_context_takes_split_k() -> None:

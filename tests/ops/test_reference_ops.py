@@ -57,6 +57,28 @@ def _paged_setup(
     return q, kc, vc, tables, starts, torch.tensor(lens, dtype=torch.int32), keys, vals
 
 
+def _drop_out_of_window_blocks(
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    tables: torch.Tensor,
+    starts: torch.Tensor,
+    seq_lens: torch.Tensor,
+    window: int | None,
+) -> None:
+    """The blocks wholly before the window of each sequence's first new token are
+    freed (NaN, and their table entries pointed at a block no sequence owns)."""
+    if window is None:
+        return
+    bs = kc.shape[1]
+    spare = next(b for b in range(kc.shape[0]) if b not in set(tables.flatten().tolist()))
+    for i, seq_len in enumerate(seq_lens.tolist()):
+        q_len = int(starts[i + 1] - starts[i])
+        for b in range(max(0, seq_len - q_len - window + 1) // bs):
+            kc[int(tables[i, b])] = float("nan")
+            vc[int(tables[i, b])] = float("nan")
+            tables[i, b] = spare
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "d"), [(4, 4, 64), (8, 2, 80), (6, 1, 96), (4, 2, 128)]

@@ -9,6 +9,10 @@
  * `llmcore_qmatmul` over one or more weight parts written side by side into one
  * output row (q, k and v kept apart when their types differ).
  *
+ * The KV caches may hold float16 or bfloat16 (kv_dtype): the cache write rounds
+ * into them and attention reads them, the same calls the per-op path makes. A
+ * layer may have a sliding window and a soft cap of its own.
+ *
  * The caller owns every buffer: `scratch` holds the step's activations (size from
  * `llmcore_decode_scratch_floats`), so nothing is allocated per layer. */
 #include <stdint.h>
@@ -17,16 +21,17 @@
 #include "quant.h"
 
 int llmcore_paged_attention_f32(const float *query, int64_t q_stride_t, int64_t q_stride_h,
-                                const float *key_cache, const float *value_cache,
+                                const void *key_cache, const void *value_cache, int32_t kv_dtype,
                                 const int32_t *block_tables, int64_t table_stride,
                                 const int32_t *seq_lens, const int32_t *query_start_loc,
                                 int32_t num_seqs, int32_t num_heads, int32_t num_kv_heads,
-                                int32_t head_dim, int32_t block_size, float scale, float *out,
+                                int32_t head_dim, int32_t block_size, float scale,
+                                int32_t sliding_window, float soft_cap, float *out,
                                 int64_t out_stride_t, int64_t out_stride_h);
 int llmcore_reshape_and_cache_f32(const float *key, int64_t key_stride, const float *value,
-                                  int64_t value_stride, float *key_cache, float *value_cache,
+                                  int64_t value_stride, void *key_cache, void *value_cache,
                                   const int64_t *slot_mapping, int64_t num_tokens,
-                                  int64_t slot_size, int64_t num_slots);
+                                  int64_t slot_size, int64_t num_slots, int32_t kv_dtype);
 int llmcore_rotary_embedding_f32(const int64_t *positions, float *query, int64_t q_stride_t,
                                  int64_t q_stride_h, int32_t num_heads, float *key,
                                  int64_t k_stride_t, int64_t k_stride_h, int32_t num_kv_heads,
@@ -53,13 +58,16 @@ typedef struct llmcore_decode_linear {
 typedef struct llmcore_decode_layer {
     const float *input_norm, *post_norm; /* [hidden] */
     llmcore_decode_linear qkv, o, gate_up, down;
-    float *key_cache, *value_cache; /* [num_blocks, block_size, kv_heads, head_dim] */
+    void *key_cache, *value_cache; /* [num_blocks, block_size, kv_heads, head_dim] */
+    int64_t sliding_window;        /* 0: full attention */
+    float soft_cap;                /* 0: none */
 } llmcore_decode_layer;
 
 typedef struct llmcore_decode_model {
     int64_t num_layers, hidden, intermediate;
     int64_t num_heads, num_kv_heads, head_dim;
     int64_t block_size, num_slots; /* cache slots: num_blocks * block_size */
+    int64_t kv_dtype;              /* the caches' elements: KV_F32, KV_F16 or KV_BF16 (vec.h) */
     float eps, scale;
     const float *cos_sin; /* [num_positions, rotary_dim] */
     int64_t num_positions, rotary_dim, is_neox;
@@ -124,12 +132,14 @@ int llmcore_decode_step(const llmcore_decode_model *m, float *hidden, int64_t n,
             return DECODE_POSITION;
         if (llmcore_reshape_and_cache_f32(k, qkv_w, v, qkv_w, layer->key_cache,
                                           layer->value_cache, slot_mapping, n, kv_size,
-                                          m->num_slots))
+                                          m->num_slots, (int32_t)m->kv_dtype))
             return DECODE_SLOT;
         if (llmcore_paged_attention_f32(q, qkv_w, d, layer->key_cache, layer->value_cache,
-                                        block_tables, table_stride, seq_lens, NULL, (int32_t)n,
-                                        (int32_t)m->num_heads, (int32_t)m->num_kv_heads,
-                                        (int32_t)d, (int32_t)m->block_size, m->scale, attn,
+                                        (int32_t)m->kv_dtype, block_tables, table_stride,
+                                        seq_lens, NULL, (int32_t)n, (int32_t)m->num_heads,
+                                        (int32_t)m->num_kv_heads, (int32_t)d,
+                                        (int32_t)m->block_size, m->scale,
+                                        (int32_t)layer->sliding_window, layer->soft_cap, attn,
                                         q_size, d))
             return DECODE_ATTENTION;
         rc = linear(&layer->o, attn, n, q_size, hidden, h);

@@ -1,28 +1,56 @@
 /* Writing a step's keys and values into the paged KV cache (as ops/kv_cache.py).
  *
- * key and value are [tokens, num_kv_heads, head_dim] with a token stride of their
- * own (they are usually column slices of the fused qkv projection) and the heads
- * back to back; the caches are [num_blocks, block_size, num_kv_heads, head_dim],
- * contiguous, so a token's heads fill one contiguous slot. A negative slot is a
- * padding token and is skipped; a slot at or past num_slots makes the call return
- * -1 before anything is written. Pure copies: the result is bit-identical to the
- * torch path.
+ * key and value are [tokens, num_kv_heads, head_dim] float32 with a token stride of
+ * their own (they are usually column slices of the fused qkv projection) and the
+ * heads back to back; the caches are [num_blocks, block_size, num_kv_heads,
+ * head_dim], contiguous, so a token's heads fill one contiguous slot. The caches
+ * hold float32 (a memcpy: bit-identical to the torch path) or float16 / bfloat16
+ * (kv_dtype KV_F16 / KV_BF16 of vec.h: rounded to nearest even, the bits torch's
+ * `.to(dtype)` gives). A negative slot is a padding token and is skipped; a slot at
+ * or past num_slots, or an unknown kv_dtype, makes the call return -1 before
+ * anything is written.
  */
 #include <stdint.h>
 #include <string.h>
 
+#include "vec.h"
+
+/* n float32 values into a cache slot of kv_dtype elements. */
+static void write_slot(void *dst, const float *src, int64_t n, int kv_dtype) {
+    if (kv_dtype == KV_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    uint16_t *out = dst;
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+        const vh h = kv_dtype == KV_F16 ? to_f16(load(src + i)) : to_bf16(load(src + i));
+        memcpy(out + i, &h, sizeof h);
+    }
+    if (i < n) { /* the tail, through a vector padded with zeros */
+        vf x = splat(0.0f);
+        memcpy(&x, src + i, (n - i) * sizeof(float));
+        const vh h = kv_dtype == KV_F16 ? to_f16(x) : to_bf16(x);
+        memcpy(out + i, &h, (n - i) * sizeof(uint16_t));
+    }
+}
+
 int llmcore_reshape_and_cache_f32(const float *key, int64_t key_stride, const float *value,
-                                  int64_t value_stride, float *key_cache, float *value_cache,
+                                  int64_t value_stride, void *key_cache, void *value_cache,
                                   const int64_t *slot_mapping, int64_t num_tokens,
-                                  int64_t slot_size, int64_t num_slots) {
+                                  int64_t slot_size, int64_t num_slots, int32_t kv_dtype) {
+    if (kv_dtype != KV_F32 && kv_dtype != KV_F16 && kv_dtype != KV_BF16) return -1;
     for (int64_t t = 0; t < num_tokens; t++)
         if (slot_mapping[t] >= num_slots) return -1;
+    const int64_t elem = kv_dtype == KV_F32 ? sizeof(float) : sizeof(uint16_t);
 #pragma omp parallel for schedule(static) if (num_tokens >= 512)
     for (int64_t t = 0; t < num_tokens; t++) {
         const int64_t slot = slot_mapping[t];
         if (slot < 0) continue;
-        memcpy(key_cache + slot * slot_size, key + t * key_stride, slot_size * sizeof(float));
-        memcpy(value_cache + slot * slot_size, value + t * value_stride, slot_size * sizeof(float));
+        write_slot((char *)key_cache + slot * slot_size * elem, key + t * key_stride, slot_size,
+                   kv_dtype);
+        write_slot((char *)value_cache + slot * slot_size * elem, value + t * value_stride,
+                   slot_size, kv_dtype);
     }
     return 0;
 }

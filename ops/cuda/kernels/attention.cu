@@ -15,7 +15,10 @@
 // output directly.
 //
 // Nothing is ever read past a sequence's length, so unwritten cache slots (even
-// NaN) never enter a result.
+// NaN) never enter a result. With sliding_window W > 0 a query at position p reads
+// keys p - W + 1 .. p only (blocks before its window are never touched: the KV
+// manager may have freed them); with soft_cap c > 0 each score (after `scale`)
+// becomes c * tanhf(score / c) before the softmax. 0 means neither.
 #include "common.cuh"
 
 #define ATTN_THREADS 128
@@ -29,6 +32,11 @@ struct AttnShared {
   float acc[ATTN_WARPS][HEAD_SIZE];
 };
 
+// A score after the soft cap (c > 0), or as it is (c == 0).
+__device__ __forceinline__ float soft_capped(float s, float soft_cap) {
+  return soft_cap > 0.0f ? soft_cap * tanhf(s / soft_cap) : s;
+}
+
 // Each warp's online softmax over tokens [begin, end) of one sequence, left in
 // `sh` (this warp's m, l and acc rows).
 template <typename scalar_t, int HEAD_SIZE>
@@ -36,7 +44,7 @@ __device__ __forceinline__ void warp_attend(
     AttnShared<HEAD_SIZE>& sh, const scalar_t* __restrict__ q, float scale,
     const scalar_t* __restrict__ key_cache, const scalar_t* __restrict__ value_cache,
     const int* __restrict__ block_table, int block_size, int kv_head, int num_kv_heads,
-    int begin, int end) {
+    int begin, int end, float soft_cap) {
   constexpr int ELEMS = (HEAD_SIZE + LLMCORE_WARP - 1) / LLMCORE_WARP;
   const int lane = threadIdx.x % LLMCORE_WARP;
   const int warp = threadIdx.x / LLMCORE_WARP;
@@ -74,7 +82,7 @@ __device__ __forceinline__ void warp_attend(
     float m_new = m;
 #pragma unroll
     for (int u = 0; u < ATTN_UNROLL; ++u) {
-      s[u] = t0 + u < end ? warp_sum(s[u]) : LLMCORE_NEG_INF;
+      s[u] = t0 + u < end ? soft_capped(warp_sum(s[u]), soft_cap) : LLMCORE_NEG_INF;
       m_new = fmaxf(m_new, s[u]);
     }
     const float alpha = expf(m - m_new);  // 0 for the first tokens (m = -inf)
@@ -149,15 +157,16 @@ struct DecodeShared {
 
 // grid (num_kv_heads * ceil(group / GQA_TILE), num_seqs, num_partitions). With
 // one partition `out` [B, Hq, D] is written; otherwise max_logits/exp_sums
-// [B, Hq, P] and tmp_out [B, Hq, P, D].
+// [B, Hq, P] and tmp_out [B, Hq, P, D]. Partitions count from the window's start
+// (position 0 without a window), so a window needs no more of them than it holds.
 template <typename scalar_t, int HEAD_SIZE>
 __global__ void __launch_bounds__(ATTN_THREADS, 8) paged_attention_decode(
     scalar_t* __restrict__ out, float* __restrict__ max_logits, float* __restrict__ exp_sums,
     float* __restrict__ tmp_out, const scalar_t* __restrict__ query,
     const scalar_t* __restrict__ key_cache, const scalar_t* __restrict__ value_cache,
     const int* __restrict__ block_tables, const int* __restrict__ seq_lens, float scale,
-    int num_heads, int num_kv_heads, int block_size, int max_blocks_per_seq,
-    long long query_stride, int partition_size) {
+    int sliding_window, float soft_cap, int num_heads, int num_kv_heads, int block_size,
+    int max_blocks_per_seq, long long query_stride, int partition_size) {
   constexpr int ELEMS = (HEAD_SIZE + LLMCORE_WARP - 1) / LLMCORE_WARP;
   __shared__ DecodeShared<HEAD_SIZE> sh;
   const int seq = blockIdx.y, part = blockIdx.z, num_parts = gridDim.z;
@@ -174,7 +183,8 @@ __global__ void __launch_bounds__(ATTN_THREADS, 8) paged_attention_decode(
   __syncthreads();
 
   const int seq_len = seq_lens[seq];
-  const int begin = part * partition_size;
+  const int window_start = sliding_window > 0 ? max(seq_len - sliding_window, 0) : 0;
+  const int begin = window_start + part * partition_size;
   const int end = min(begin + partition_size, seq_len);
   const int* block_table = block_tables + (long long)seq * max_blocks_per_seq;
   const long long row = (long long)num_kv_heads * HEAD_SIZE;
@@ -207,7 +217,7 @@ __global__ void __launch_bounds__(ATTN_THREADS, 8) paged_attention_decode(
     }
 #pragma unroll
     for (int g = 0; g < GQA_TILE; ++g)
-      if (g < n) s[g] = warp_sum(s[g]);  // n is uniform over the block
+      if (g < n) s[g] = soft_capped(warp_sum(s[g]), soft_cap);  // n is uniform over the block
 #pragma unroll
     for (int e = 0; e < ELEMS; ++e) {
       const int d = lane + e * LLMCORE_WARP;
@@ -295,14 +305,16 @@ __global__ void __launch_bounds__(ATTN_THREADS) paged_attention_reduce(
 
 // grid (num_tokens, num_heads): query token `t` of sequence s (found by binary
 // search in query_start_loc) sits at position seq_len - q_len + (t - q_start)
-// and attends causally to tokens [0, position]. Output [T, Hq, D] contiguous.
+// and attends causally to tokens [0, position] (its last sliding_window of them,
+// where one is given). Output [T, Hq, D] contiguous.
 template <typename scalar_t, int HEAD_SIZE>
 __global__ void __launch_bounds__(ATTN_THREADS) paged_attention_prefill(
     scalar_t* __restrict__ out, const scalar_t* __restrict__ query,
     const scalar_t* __restrict__ key_cache, const scalar_t* __restrict__ value_cache,
     const int* __restrict__ block_tables, const int* __restrict__ query_start_loc,
-    const int* __restrict__ seq_lens, float scale, int num_seqs, int num_kv_heads,
-    int block_size, int max_blocks_per_seq, long long query_stride) {
+    const int* __restrict__ seq_lens, float scale, int sliding_window, float soft_cap,
+    int num_seqs, int num_kv_heads, int block_size, int max_blocks_per_seq,
+    long long query_stride) {
   __shared__ AttnShared<HEAD_SIZE> sh;
   const int token = blockIdx.x, head = blockIdx.y, num_heads = gridDim.y;
   int lo = 0, hi = num_seqs - 1;  // the last s with query_start_loc[s] <= token
@@ -314,11 +326,12 @@ __global__ void __launch_bounds__(ATTN_THREADS) paged_attention_prefill(
   const int q_start = query_start_loc[seq];
   const int q_len = query_start_loc[seq + 1] - q_start;
   const int end = seq_lens[seq] - q_len + (token - q_start) + 1;
+  const int begin = sliding_window > 0 ? max(end - sliding_window, 0) : 0;
   const int kv_head = head / (num_heads / num_kv_heads);
   const scalar_t* q = query + token * query_stride + (long long)head * HEAD_SIZE;
   warp_attend<scalar_t, HEAD_SIZE>(sh, q, scale, key_cache, value_cache,
                                    block_tables + (long long)seq * max_blocks_per_seq,
-                                   block_size, kv_head, num_kv_heads, 0, end);
+                                   block_size, kv_head, num_kv_heads, begin, end, soft_cap);
   __syncthreads();
   float weights[ATTN_WARPS];
   float mx;

@@ -10,6 +10,7 @@ across block boundaries and batches of sequences of different lengths; explicit
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ import pytest
 import torch
 
 import llmcore
+import ops
+import plugins.models.llama
+from ops.fused_decode import DecoderLayerWeights
 from ops.quant import QuantLinear, QuantType, QuantWeight, kernels_support
 from tests.plugins.models import tiny_models
 
@@ -111,12 +115,22 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _decode_logits(
-    loaded: Any, prompts: list[list[int]], steps: int, feed: list[int] | None = None
+    loaded: Any,
+    prompts: list[list[int]],
+    steps: int,
+    feed: list[int] | None = None,
+    kv_dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
     """Prefill each prompt, then `steps` decode steps of every sequence together
     (feeding argmax tokens, or `feed[i]` to every sequence at step i); the logits of
-    the prefill and of every decode step."""
+    the prefill and of every decode step. `kv_dtype`: KV caches of that dtype
+    instead of the model's."""
     runner = llmcore.ModelRunner(loaded, num_blocks=64, block_size=BLOCK)
+    if kv_dtype is not None:
+        runner.kv_caches = [
+            (torch.zeros_like(k, dtype=kv_dtype), torch.zeros_like(v, dtype=kv_dtype))
+            for k, v in runner.kv_caches
+        ]
     tables, lens, out = [], [], []
     first = 0
     chunks = []
@@ -204,6 +218,68 @@ def test_one_call_decode_equals_the_per_op_path(
     per_op = _decode_logits(loaded, prompts, steps=20)
     for f, p in zip(fused, per_op, strict=True):
         assert torch.equal(f, p)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kv_dtype", [torch.float16, torch.bfloat16])
+def test_one_call_decode_with_a_16_bit_cache_equals_the_per_op_path(
+    tiny_files: tuple[Path, Path, Any], kv_dtype: torch.dtype
+) -> None:
+    """Issue 19: float16 / bfloat16 KV caches under float32 activations, the one-call
+    decode step bit-identical to the per-op path; close to a float32 cache."""
+    _, path, _ = tiny_files
+    loaded = llmcore.load_model(path)
+    decoder = loaded.model.decoder
+    assert decoder is not None
+    prompts = [_tokens(n, seed=n) for n in (5, 17, 33, 16)]
+    fused = _decode_logits(loaded, prompts, steps=20, kv_dtype=kv_dtype)
+    assert decoder.bound_to is not None and decoder.bound_to.dtype == kv_dtype  # it ran
+    shape = (4, BLOCK, decoder.shape.num_kv_heads, decoder.shape.head_dim)
+    dtypes = [kv_dtype] * len(loaded.model.layers)
+    dtypes[-1] = torch.float32
+    mixed = [(torch.zeros(shape, dtype=d), torch.zeros(shape, dtype=d)) for d in dtypes]
+    with pytest.raises(ValueError, match="one dtype"):
+        decoder.bind(mixed)
+    loaded.model.decoder = None
+    per_op = _decode_logits(loaded, prompts, steps=20, kv_dtype=kv_dtype)
+    for f, p in zip(fused, per_op, strict=True):
+        assert torch.equal(f, p)
+    # Against a float32 cache, on the dense float model (int8 activations would
+    # amplify the cache's rounding where it flips an activation's).
+    dense = llmcore.load_model(path, dtype="float32")
+    half, full = (_decode_logits(dense, prompts, 0, kv_dtype=d)[0] for d in (kv_dtype, None))
+    assert not torch.equal(half, full)  # the prefill's attention read 16-bit values
+    assert _rel(half, full) < (2e-3 if kv_dtype == torch.float16 else 2e-2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16])
+def test_one_call_decode_with_window_and_cap_equals_the_per_op_path(
+    tiny_files: tuple[Path, Path, Any], monkeypatch: pytest.MonkeyPatch, kv_dtype: Any
+) -> None:
+    """The decode stack's per-layer sliding window and soft cap (a Mistral- or
+    Gemma-like layer) against the per-op path given the same options, through
+    prompts and decode steps past the window."""
+    _, path, _ = tiny_files
+    loaded = llmcore.load_model(path)
+    options = {"sliding_window": 24, "soft_cap": 5.0}
+    prompts = [_tokens(n, seed=n) for n in (5, 17, 33, 40)]
+    plain = _decode_logits(loaded, prompts, steps=12, kv_dtype=kv_dtype)
+    monkeypatch.setattr(
+        plugins.models.llama,
+        "DecoderLayerWeights",
+        functools.partial(DecoderLayerWeights, **options),
+    )
+    for name in ("paged_attention_decode", "paged_attention_prefill"):
+        monkeypatch.setattr(ops, name, functools.partial(getattr(ops, name), **options))
+    loaded.model.decoder = loaded.model._decoder()
+    assert loaded.model.decoder is not None
+    fused = _decode_logits(loaded, prompts, steps=12, kv_dtype=kv_dtype)
+    loaded.model.decoder = None
+    per_op = _decode_logits(loaded, prompts, steps=12, kv_dtype=kv_dtype)
+    for f, p in zip(fused, per_op, strict=True):
+        assert torch.equal(f, p)
+    assert not torch.allclose(fused[-1], plain[-1], atol=1e-3)  # the options changed it
 
 
 @needs_kernels
