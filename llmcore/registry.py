@@ -18,6 +18,7 @@ _BUILTIN_MODELS: dict[str, str] = {
     "BertModel": "plugins.models.bert:BertModel",
     "Gemma2ForCausalLM": "plugins.models.gemma:Gemma2ForCausalLM",
     "Gemma3ForCausalLM": "plugins.models.gemma:Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration": "plugins.models.gemma:Gemma3ForConditionalGeneration",
     "LlamaForCausalLM": "plugins.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "plugins.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "plugins.models.llama:Qwen2ForCausalLM",

@@ -22,6 +22,10 @@ differences, each as transformers computes it:
   and the final logits too (`final_logit_softcapping`; Gemma 3 honours that one
   where a config sets it, and, like transformers, never caps its attention).
 
+`Gemma3ForConditionalGeneration` (Gemma 3 4B and up) serves text only: its
+`text_config` is the model, the language model's weights are taken under their
+`Gemma3ForCausalLM` names, and the vision tower and projector are skipped (logged).
+
 The one-call decode step (`ops.fused_decode`) is llama-shaped; these layers always
 run the per-op path.
 """
@@ -76,6 +80,20 @@ _GGUF_GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight$")
+# Gemma3ForConditionalGeneration's language model under the names of the released
+# files (which transformers 5.25's save_pretrained writes too) and of transformers'
+# module layout; the rest of such a checkpoint is the vision side.
+_MULTIMODAL_TEXT_PREFIXES = (
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("model.language_model.", "model."),
+)
+_VISION_PREFIXES = (
+    "vision_tower.",
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,10 +278,22 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
         self.norm = self._norm_weight(self.norm)
 
     def _checked(self, weights: Iterable[tuple[str, Weight]]) -> Iterator[tuple[str, Weight]]:
-        """The weights, each of the shape the config implies."""
+        """The language model's weights under Gemma*ForCausalLM names, each of the
+        shape the config implies; a multimodal checkpoint's vision side skipped."""
+        skipped = 0
         for name, tensor in weights:
-            _check_shape(name, name, tensor, self.config)
-            yield name, tensor
+            if name.startswith(_VISION_PREFIXES):
+                skipped += 1
+                continue
+            hf_name = name
+            for prefix, to in _MULTIMODAL_TEXT_PREFIXES:
+                if name.startswith(prefix):
+                    hf_name = to + name[len(prefix) :]
+                    break
+            _check_shape(hf_name, name, tensor, self.config)
+            yield hf_name, tensor
+        if skipped:
+            log.info("%s: text only; %d vision weights skipped", type(self).__name__, skipped)
 
     def _norm_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """A Gemma norm weight as the float32 factor `1 + w` the norms multiply by."""
@@ -446,3 +476,49 @@ def _check_shape(hf_name: str, shown: str, tensor: Weight, config: ModelConfig) 
         raise CorruptModelFileError(
             f"tensor {shown!r} has shape {list(got)}, but the model's config implies {list(want)}"
         )
+
+
+# transformers' Gemma3TextConfig defaults: a Gemma3ForConditionalGeneration config.json
+# names in `text_config` only what differs from them (the 4B names six keys).
+GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "hidden_activation": ACTIVATION,
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "sliding_window_pattern": 6,
+    "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+    "tie_word_embeddings": True,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "pad_token_id": 0,
+}
+
+
+class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
+    """Gemma 3 4B and up (text and images), served as text: the language model of
+    `text_config`; the vision tower and projector are skipped at load."""
+
+    @classmethod
+    def adapt_hf_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The config.json as a Gemma3ForCausalLM's: `text_config` over transformers'
+        defaults, with the outer file's architecture and token ids where it names none."""
+        text = config.get("text_config")
+        if not isinstance(text, dict):
+            raise CorruptModelFileError(
+                "a Gemma3ForConditionalGeneration config has no text_config"
+            )
+        flat = {**GEMMA3_TEXT_DEFAULTS, **text}
+        for key in ("eos_token_id", "bos_token_id", "pad_token_id", "torch_dtype", "dtype"):
+            if key in config and key not in text:
+                flat[key] = config[key]
+        flat["architectures"] = config.get("architectures") or [cls.__name__]
+        return flat

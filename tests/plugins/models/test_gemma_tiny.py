@@ -25,13 +25,20 @@ import torch
 import llmcore
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.core import EngineCore
-from llmcore.errors import UnsupportedArchitectureError
+from llmcore.errors import CorruptModelFileError, UnsupportedArchitectureError
 from llmcore.model_config import ModelConfig
 from llmcore.sampling_params import SamplingParams
 from ops import dispatch
 from ops.cpu import _build
 from ops.rotary import build_rope_cache
-from plugins.models.gemma import FULL, SLIDING, Gemma2ForCausalLM, Gemma3ForCausalLM
+from plugins.models.gemma import (
+    FULL,
+    GEMMA3_TEXT_DEFAULTS,
+    SLIDING,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
+)
 from tests.llmcore.engine.test_sliding_window_engine import _write_tokenizer as write_tokenizer
 from tests.plugins.models import parity, tiny_models
 
@@ -366,3 +373,103 @@ def test_gemma3_attention_cap_is_ignored_as_transformers_ignores_it() -> None:
         ModelConfig.from_hf({**GEMMA3_1B, "attn_logit_softcapping": 20.0})
     )
     assert s.attn_soft_cap is None
+
+
+# ---- Gemma3ForConditionalGeneration, served as text -------------------------------------
+
+
+def test_multimodal_checkpoint_serves_its_language_model(tmp_path: Path) -> None:
+    """A tiny Gemma3ForConditionalGeneration saved by transformers (weights under
+    `language_model.`, a SigLIP tower beside them): the text logits are transformers'."""
+    import transformers
+
+    text = {
+        **tiny_models._common(),
+        **SPECS["gemma3"]["config"],
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+    }
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    vision |= {"num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    config = transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4
+    )
+    torch.manual_seed(0)
+    hf_model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, param in hf_model.named_parameters():
+            if "norm" in name:
+                param.normal_(0.0, 0.3)
+    hf_model.save_pretrained(tmp_path)
+    loaded = llmcore.load_model(tmp_path, dtype="float32")
+    assert loaded.config.architecture == "Gemma3ForConditionalGeneration"
+    assert loaded.config.vocab_size == tiny_models.VOCAB
+    assert loaded.model.layer_windows == [32, 32, None, 32]
+    ids = parity.tokens(80, seed=9)
+    want = parity.hf_logits(hf_model, ids)
+    table = parity.blocks(len(ids))
+    runner = llmcore.ModelRunner(loaded, num_blocks=len(table), block_size=parity.BLOCK)
+    got = runner.execute([llmcore.SequenceChunk(ids[:70], 0, table)])[0]
+    assert parity.rel(got, want[69]) < 1e-4
+    for pos in range(70, 80):
+        got = runner.execute([llmcore.SequenceChunk([ids[pos]], pos, table)])[0]
+        assert parity.rel(got, want[pos]) < 1e-4
+
+
+# The 4B's config.json: its text_config names only what differs from the defaults.
+GEMMA3_4B = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "eos_token_id": [1, 106],
+    "model_type": "gemma3",
+    "text_config": {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 34,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
+    "vision_config": {"model_type": "siglip_vision_model"},
+}
+
+
+def test_multimodal_config_reads_as_transformers_reads_it() -> None:
+    import transformers
+
+    hf = transformers.Gemma3Config(**GEMMA3_4B).text_config
+    for key, value in GEMMA3_TEXT_DEFAULTS.items():  # the defaults are transformers'
+        if key not in ("sliding_window_pattern", "rope_theta", "rope_local_base_freq"):
+            assert getattr(transformers.Gemma3TextConfig(), key) == value, key
+    flat = Gemma3ForConditionalGeneration.adapt_hf_config(GEMMA3_4B)
+    config = ModelConfig.from_hf(flat)
+    assert config.architecture == "Gemma3ForConditionalGeneration"
+    assert config.eos_token_ids == [1, 106]
+    for field in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads"):
+        assert getattr(config, field) == getattr(hf, field), field
+    assert (config.head_dim, config.max_position_embeddings) == (hf.head_dim, 131072)
+    s = Gemma3ForConditionalGeneration.settings(config)
+    assert list(s.layer_types) == hf.layer_types and s.sliding_window == 1024
+    assert s.rope == {
+        FULL: (1e6, {"factor": 8.0, "rope_type": "linear", "rope_theta": 1e6}),
+        SLIDING: (1e4, None),
+    }
+    assert hf.rope_parameters[FULL]["factor"] == 8.0
+    assert hf.rope_parameters[SLIDING]["rope_theta"] == 1e4
+
+
+def test_vision_weights_are_skipped_and_text_weights_renamed() -> None:
+    config = ModelConfig.from_hf(Gemma3ForConditionalGeneration.adapt_hf_config(GEMMA3_4B))
+    model = Gemma3ForConditionalGeneration.__new__(Gemma3ForConditionalGeneration)
+    model.config = config
+    norm = torch.zeros(2560)
+    names = [
+        "vision_tower.vision_model.post_layernorm.weight",
+        "multi_modal_projector.mm_soft_emb_norm.weight",
+        "model.vision_tower.vision_model.post_layernorm.weight",
+        "language_model.model.norm.weight",  # as the released files (and transformers 5.25)
+        "model.language_model.norm.weight",  # transformers' module layout
+        "language_model.lm_head.weight",
+    ]
+    out = [name for name, _ in model._checked((n, norm) for n in names[:5])]
+    assert out == ["model.norm.weight", "model.norm.weight"]
+    with pytest.raises(CorruptModelFileError, match=r"'language_model\.lm_head\.weight' has shape"):
+        list(model._checked([(names[5], norm)]))
