@@ -97,6 +97,9 @@ class CausalLMClass(Protocol):
     # the family's own GGUF metadata (`config.raw` holds it) into the config under
     # Hugging Face names (e.g. Gemma 2's `attn_logit_softcapping`), so the plugin
     # reads one set of names whichever file the model came from.
+    # Optional: `adapt_hf_config(config_json) -> dict`, a classmethod that turns a
+    # config.json the plugin serves into the keys `ModelConfig` reads (Gemma 3's
+    # multimodal checkpoints nest the language model's config in `text_config`).
 
 
 @dataclass(slots=True)

@@ -135,6 +135,11 @@ def _load_gguf(
 def _load_hf(path: Path, dtype: str, device: torch.device, quantization: str | None) -> LoadedModel:
     raw = hf_folder.read_config_json(path)
     cls = registry.resolve_model_class(hf_folder.architecture_of(raw))
+    # a plugin whose config.json nests the model's config (a multimodal checkpoint
+    # served as text) turns it into the keys `ModelConfig` reads
+    adapt = getattr(cls, "adapt_hf_config", None)
+    if adapt is not None:
+        raw = adapt(raw)
     config = hf_folder.read_config(path, raw)
     torch_dtype, formats = _compute_dtype(
         cls, resolve_dtype(dtype, device, config.torch_dtype), device, quantization

@@ -16,12 +16,17 @@ from llmcore.errors import UnsupportedArchitectureError
 
 _BUILTIN_MODELS: dict[str, str] = {
     "BertModel": "plugins.models.bert:BertModel",
+    "Gemma2ForCausalLM": "plugins.models.gemma:Gemma2ForCausalLM",
+    "Gemma3ForCausalLM": "plugins.models.gemma:Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration": "plugins.models.gemma:Gemma3ForConditionalGeneration",
     "LlamaForCausalLM": "plugins.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "plugins.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "plugins.models.llama:Qwen2ForCausalLM",
 }
 
 _GGUF_ARCHITECTURES: dict[str, str] = {
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",

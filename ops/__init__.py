@@ -10,6 +10,7 @@ the op's semantics (docs/ops.md).
 
 from __future__ import annotations
 
+from ops.activation import gelu_tanh_and_mul as gelu_tanh_and_mul  # C kernel only: not in __all__
 from ops.activation import silu_and_mul
 from ops.attention import paged_attention_decode, paged_attention_prefill
 from ops.kv_cache import reshape_and_cache

@@ -1,7 +1,10 @@
-"""Gated activations: the op, its torch reference and its dispatch.
+"""Gated activations: the ops, their torch references and their dispatch.
 
-The kernels (`ops.cpu.activation`, `ops.cuda.activation`) take an even last
-dimension; an odd one runs the reference, which raises torch's shape error.
+`silu_and_mul` (SwiGLU: Llama, Qwen, Mistral) and `gelu_tanh_and_mul` (GeGLU with
+the tanh approximation of GELU: Gemma). The kernels (`ops.cpu.activation`,
+`ops.cuda.activation`) take an even last dimension; an odd one runs the
+reference, which raises torch's shape error. `gelu_tanh_and_mul` has a C kernel
+only: on other placements it runs its reference.
 """
 
 from __future__ import annotations
@@ -33,4 +36,20 @@ silu_and_mul = Op(
         Impl(cuda.BACKEND, cuda_activation.silu_and_mul, _even),
         Impl(cpu.BACKEND, cpu_activation.silu_and_mul, _even),
     ],
+)
+
+
+def _gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """GeGLU: `x` is `[..., 2 * d]` holding gate then up; returns `gelu(gate) * up`
+    with GELU's tanh approximation (`gelu_pytorch_tanh` in Hugging Face configs):
+    `0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))`."""
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
+
+
+gelu_tanh_and_mul = Op(
+    "gelu_tanh_and_mul",
+    _gelu_tanh_and_mul,
+    on=lambda x: (x,),
+    kernels=[Impl(cpu.BACKEND, cpu_activation.gelu_tanh_and_mul, _even)],
 )

@@ -201,9 +201,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.llmcore_fused_add_rms_norm_f32
     fn.restype = None
     fn.argtypes = [p, i64, p, i64, p, f32, p, p, i64, i64]
-    fn = lib.llmcore_silu_and_mul_f32
-    fn.restype = None
-    fn.argtypes = [p, i64, p, i64, i64]
+    for name in ("llmcore_silu_and_mul_f32", "llmcore_gelu_tanh_and_mul_f32"):
+        fn = getattr(lib, name)
+        fn.restype = None
+        fn.argtypes = [p, i64, p, i64, i64]
     _declare_quant(lib)
 
 
