@@ -13,11 +13,13 @@ from __future__ import annotations
 from ops.activation import silu_and_mul
 from ops.attention import paged_attention_decode, paged_attention_prefill
 from ops.kv_cache import reshape_and_cache
+from ops.moe import fused_moe
 from ops.norm import fused_add_rms_norm, rms_norm
 from ops.rotary import rotary_embedding
 
 __all__ = [
     "fused_add_rms_norm",
+    "fused_moe",
     "paged_attention_decode",
     "paged_attention_prefill",
     "reshape_and_cache",
