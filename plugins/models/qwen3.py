@@ -102,6 +102,24 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
 
     gguf_permutes_qk = False  # converted by llama.cpp as Qwen2 is
 
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__(config, dtype, device)
+        self.layer_windows = self._windows(config)
+
+    @staticmethod
+    def _windows(config: ModelConfig) -> list[int | None]:
+        """With `use_sliding_window`, the layers `layer_types` names sliding (else
+        those from `max_window_layers` on, as transformers derives them) see the
+        last `sliding_window` tokens; the others, and every layer without it, all."""
+        window, n = config.sliding_window, config.num_hidden_layers
+        types = config.raw.get("layer_types")
+        if window is None:
+            return [None] * n
+        if types:
+            return [window if t == "sliding_attention" else None for t in types]
+        first = int(config.raw.get("max_window_layers", n))
+        return [window if i >= first else None for i in range(n)]
+
     @classmethod
     def gguf_to_hf(cls, name: str, tensor: Weight, config: ModelConfig) -> tuple[str, Weight]:
         match = _GGUF_LAYER.match(name)
@@ -196,6 +214,8 @@ class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
         self.renormalize = bool(raw.get("norm_topk_prob", False))
         step = _raw_int(raw, "decoder_sparse_step") or 1
         dense_only = {int(i) for i in raw.get("mlp_only_layers") or ()}
+        # transformers' Qwen3-MoE applies a sliding window (if any) in every layer
+        self.layer_windows = [config.sliding_window] * config.num_hidden_layers
         self.sparse_layers = frozenset(
             i
             for i in range(config.num_hidden_layers)

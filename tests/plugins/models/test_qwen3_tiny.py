@@ -4,11 +4,15 @@ then decode across blocks, chunked prefill, greedy generation, mixed batches and
 decode batches), float32 logits within 1e-4.
 
 - qwen3: GQA 4:2 with head_dim 32 (q is 128 wide, the hidden size 64), q/k head
-  norms, tied embeddings, rope_theta 1e6;
+  norms, tied embeddings, rope_theta 1e6, a sliding window of 40 tokens in layers 1
+  and 2 (`max_window_layers` 1) and full attention in layer 0;
 - qwen3-moe: 8 experts, top-2, renormalised (`norm_topk_prob`), layer 1 a dense MLP
   (`mlp_only_layers`), GQA 4:1 with head_dim 48;
 - qwen3-moe-step: 6 experts, top-3, not renormalised, `decoder_sparse_step` 2
-  (layer 1 sparse, layers 0 and 2 dense).
+  (layer 1 sparse, layers 0 and 2 dense), a sliding window of 24 tokens in every
+  layer (Qwen3-MoE applies its window everywhere).
+
+The prompts (up to 150 tokens) run well past the windows.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from tests.plugins.models import parity, tiny_models
 SPECS: dict[str, dict[str, Any]] = {
     "qwen3": {
         "cls": "Qwen3",
-        "config": {"head_dim": 32, "tie_word_embeddings": True, "rope_theta": 1000000.0},
+        "config": {
+            "head_dim": 32,
+            "tie_word_embeddings": True,
+            "rope_theta": 1000000.0,
+            "use_sliding_window": True,
+            "sliding_window": 40,
+            "max_window_layers": 1,
+        },
     },
     "qwen3-moe": {
         "cls": "Qwen3Moe",
@@ -49,10 +60,13 @@ SPECS: dict[str, dict[str, Any]] = {
             "moe_intermediate_size": 40,
             "norm_topk_prob": False,
             "decoder_sparse_step": 2,
+            "use_sliding_window": True,
+            "sliding_window": 24,
         },
     },
 }
 SPARSE = {"qwen3": set(), "qwen3-moe": {0, 2}, "qwen3-moe-step": {1}}
+WINDOWS = {"qwen3": [None, 40, 40], "qwen3-moe": [None] * 3, "qwen3-moe-step": [24] * 3}
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
@@ -74,7 +88,10 @@ def test_the_model_is_what_the_case_claims(tiny: tuple[str, Path, Any, Any]) -> 
         getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     )
     assert model.decoder is None  # the per-op path
-    assert model.layer_windows == [None] * 3
+    assert model.layer_windows == WINDOWS[kind]
+    assert [layer.window for layer in model.layers] == WINDOWS[kind]
+    hf_windows = [layer.self_attn.sliding_window for layer in hf_model.model.layers]
+    assert hf_windows == WINDOWS[kind]
     sparse = {i for i, layer in enumerate(model.layers) if getattr(layer, "moe", None)}
     assert sparse == SPARSE[kind]
     for i, hf_layer in enumerate(hf_model.model.layers):
