@@ -44,13 +44,15 @@ def fused_moe(
     w13, w2 = w13.contiguous(), w2.contiguous()
     weights = topk_weights.contiguous()
     ids = topk_ids.to(torch.int32).contiguous()
-    act = torch.empty(T * k, two_i // 2)
+    gate_up = torch.empty(T * k, two_i)  # then the activation in its gate half
     y = torch.empty(T * k, H)
-    scratch = torch.empty(2 * E + 2 + T * k, dtype=torch.int64)
+    # the expert offsets and the pairs in expert order (int64), then three row
+    # pointers per pair (x, gate_up, y: 64-bit)
+    scratch = torch.empty(2 * E + 2 + 4 * T * k, dtype=torch.int64)
     status = lib.llmcore_fused_moe(
         x.data_ptr(), x.stride(0), w13.data_ptr(), w2.data_ptr(), int(w13.dtype == _BF16),
         weights.data_ptr(), ids.data_ptr(), out.data_ptr(), T, H, E, two_i // 2, k,
-        scratch.data_ptr(), act.data_ptr(), y.data_ptr(),
+        scratch.data_ptr(), gate_up.data_ptr(), y.data_ptr(),
     )  # fmt: skip
     if status:
         raise ValueError(f"fused_moe: topk_ids hold an expert id outside 0..{E - 1}")

@@ -7,11 +7,13 @@ experts, 1 to 4 slots, sizes that are not multiples of the kernel's 16 lanes,
 experts nobody chose, an expert repeated within a token, strided `hidden`, int32 and
 int64 ids, the OpenMP branch. A token's result does not depend on the other tokens
 of the call (bit for bit in the kernel). Bad ids and shapes are errors; the dispatch
-picks the kernel for float32 and bfloat16 weights and the reference elsewhere.
+picks the kernel for float32 and bfloat16 weights and the reference elsewhere (and
+with the kernels off).
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import pytest
@@ -20,8 +22,10 @@ import torch.nn.functional as F
 
 import ops
 import ops.cpu as cpu
+from ops import dispatch
 from ops.cpu import moe as cpu_moe
 from ops.moe import select_experts
+from tests.ops.cpu_paths import torch_path
 
 REFERENCE = ops.fused_moe.reference
 needs_kernels = pytest.mark.skipif(cpu.library() is None, reason="CPU kernels not built")
@@ -213,3 +217,17 @@ def test_select_experts_is_softmax_then_top_k(renormalize: bool, k: int) -> None
         if renormalize:
             want = want / want.sum()
         torch.testing.assert_close(weights[t].double(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_one_signature_and_the_kernels_off() -> None:
+    op = ops.fused_moe
+    assert dispatch.REGISTRY["fused_moe"] is op
+    signature = inspect.signature(op.reference)
+    assert inspect.signature(op) == signature and op.__doc__ == op.reference.__doc__
+    assert [impl.backend for impl in op.kernels] == [cpu.BACKEND, cpu_moe.BF16_WEIGHTS]
+    assert all(inspect.signature(impl.fn) == signature for impl in op.kernels)
+    args = _case(3, 16, 2, 8, 1, seed=1)
+    with torch_path():
+        assert op.select(*args).fn is REFERENCE
+        bf16 = (args[0], args[1].bfloat16(), args[2].bfloat16(), *args[3:])
+        assert op.select(*bf16).fn is REFERENCE

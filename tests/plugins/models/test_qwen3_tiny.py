@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import llmcore
+from ops.quant import QuantType, QuantWeight, kernels_support
 from plugins.models.qwen3 import Qwen3ForCausalLM, Qwen3MoeForCausalLM
 from tests.plugins.models import parity, tiny_models
 
@@ -127,3 +129,41 @@ def test_parity_with_transformers(tiny: tuple[str, Path, Any, Any], check: str) 
 @pytest.mark.slow  # transformers' generate loop as the reference
 def test_greedy_generation_matches_transformers(tiny: tuple[str, Path, Any, Any]) -> None:
     parity.greedy_generation_matches_transformers(tiny[2], tiny[3])
+
+
+def _prefill_and_decode(loaded: Any, ids: list[int], steps: int = 6) -> torch.Tensor:
+    runner = llmcore.ModelRunner(loaded, num_blocks=8, block_size=parity.BLOCK)
+    table, prompt = parity.blocks(len(ids)), len(ids) - steps
+    rows = [runner.execute([llmcore.SequenceChunk(ids[:prompt], 0, table)])[0]]
+    for pos in range(prompt, len(ids)):
+        rows.append(runner.execute([llmcore.SequenceChunk([ids[pos]], pos, table)])[0])
+    return torch.stack(rows)
+
+
+@pytest.mark.skipif(
+    not (kernels_support(QuantType.BF16) and kernels_support(QuantType.I8_ROW)),
+    reason="the quantized CPU kernels are not built here",
+)
+@pytest.mark.parametrize(("weights", "tol"), [("bfloat16", 0.03), ("int8", 0.15)])
+def test_weight_formats_follow_the_float_model(
+    tiny: tuple[str, Path, Any, Any], weights: str, tol: float
+) -> None:
+    """`--dtype bfloat16` on the CPU: bfloat16 matmul weights and experts (the MoE
+    kernel multiplies them as stored); `--quantization int8`: int8 matmul weights,
+    float32 experts."""
+    _, folder, _, loaded = tiny
+    if weights == "bfloat16":
+        other = llmcore.load_model(folder, dtype="bfloat16")
+    else:
+        other = llmcore.load_model(folder, quantization="int8")
+    assert other.dtype == torch.float32
+    layer = other.model.layers[0]
+    assert all(isinstance(p.weight, QuantWeight) for p in layer.qkv_mm.parts)
+    for moe in (lay.moe for lay in other.model.layers if lay.moe is not None):
+        assert (
+            moe.w13.dtype
+            == moe.w2.dtype
+            == (torch.bfloat16 if weights == "bfloat16" else torch.float32)
+        )
+    ids = parity.tokens(40, seed=8)
+    assert parity.rel(_prefill_and_decode(other, ids), _prefill_and_decode(loaded, ids)) < tol
