@@ -3,7 +3,10 @@
 Qwen3 is the llama layer (`plugins.models.llama`) plus `q_norm`/`k_norm`: RMSNorm
 over each head's `head_dim` values of q and of k, after the projections and before
 rope. `head_dim` is explicit (q is `heads * head_dim` wide, not always the hidden
-size); no q/k/v biases; tied embeddings where the config says so.
+size); no q/k/v biases; tied embeddings where the config says so. With
+`use_sliding_window`, the layers `layer_types` names (else those from
+`max_window_layers` on) attend within `sliding_window` tokens (Qwen3-MoE: every
+layer), as transformers does.
 
 Qwen3-MoE replaces the MLP of its sparse layers (every `decoder_sparse_step`-th,
 except `mlp_only_layers`) with routed experts: a router matmul, softmax in float32,
@@ -202,12 +205,12 @@ class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(config, dtype, device)
         raw = config.raw
-        experts = _raw_int(raw, "num_experts", "num_local_experts")
-        top_k = _raw_int(raw, "num_experts_per_tok")
-        if not experts or not top_k or top_k > experts:
+        experts = _raw_int(raw, "num_experts", "num_local_experts") or 0
+        top_k = _raw_int(raw, "num_experts_per_tok") or 0
+        if experts and not 0 < top_k <= experts:
             raise UnsupportedArchitectureError(
-                f"Qwen3-MoE config: num_experts={experts} and num_experts_per_tok={top_k} "
-                "(both positive, top-k at most the experts)"
+                f"Qwen3-MoE config: num_experts_per_tok={top_k} must be in 1..{experts} "
+                f"(num_experts)"
             )
         self.num_experts, self.top_k = experts, top_k
         self.moe_intermediate_size = _raw_int(raw, "moe_intermediate_size") or 0
@@ -219,7 +222,7 @@ class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
         self.sparse_layers = frozenset(
             i
             for i in range(config.num_hidden_layers)
-            if i not in dense_only and (i + 1) % step == 0
+            if experts and i not in dense_only and (i + 1) % step == 0
         )
 
     @classmethod
@@ -234,6 +237,13 @@ class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
             top_k = int(raw[f"{arch}.expert_used_count"])
         except KeyError as exc:
             raise CorruptModelFileError(f"GGUF metadata lacks the key {exc.args[0]!r}") from exc
+        scale = raw.get(f"{arch}.expert_weights_scale")
+        gating = raw.get(f"{arch}.expert_gating_func")
+        if scale not in (None, 0, 1) or gating not in (None, 1):  # 1: softmax
+            raise UnsupportedArchitectureError(
+                f"{arch}: expert_weights_scale {scale} / expert_gating_func {gating}: "
+                "only softmax routing with unscaled weights is supported"
+            )
         ffn = raw.get(f"{arch}.expert_feed_forward_length")
         hf = {
             "num_experts": experts,

@@ -221,10 +221,20 @@ def test_tensors_that_do_not_fit_the_metadata_are_named(
         llmcore.load_model(path, dtype="float32")
 
 
-@pytest.mark.parametrize("key", ["expert_count", "expert_used_count"])
-def test_missing_expert_metadata_is_named(
-    models: dict[str, tuple[Path, Any]], tmp_path: Path, key: str
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"expert_count": None}, r"lacks the key 'qwen3moe\.expert_count'"),
+        ({"expert_used_count": None}, r"lacks the key 'qwen3moe\.expert_used_count'"),
+        ({"expert_gating_func": 2}, r"expert_gating_func 2"),  # sigmoid routing
+    ],
+)
+def test_expert_metadata_missing_or_not_supported_is_named(
+    models: dict[str, tuple[Path, Any]],
+    tmp_path: Path,
+    metadata: dict[str, int | None],
+    message: str,
 ) -> None:
-    path = _write_gguf(models["qwen3moe"][1], "qwen3moe", tmp_path / "x.gguf", metadata={key: None})
-    with pytest.raises(llmcore.errors.ModelLoadError, match=rf"qwen3moe\.{key}"):
+    path = _write_gguf(models["qwen3moe"][1], "qwen3moe", tmp_path / "x.gguf", metadata=metadata)
+    with pytest.raises(llmcore.errors.ModelLoadError, match=message):
         llmcore.load_model(path, dtype="float32")
