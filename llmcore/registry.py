@@ -22,6 +22,8 @@ _BUILTIN_MODELS: dict[str, str] = {
     "LlamaForCausalLM": "plugins.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "plugins.models.llama:MistralForCausalLM",
     "Qwen2ForCausalLM": "plugins.models.llama:Qwen2ForCausalLM",
+    "Qwen3ForCausalLM": "plugins.models.qwen3:Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM": "plugins.models.qwen3:Qwen3MoeForCausalLM",
 }
 
 _GGUF_ARCHITECTURES: dict[str, str] = {
@@ -30,6 +32,8 @@ _GGUF_ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3moe": "Qwen3MoeForCausalLM",
 }
 
 ENTRY_POINT_GROUP = "llmcore.models"

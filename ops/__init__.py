@@ -14,9 +14,13 @@ from ops.activation import gelu_tanh_and_mul as gelu_tanh_and_mul  # C kernel on
 from ops.activation import silu_and_mul
 from ops.attention import paged_attention_decode, paged_attention_prefill
 from ops.kv_cache import reshape_and_cache
+from ops.moe import fused_moe as fused_moe  # C kernel only: not in __all__ (below)
 from ops.norm import fused_add_rms_norm, rms_norm
 from ops.rotary import rotary_embedding
 
+# The ops with a kernel on every backend (CUDA and C), which tests/ops/test_dispatch.py
+# and test_cuda_emulated.py walk. `fused_moe` has the C kernel only (elsewhere its
+# reference runs); tests/ops/test_moe.py covers it.
 __all__ = [
     "fused_add_rms_norm",
     "paged_attention_decode",

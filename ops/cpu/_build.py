@@ -35,7 +35,7 @@ from pathlib import Path
 logger = logging.getLogger("llmcore.ops")
 
 SOURCES = (
-    "activation.c", "attention.c", "decode.c", "kv_cache.c", "norm.c", "quant.c",
+    "activation.c", "attention.c", "decode.c", "kv_cache.c", "moe.c", "norm.c", "quant.c",
     "quant_float.c", "quant_k.c", "quant_tiles.c", "rotary.c",
 )  # fmt: skip
 HEADERS = ("quant.h", "quant_layout.h", "vec.h")
@@ -205,6 +205,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [p, i64, p, i64, i64]
+    fn = lib.llmcore_fused_moe
+    fn.restype = ctypes.c_int
+    fn.argtypes = [p, i64, p, p, i32, p, p, p, i64, i64, i64, i64, i64, p, p, p]
     _declare_quant(lib)
 
 

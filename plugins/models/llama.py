@@ -279,15 +279,23 @@ class LlamaForCausalLM:
         if f"{p}self_attn.q_proj.bias" in pending:
             bias = torch.cat([dense(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
         qkv = weights("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        gate_up, down = self._take_mlp(i, weights)
         return _Layer(
             input_norm=dense(p + "input_layernorm.weight"),
             post_norm=dense(p + "post_attention_layernorm.weight"),
             qkv_mm=_Fused.of(qkv, bias),
             o_mm=_Fused.of(weights("self_attn.o_proj")),
-            gate_up_mm=_Fused.of(weights("mlp.gate_proj", "mlp.up_proj")),
-            down_mm=_Fused.of(weights("mlp.down_proj")),
+            gate_up_mm=gate_up,
+            down_mm=down,
             qkv_bias=bias,
         )
+
+    def _take_mlp(self, i: int, weights: Callable[..., list[Weight]]) -> tuple[_Fused, _Fused]:
+        """Layer `i`'s SwiGLU MLP as its gate_up and down matmuls (`weights` takes
+        the layer's matmul weights by name). A subclass whose layer `i` has another
+        feed-forward returns empty ones (`_Fused([])`) and overrides `_mlp`."""
+        gate_up = _Fused.of(weights("mlp.gate_proj", "mlp.up_proj"))
+        return gate_up, _Fused.of(weights("mlp.down_proj"))
 
     def _decoder(self) -> DecoderStack | None:
         """The one-call decode step when every matmul is quantized for the kernels
@@ -344,10 +352,21 @@ class LlamaForCausalLM:
                 x, residual = ops.fused_add_rms_norm(hidden, residual, layer.input_norm, eps)
             hidden = self._attention(layer, x, batch, kv_cache)
             x, residual = ops.fused_add_rms_norm(hidden, residual, layer.post_norm, eps)
-            hidden = layer.down_mm(ops.silu_and_mul(layer.gate_up_mm(x)))
+            hidden = self._mlp(layer, x)
         assert residual is not None
         hidden, _ = ops.fused_add_rms_norm(hidden, residual, self.norm, eps)
         return hidden
+
+    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        """The layer's feed-forward on its normed input (a subclass may route it)."""
+        return layer.down_mm(ops.silu_and_mul(layer.gate_up_mm(x)))
+
+    def _qk_norm(
+        self, layer: _Layer, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q `[T, heads, head_dim]` and k `[T, kv_heads, head_dim]` before rope: as
+        they are here; a subclass may normalize them (Qwen3's per-head RMSNorm)."""
+        return q, k
 
     def _fused_decode(self, batch: ForwardBatch, kv_caches: list[KVCache]) -> torch.Tensor:
         decoder = self.decoder
@@ -369,6 +388,7 @@ class LlamaForCausalLM:
         q = q.view(num_tokens, self.num_heads, d)
         k = k.view(num_tokens, self.num_kv_heads, d)
         v = v.view(num_tokens, self.num_kv_heads, d)
+        q, k = self._qk_norm(layer, q, k)
         ops.rotary_embedding(batch.positions, q, k, self.cos_sin_cache, is_neox=True)
         key_cache, value_cache = kv_cache
         tables, slots = batch.kv_tables(layer.group)
