@@ -40,7 +40,7 @@ from ops.quant import (
     quant_embedding,
     quantize_int8_rows,
 )
-from ops.rotary import build_rope_cache, rope_inv_freq
+from ops.rotary import rope_cache
 
 Weight = torch.Tensor | QuantWeight
 Matmul = Linear | QuantLinear
@@ -153,12 +153,9 @@ class LlamaForCausalLM:
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         try:
-            self._inv_freq = rope_inv_freq(self.head_dim, config.rope_theta, config.rope_scaling)
+            self.cos_sin_cache = self._rope_cache()
         except ValueError as exc:
             raise UnsupportedArchitectureError(str(exc)) from exc
-        self.cos_sin_cache = build_rope_cache(self._inv_freq, config.max_position_embeddings).to(
-            device
-        )
         self.layers: list[_Layer] = []
         self.embed_tokens: Weight = torch.empty(0)
         self.norm = torch.empty(0)
@@ -220,11 +217,10 @@ class LlamaForCausalLM:
             self.lm_head = self.embed_tokens
         else:
             self.lm_head = take("lm_head.weight")
-        if "model.rotary_emb.freq_factors" in w:
-            factors = dense("model.rotary_emb.freq_factors").float().cpu()
-            self.cos_sin_cache = build_rope_cache(
-                self._inv_freq / factors, self.config.max_position_embeddings
-            ).to(self.device)
+        rope = [name for name in w if name.startswith("model.rotary_emb.")]
+        if rope:  # a GGUF's rope tensors
+            tensors = {n.removeprefix("model.rotary_emb."): dense(n).float().cpu() for n in rope}
+            self.cos_sin_cache = self._rope_cache(tensors)
         self.layers = [
             self._take_layer(i, take, dense, w) for i in range(self.config.num_hidden_layers)
         ]
@@ -233,6 +229,21 @@ class LlamaForCausalLM:
         self.lm_head_mm = _matmul(self._quantized(self.lm_head))
         self._enable_packing()
         self.decoder = self._decoder()
+
+    def _rope_cache(self, tensors: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The cos/sin table on the model's device (`ops.rotary.rope_cache`: every
+        scaling type of the config). `tensors`: a GGUF's rope tensors, by their name
+        after `model.rotary_emb.` (Llama 3's `freq_factors`)."""
+        tensors = dict(tensors or {})
+        factors = tensors.pop("freq_factors", None)
+        if tensors:
+            raise CorruptModelFileError(f"unexpected rope tensors: {', '.join(sorted(tensors))}")
+        c = self.config
+        table = rope_cache(
+            self.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings,
+            freq_factors=factors,
+        )  # fmt: skip
+        return table.to(self.device)
 
     def _quantized(self, weight: Weight) -> Weight:
         """A matmul weight as `--quantization` wants it."""
