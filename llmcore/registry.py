@@ -18,12 +18,14 @@ _BUILTIN_MODELS: dict[str, str] = {
     "BertModel": "plugins.models.bert:BertModel",
     "LlamaForCausalLM": "plugins.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "plugins.models.llama:MistralForCausalLM",
+    "Phi3ForCausalLM": "plugins.models.phi3:Phi3ForCausalLM",
     "Qwen2ForCausalLM": "plugins.models.llama:Qwen2ForCausalLM",
 }
 
 _GGUF_ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "phi3": "Phi3ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
 

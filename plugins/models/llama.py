@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +130,7 @@ class _Layer:
     gate_up_mm: _Fused
     down_mm: _Fused
     qkv_bias: torch.Tensor | None = field(default=None)
+    window: int | None = field(default=None)  # sliding window (tokens); None = full
 
     def linears(self) -> list[Linear]:
         """The float matmuls (MKL packing applies to them)."""
@@ -140,6 +142,14 @@ class LlamaForCausalLM:
     """Llama, and SmolLM2 (a Llama with tied embeddings)."""
 
     gguf_permutes_qk = True  # llama.cpp permutes q/k rows for llama-arch conversions
+    # The checkpoint modules each fused matmul of a layer is made of, in row order
+    # (a hook: Phi-3's checkpoint stores q/k/v and gate/up already fused).
+    fused_modules: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "o": ("self_attn.o_proj",),
+        "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
+        "down": ("mlp.down_proj",),
+    }
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         if config.num_attention_heads % config.num_key_value_heads:
@@ -284,15 +294,16 @@ class LlamaForCausalLM:
         bias = None
         if f"{p}self_attn.q_proj.bias" in pending:
             bias = torch.cat([dense(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
-        qkv = weights("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        m = self.fused_modules
         return _Layer(
             input_norm=dense(p + "input_layernorm.weight"),
             post_norm=dense(p + "post_attention_layernorm.weight"),
-            qkv_mm=_Fused.of(qkv, bias),
-            o_mm=_Fused.of(weights("self_attn.o_proj")),
-            gate_up_mm=_Fused.of(weights("mlp.gate_proj", "mlp.up_proj")),
-            down_mm=_Fused.of(weights("mlp.down_proj")),
+            qkv_mm=_Fused.of(weights(*m["qkv"]), bias),
+            o_mm=_Fused.of(weights(*m["o"])),
+            gate_up_mm=_Fused.of(weights(*m["gate_up"])),
+            down_mm=_Fused.of(weights(*m["down"])),
             qkv_bias=bias,
+            window=self.layer_windows[i],
         )
 
     def _decoder(self) -> DecoderStack | None:
@@ -378,7 +389,13 @@ class LlamaForCausalLM:
         ops.reshape_and_cache(k, v, key_cache, value_cache, batch.slot_mapping)
         if batch.is_decode:
             out = ops.paged_attention_decode(
-                q, key_cache, value_cache, batch.block_tables, batch.seq_lens, self.scale
+                q,
+                key_cache,
+                value_cache,
+                batch.block_tables,
+                batch.seq_lens,
+                self.scale,
+                sliding_window=layer.window,
             )
         else:
             out = ops.paged_attention_prefill(
@@ -389,6 +406,7 @@ class LlamaForCausalLM:
                 batch.query_start_loc,
                 batch.seq_lens,
                 self.scale,
+                sliding_window=layer.window,
             )
         return layer.o_mm(out.view(num_tokens, q_size))
 
