@@ -18,6 +18,7 @@ _BUILTIN_MODELS: dict[str, str] = {
     "BertModel": "plugins.models.bert:BertModel",
     "LlamaForCausalLM": "plugins.models.llama:LlamaForCausalLM",
     "MistralForCausalLM": "plugins.models.llama:MistralForCausalLM",
+    "Olmo2ForCausalLM": "plugins.models.olmo2:Olmo2ForCausalLM",
     "Phi3ForCausalLM": "plugins.models.phi3:Phi3ForCausalLM",
     "Qwen2ForCausalLM": "plugins.models.llama:Qwen2ForCausalLM",
 }
@@ -25,6 +26,7 @@ _BUILTIN_MODELS: dict[str, str] = {
 _GGUF_ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }

@@ -378,9 +378,7 @@ class LlamaForCausalLM:
         self, layer: _Layer, x: torch.Tensor, batch: ForwardBatch, kv_cache: KVCache
     ) -> torch.Tensor:
         num_tokens, d = x.shape[0], self.head_dim
-        qkv = layer.qkv_mm(x)
-        q_size, kv_size = self.num_heads * d, self.num_kv_heads * d
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = self._qkv(layer, x)
         q = q.view(num_tokens, self.num_heads, d)
         k = k.view(num_tokens, self.num_kv_heads, d)
         v = v.view(num_tokens, self.num_kv_heads, d)
@@ -408,7 +406,13 @@ class LlamaForCausalLM:
                 self.scale,
                 sliding_window=layer.window,
             )
-        return layer.o_mm(out.view(num_tokens, q_size))
+        return layer.o_mm(out.view(num_tokens, self.num_heads * d))
+
+    def _qkv(self, layer: _Layer, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The layer's query, key and value, `[T, heads * head_dim]` each (a hook:
+        OLMo 2 normalizes q and k here)."""
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return layer.qkv_mm(x).split([q_size, kv_size, kv_size], dim=-1)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head_mm(hidden).float()
