@@ -31,7 +31,7 @@ import torch
 from llmcore.errors import CorruptModelFileError
 from llmcore.model_config import ModelConfig
 from ops.fused_decode import DecoderStack
-from ops.rotary import rope_cache
+from ops.rotary import rope_cache, rope_type
 from plugins.models.llama import LlamaForCausalLM, Weight
 
 _GGUF_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
@@ -164,6 +164,8 @@ class Phi3ForCausalLM(LlamaForCausalLM):
             }
         if tensors:
             raise CorruptModelFileError(f"unexpected rope tensors: {', '.join(sorted(tensors))}")
+        if rope_type(scaling) == "yarn":  # transformers' Phi3Config reads it as LongRoPE
+            scaling = {**(scaling or {}), "rope_type": "longrope"}
         table = rope_cache(rotary_dim(c), c.rope_theta, scaling, c.max_position_embeddings)
         return table.to(self.device)
 

@@ -28,8 +28,8 @@ import torch
 import llmcore
 from llmcore.model_config import ModelConfig
 from ops.quant import QuantType, kernels_support
-from ops.rotary import rope_attention_factor, rope_inv_freq
-from plugins.models.phi3 import rotary_dim, served_window
+from ops.rotary import rope_attention_factor, rope_cache, rope_inv_freq
+from plugins.models.phi3 import Phi3ForCausalLM, rotary_dim, served_window
 from tests.plugins.models import parity, tiny_models
 
 ORIGINAL = 64
@@ -337,3 +337,8 @@ def test_legacy_phi3_config_json_is_read_as_transformers_reads_it() -> None:
     )
     assert torch.equal(got, want)
     assert rope_attention_factor(config.rope_scaling, 131072) == want_factor
+    # an old "yarn"-typed Phi-3 config is LongRoPE to transformers (Phi3Config)
+    yarn_typed = {**raw, "rope_scaling": {**raw["rope_scaling"], "type": "yarn"}}
+    model = Phi3ForCausalLM(ModelConfig.from_hf(yarn_typed), torch.float32, torch.device("cpu"))
+    long_table = rope_cache(96, 1e4, config.rope_scaling, 131072)
+    assert torch.equal(model.cos_sin_cache, long_table)
