@@ -48,6 +48,9 @@ class ModelConfig:
         scaling = config.get("rope_scaling") or (rope if rope.get("rope_type") else None)
         if scaling and (scaling.get("rope_type") or scaling.get("type")) == "default":
             scaling = None
+        original = config.get("original_max_position_embeddings")
+        if scaling and original:  # transformers prefers the top-level value (Phi-3)
+            scaling = {**scaling, "original_max_position_embeddings": int(original)}
         gen = dict(generation_config or {})
         eos = gen.get("eos_token_id", config.get("eos_token_id"))
         return cls(

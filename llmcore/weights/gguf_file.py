@@ -167,7 +167,11 @@ class GGUFFile:
         factor = self.metadata.get(f"{a}.rope.scaling.factor")
         if kind in (None, "none") or not factor:
             return None
-        return {"rope_type": str(kind), "factor": float(factor)}
+        scaling: dict[str, Any] = {"rope_type": str(kind), "factor": float(factor)}
+        original = self.metadata.get(f"{a}.rope.scaling.original_context_length")
+        if original:  # YaRN's pre-scaling context (Hugging Face's name)
+            scaling["original_max_position_embeddings"] = int(original)
+        return scaling
 
 
 @functools.lru_cache(maxsize=4)

@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from ops.quant import (
     quant_embedding,
     quantize_int8_rows,
 )
-from ops.rotary import build_rope_cache, rope_inv_freq
+from ops.rotary import rope_cache
 
 Weight = torch.Tensor | QuantWeight
 Matmul = Linear | QuantLinear
@@ -142,6 +143,14 @@ class LlamaForCausalLM:
     """Llama, and SmolLM2 (a Llama with tied embeddings)."""
 
     gguf_permutes_qk = True  # llama.cpp permutes q/k rows for llama-arch conversions
+    # The checkpoint modules each fused matmul of a layer is made of, in row order
+    # (a hook: Phi-3's checkpoint stores q/k/v and gate/up already fused).
+    fused_modules: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "o": ("self_attn.o_proj",),
+        "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
+        "down": ("mlp.down_proj",),
+    }
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         if config.num_attention_heads % config.num_key_value_heads:
@@ -155,12 +164,9 @@ class LlamaForCausalLM:
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         try:
-            self._inv_freq = rope_inv_freq(self.head_dim, config.rope_theta, config.rope_scaling)
+            self.cos_sin_cache = self._rope_cache()
         except ValueError as exc:
             raise UnsupportedArchitectureError(str(exc)) from exc
-        self.cos_sin_cache = build_rope_cache(self._inv_freq, config.max_position_embeddings).to(
-            device
-        )
         self.layers: list[_Layer] = []
         self.embed_tokens: Weight = torch.empty(0)
         self.norm = torch.empty(0)
@@ -222,11 +228,10 @@ class LlamaForCausalLM:
             self.lm_head = self.embed_tokens
         else:
             self.lm_head = take("lm_head.weight")
-        if "model.rotary_emb.freq_factors" in w:
-            factors = dense("model.rotary_emb.freq_factors").float().cpu()
-            self.cos_sin_cache = build_rope_cache(
-                self._inv_freq / factors, self.config.max_position_embeddings
-            ).to(self.device)
+        rope = [name for name in w if name.startswith("model.rotary_emb.")]
+        if rope:  # a GGUF's rope tensors
+            tensors = {n.removeprefix("model.rotary_emb."): dense(n).float().cpu() for n in rope}
+            self.cos_sin_cache = self._rope_cache(tensors)
         self.layers = [
             self._take_layer(i, take, dense, w) for i in range(self.config.num_hidden_layers)
         ]
@@ -238,6 +243,21 @@ class LlamaForCausalLM:
         self.lm_head_mm = _matmul(self._quantized(self.lm_head))
         self._enable_packing()
         self.decoder = self._decoder()
+
+    def _rope_cache(self, tensors: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The cos/sin table on the model's device (`ops.rotary.rope_cache`: every
+        scaling type of the config). `tensors`: a GGUF's rope tensors, by their name
+        after `model.rotary_emb.` (Llama 3's `freq_factors`)."""
+        tensors = dict(tensors or {})
+        factors = tensors.pop("freq_factors", None)
+        if tensors:
+            raise CorruptModelFileError(f"unexpected rope tensors: {', '.join(sorted(tensors))}")
+        c = self.config
+        table = rope_cache(
+            self.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings,
+            freq_factors=factors,
+        )  # fmt: skip
+        return table.to(self.device)
 
     def _quantized(self, weight: Weight) -> Weight:
         """A matmul weight as `--quantization` wants it."""
@@ -278,31 +298,32 @@ class LlamaForCausalLM:
         bias = None
         if f"{p}self_attn.q_proj.bias" in pending:
             bias = torch.cat([dense(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
-        qkv = weights("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        m = self.fused_modules
         gate_up, down = self._take_mlp(i, weights)
         return _Layer(
             input_norm=dense(p + "input_layernorm.weight"),
             post_norm=dense(p + "post_attention_layernorm.weight"),
-            qkv_mm=_Fused.of(qkv, bias),
-            o_mm=_Fused.of(weights("self_attn.o_proj")),
+            qkv_mm=_Fused.of(weights(*m["qkv"]), bias),
+            o_mm=_Fused.of(weights(*m["o"])),
             gate_up_mm=gate_up,
             down_mm=down,
             qkv_bias=bias,
+            window=self.layer_windows[i],
         )
 
     def _take_mlp(self, i: int, weights: Callable[..., list[Weight]]) -> tuple[_Fused, _Fused]:
         """Layer `i`'s SwiGLU MLP as its gate_up and down matmuls (`weights` takes
         the layer's matmul weights by name). A subclass whose layer `i` has another
         feed-forward returns empty ones (`_Fused([])`) and overrides `_mlp`."""
-        gate_up = _Fused.of(weights("mlp.gate_proj", "mlp.up_proj"))
-        return gate_up, _Fused.of(weights("mlp.down_proj"))
+        m = self.fused_modules
+        return _Fused.of(weights(*m["gate_up"])), _Fused.of(weights(*m["down"]))
 
     def _decoder(self) -> DecoderStack | None:
         """The one-call decode step when every matmul is quantized for the kernels
         and the model runs float32 on the CPU; else None (the per-op path)."""
         if self.device.type != "cpu" or self.dtype != torch.float32:
             return None
-        if any(w is not None for w in self.layer_windows):
+        if len(set(self.layer_windows)) > 1:  # one block table per step (one KV group)
             return None
         if os.environ.get("LLMCORE_FUSED_DECODE", "1") == "0":
             return None
@@ -314,7 +335,14 @@ class LlamaForCausalLM:
                 return None
             layers.append(
                 DecoderLayerWeights(
-                    layer.input_norm, layer.post_norm, qkv, o, gate_up, down, layer.qkv_bias
+                    layer.input_norm,
+                    layer.post_norm,
+                    qkv,
+                    o,
+                    gate_up,
+                    down,
+                    layer.qkv_bias,
+                    sliding_window=layer.window,
                 )
             )
         c = self.config
@@ -338,7 +366,7 @@ class LlamaForCausalLM:
 
     def forward(self, batch: ForwardBatch, kv_caches: list[KVCache]) -> torch.Tensor:
         decoder = self.decoder
-        if batch.is_decode and decoder is not None and kv_caches[0][0].dtype == self.dtype:
+        if batch.is_decode and decoder is not None:
             limit = decoder.max_tokens
             if limit is None or batch.input_ids.shape[0] <= limit:
                 return self._fused_decode(batch, kv_caches)
@@ -382,9 +410,7 @@ class LlamaForCausalLM:
         self, layer: _Layer, x: torch.Tensor, batch: ForwardBatch, kv_cache: KVCache
     ) -> torch.Tensor:
         num_tokens, d = x.shape[0], self.head_dim
-        qkv = layer.qkv_mm(x)
-        q_size, kv_size = self.num_heads * d, self.num_kv_heads * d
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = self._qkv(layer, x)
         q = q.view(num_tokens, self.num_heads, d)
         k = k.view(num_tokens, self.num_kv_heads, d)
         v = v.view(num_tokens, self.num_kv_heads, d)
@@ -403,7 +429,13 @@ class LlamaForCausalLM:
                 q, key_cache, value_cache, tables, batch.query_start_loc, batch.seq_lens,
                 self.scale, sliding_window=layer.window,
             )  # fmt: skip
-        return layer.o_mm(out.view(num_tokens, q_size))
+        return layer.o_mm(out.view(num_tokens, self.num_heads * d))
+
+    def _qkv(self, layer: _Layer, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The layer's query, key and value, `[T, heads * head_dim]` each (a hook:
+        OLMo 2 normalizes q and k here)."""
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return layer.qkv_mm(x).split([q_size, kv_size, kv_size], dim=-1)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head_mm(hidden).float()
