@@ -58,19 +58,9 @@ _Static_assert(sizeof(void *) == sizeof(int64_t), "row pointers live in int64 sc
 #define UNROLL _Pragma("GCC unroll 16")
 #endif
 
-typedef uint16_t vh __attribute__((vector_size(32), aligned(2)));
-typedef uint32_t vu __attribute__((vector_size(64)));
+/* vh, vu and load_bf16 come from vec.h */
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
-
-static inline vf load_bf16(const uint16_t *p) {
-    vh h;
-    memcpy(&h, p, sizeof h);
-    const vu bits = __builtin_convertvector(h, vu) << 16;
-    vf f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 static inline float bf16_to_float(uint16_t h) {
     const uint32_t bits = (uint32_t)h << 16;
