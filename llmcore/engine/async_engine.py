@@ -22,8 +22,8 @@ from typing import Any
 
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.core import EngineCore, EngineStatistics
-from llmcore.engine.ipc import EngineInfo
 from llmcore.engine.output_queues import OutputQueues
+from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import EngineDeadError
 from llmcore.outputs import RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
@@ -43,7 +43,7 @@ class AsyncEngine:
         self.core = core
         self._shared_thread = executor is None
         self._executor = _STEP_THREAD.acquire() if executor is None else executor
-        self._outputs = OutputQueues(self.abort)
+        self._outputs = OutputQueues(self._abort)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._dead: EngineDeadError | None = None
@@ -116,17 +116,21 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Stream output deltas of one request; cancelling the iteration aborts it."""
         self._check_alive()
+        engine_id = self._outputs.open(request_id)
         make = functools.partial(
             self.core.make_requests,
             prompt_token_ids,
             params,
-            request_id,
+            engine_id,
             priority=priority,
             cache_salt=cache_salt,
         )
-        # A grammar may take a while to compile (the backend releases the GIL meanwhile).
-        requests = await asyncio.to_thread(make) if params.structured_outputs else make()
-        self._outputs.open(request_id)
+        try:
+            # A grammar may take a while to compile (the backend releases the GIL meanwhile).
+            requests = await asyncio.to_thread(make) if params.structured_outputs else make()
+        except BaseException:
+            self._outputs.discard(request_id)
+            raise
         self.core.add(requests)
         self._kick()
         async with contextlib.aclosing(self._outputs.stream(request_id)) as outputs:
@@ -144,18 +148,27 @@ class AsyncEngine:
         """Pool one input (embed-task models); raises InvalidRequestError (bad
         parameters, too long) at once. Cancelling the call aborts the request."""
         self._check_alive()
-        request = self.core.make_encode_request(
-            prompt_token_ids, params, request_id, priority=priority
-        )
-        self._outputs.open(request_id)
+        engine_id = self._outputs.open(request_id)
+        try:
+            request = self.core.make_encode_request(
+                prompt_token_ids, params, engine_id, priority=priority
+            )
+        except BaseException:
+            self._outputs.discard(request_id)
+            raise
         self.core.add_encode(request)
         self._kick()
         return await self._outputs.result(request_id)
 
     def abort(self, request_id: str) -> None:
         """Abort a request: its blocks are freed at the next step. Unknown ids are ignored."""
+        engine_id = self._outputs.engine_id(request_id)
+        if engine_id is not None:
+            self._abort(engine_id)
+
+    def _abort(self, engine_id: str) -> None:
         if self._dead is None and not self._closed:
-            self.core.abort(request_id)
+            self.core.abort(engine_id)
             self._kick()
 
     async def check_health(self) -> None:

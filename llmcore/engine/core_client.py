@@ -35,6 +35,7 @@ from llmcore.engine.async_engine import IterationTokens
 from llmcore.engine.core import EngineStatistics
 from llmcore.engine.core_launch import how_it_ended, kill_process, launch_core, stop_process
 from llmcore.engine.output_queues import OutputQueues
+from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import EngineDeadError, InvalidRequestError
 from llmcore.outputs import Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
@@ -62,7 +63,7 @@ class ProcessEngine:
         self,
         process: subprocess.Popen[bytes],
         sock: socket.socket,
-        info: ipc.EngineInfo,
+        info: EngineInfo,
         tokenizer: Tokenizer,
         statistics: EngineStatistics,
     ) -> None:
@@ -73,8 +74,8 @@ class ProcessEngine:
         self.iteration_tokens = IterationTokens()  # tokens per step, for /metrics
         self._sock = sock
         self._statistics = statistics
-        self._outputs = OutputQueues(self.abort)
-        self._prompts: dict[str, _Prompt] = {}  # of the requests in flight
+        self._outputs = OutputQueues(self._abort)
+        self._prompts: dict[str, _Prompt] = {}  # by engine id, of the requests in flight
         self._calls: dict[int, asyncio.Future[bool | EngineStatistics | None]] = {}
         self._call_ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,14 +146,14 @@ class ProcessEngine:
         """Stream output deltas of one request; cancelling the iteration aborts it."""
         raw = _encode_params(params)
         prompt = list(prompt_token_ids)
-        await self._open(request_id, prompt)
+        engine_id = await self._open(request_id, prompt)
         try:
-            await self._send(ipc.Add(request_id, prompt, raw, priority, cache_salt))
+            await self._send(ipc.Add(engine_id, prompt, raw, priority, cache_salt))
             async with contextlib.aclosing(self._outputs.stream(request_id)) as outputs:
                 async for output in outputs:
                     yield output
         finally:
-            self._close(request_id)
+            self._close(request_id, engine_id)
 
     async def encode(
         self,
@@ -165,18 +166,23 @@ class ProcessEngine:
         """Pool one input; cancelling the call aborts the request."""
         raw = _encode_params(params)
         prompt = list(prompt_token_ids)
-        await self._open(request_id, prompt)
+        engine_id = await self._open(request_id, prompt)
         try:
-            await self._send(ipc.AddEncode(request_id, prompt, raw, priority))
+            await self._send(ipc.AddEncode(engine_id, prompt, raw, priority))
             return await self._outputs.result(request_id)
         finally:
-            self._close(request_id)
+            self._close(request_id, engine_id)
 
     def abort(self, request_id: str) -> None:
         """Abort a request: the core frees its blocks at its next step. Unknown ids
         are ignored."""
+        engine_id = self._outputs.engine_id(request_id)
+        if engine_id is not None:
+            self._abort(engine_id)
+
+    def _abort(self, engine_id: str) -> None:
         if not (self._lost or self._closed) and self._writer is not None:
-            self._write(ipc.Abort(request_id))
+            self._write(ipc.Abort(engine_id))
 
     async def check_health(self) -> None:
         """Raise EngineDeadError if the core process is gone, its step loop failed,
@@ -243,18 +249,21 @@ class ProcessEngine:
         if self._lost:
             raise EngineDeadError("the engine core process is gone")
 
-    async def _open(self, request_id: str, prompt: list[int]) -> None:
-        """Make the request's queue (after checking the engine and the id)."""
+    async def _open(self, request_id: str, prompt: list[int]) -> str:
+        """Make the request's queue (after checking the engine and the id); its
+        engine id (see `OutputQueues`)."""
         self._check_alive()
         await self._connect()
         self._check_alive()
-        self._outputs.open(request_id)
-        self._prompts[request_id] = _Prompt(prompt)
+        engine_id = self._outputs.open(request_id)
+        self._prompts[engine_id] = _Prompt(prompt)
+        return engine_id
 
-    def _close(self, request_id: str) -> None:
-        """The request has left (its queue is gone too, or was never read)."""
-        self._prompts.pop(request_id, None)
-        if request_id in self._outputs:  # it left before reading: the send failed
+    def _close(self, request_id: str, engine_id: str) -> None:
+        """The request has left (its queue is gone too, or was never read: the send
+        failed)."""
+        self._prompts.pop(engine_id, None)
+        if self._outputs.engine_id(request_id) == engine_id:
             self._outputs.discard(request_id)
 
     async def _connect(self) -> None:
@@ -326,8 +335,8 @@ class ProcessEngine:
                 self.iteration_tokens.after_step(stats)
                 for out in outputs:
                     self._deliver(out)
-            case ipc.Rejected(request_id, error):
-                self._outputs.put(request_id, ipc.rebuild_error(error))
+            case ipc.Rejected(engine_id, error):
+                self._outputs.put(engine_id, ipc.rebuild_error(error))
             case ipc.Reply(call_id, value, error):
                 future = self._calls.get(call_id)
                 if future is not None and not future.done():

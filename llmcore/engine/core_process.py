@@ -35,6 +35,7 @@ import msgspec
 
 from llmcore.engine import ipc
 from llmcore.engine.core import EngineCore, EngineStatistics
+from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import LLMCoreError
 from llmcore.outputs import RequestOutput
 from llmcore.pooling import PoolingParams
@@ -254,7 +255,7 @@ def _start(sock: socket.socket) -> EngineCore | None:
     except Exception as exc:
         ipc.send_frame(sock, ipc.StartFailed(ipc.wire_error(exc)))
         return None
-    info = ipc.EngineInfo(
+    info = EngineInfo(
         model_path=str(core.loaded.path),
         tokenizer_path=str(start.tokenizer or core.loaded.path),
         task=core.task.value,

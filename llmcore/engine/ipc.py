@@ -26,6 +26,7 @@ import torch
 
 from llmcore import errors
 from llmcore.engine.core import EngineStatistics
+from llmcore.engine.protocol import EngineInfo
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput
 
@@ -37,16 +38,6 @@ class WireError(msgspec.Struct, array_like=True):
     type: str  # the exception's class name
     message: str
     param: str | None = None
-
-
-class EngineInfo(msgspec.Struct):
-    """What the API process needs to know of the model the core serves."""
-
-    model_path: str  # the loaded file or folder (chat templates are found beside it)
-    tokenizer_path: str  # where the API process loads the same tokenizer from
-    task: str  # "generate" | "embed"
-    max_model_len: int
-    pid: int = 0  # the core process
 
 
 # ---- API -> core -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 
 from llmcore.engine import ipc
 from llmcore.engine.core import EngineStatistics
+from llmcore.engine.protocol import EngineInfo
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput
 from llmcore.sampling_params import SamplingParams
@@ -60,7 +61,7 @@ class FakeCore:
         if payload is None:
             return 1
         assert isinstance(ipc.TO_CORE.decode(payload), ipc.Start)
-        info = ipc.EngineInfo("fake", "", "generate", 4096, os.getpid())
+        info = EngineInfo("fake", "", "generate", 4096, os.getpid())
         ipc.send_frame(self.sock, ipc.Ready(info, _stats(0, 0, 0)))
         while True:
             timeout = STEP_S if self.running or self.pending else None

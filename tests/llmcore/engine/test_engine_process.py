@@ -1,7 +1,8 @@
 """`ProcessEngine` on SmolLM2-135M-Instruct (float32), the engine core in its own
 process: its outputs equal the in-process engine's (greedy, n > 1, stop strings,
-logprobs, prompt logprobs, a seeded sample, structured output), aborts free every
-block, refusals keep their class, a shutdown leaves no child, a killed core fails
+logprobs, prompt logprobs, a seeded sample, structured output, embeddings), aborts
+free every block and never end a request that reuses the id, refusals keep their
+class, a shutdown leaves no child, a killed core fails
 the streams in flight within seconds, and a core whose API process goes away exits.
 
 One engine serves the module's first tests (on one event loop: a `ProcessEngine`
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import llmcore
 from llmcore.engine import ipc
@@ -154,6 +156,28 @@ def test_aborts_free_every_block(runner: asyncio.Runner, engine: ProcessEngine) 
     runner.run(scenario())
 
 
+def test_an_id_reused_right_after_an_abort_gets_its_own_outputs(
+    runner: asyncio.Runner, engine: ProcessEngine, reference: AsyncEngine
+) -> None:
+    """The aborted request's "abort" delta comes a step later; it must not end the
+    new request that reuses the id (both engines run requests under unique ids)."""
+
+    async def scenario(eng: Any) -> None:
+        prompt = engine.tokenizer.encode("Tell me about the moon.")
+        for _ in range(3):
+            old = eng.generate(prompt, SamplingParams(max_tokens=400), "again")
+            await anext(old)
+            await old.aclose()
+            params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+            outs = await collect(eng, prompt, params, "again")
+            assert all(o.request_id == "again" for o in outs)
+            assert len([t for o in outs for c in o.outputs for t in c.token_ids]) == 3
+            assert outs[-1].outputs[-1].finish_reason == "length"
+
+    runner.run(scenario(engine))
+    runner.run(scenario(reference))
+
+
 def test_refusals_keep_their_class(runner: asyncio.Runner, engine: ProcessEngine) -> None:
     async def scenario() -> None:
         with pytest.raises(ContextLengthExceededError):
@@ -167,6 +191,29 @@ def test_refusals_keep_their_class(runner: asyncio.Runner, engine: ProcessEngine
         assert await engine.reset_prefix_cache() is True
 
     runner.run(scenario())
+
+
+def test_embeddings_equal_the_in_process_engine(minilm_dir: Path) -> None:
+    """The encode path: pooled vectors cross as float32 bytes, unchanged."""
+
+    async def scenario() -> None:
+        ours = await ProcessEngine.from_pretrained(minilm_dir)
+        theirs = await AsyncEngine.from_pretrained(minilm_dir)
+        assert ours.info.task == "embed" and ours.info.max_model_len == theirs.info.max_model_len
+        texts = ["A cat sat on the mat.", "Paris is in France.", "llamas"]
+        for i, text in enumerate(texts):
+            ids = ours.tokenizer.encode(text)
+            params = PoolingParams(normalize=i != 1)
+            a = await ours.encode(ids, params, f"e{i}")
+            b = await theirs.encode(ids, params, f"e{i}")
+            assert a.prompt_token_ids == b.prompt_token_ids == ids
+            assert torch.equal(a.data, b.data)
+        with pytest.raises(InvalidRequestError):
+            await collect(ours, [1, 2], SamplingParams(), "g")
+        await ours.aclose()
+        await theirs.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_aclose_leaves_no_child(runner: asyncio.Runner, engine: ProcessEngine) -> None:

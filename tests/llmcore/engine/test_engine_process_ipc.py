@@ -171,6 +171,16 @@ def test_streams_are_demultiplexed_and_requests_answered() -> None:
         await long.aclose()
         assert await _eventually(engine, lambda s: s.num_running == 0)
 
+        # An id reused at once after an abort: the old request's late outputs (its
+        # "abort" delta comes a step later) must not reach the new one.
+        for _ in range(3):
+            old = engine.generate([5], SamplingParams(max_tokens=100_000), "again")
+            await anext(old)
+            await old.aclose()
+            again = await collect(engine, [6], SamplingParams(max_tokens=3), "again")
+            assert [t for o in again for c in o.outputs for t in c.token_ids] == [6, 6, 6]
+            assert again[-1].outputs[-1].finish_reason == "length"
+
         in_flight = engine.generate([7], SamplingParams(max_tokens=100_000), "in-flight")
         await anext(in_flight)
         await engine.aclose()
