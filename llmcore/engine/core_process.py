@@ -139,9 +139,11 @@ class CoreServer:
                     break
                 if not self._handle(ipc.TO_CORE.decode(payload)):
                     break
-        except (OSError, msgspec.DecodeError) as exc:
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the API process went away
+        except Exception as exc:  # a frame we cannot read, or a bug: stop, loudly
             if not self._stopping:
-                log.error("engine core: the connection to the API process failed: %r", exc)
+                log.error("engine core: reading from the API process failed", exc_info=exc)
         self._stopping = True
         self._wakeup()
 
