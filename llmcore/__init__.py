@@ -10,6 +10,7 @@ from llmcore.client import Client, SyncClient
 from llmcore.engine.async_engine import AsyncEngine
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.core import EngineStatistics
+from llmcore.engine.core_client import ProcessEngine
 from llmcore.engine.protocol import Engine
 from llmcore.errors import (
     ContextLengthExceededError,
@@ -65,6 +66,7 @@ __all__ = [
     "OpenAIService",
     "PoolingOutput",
     "PoolingParams",
+    "ProcessEngine",
     "RequestOutput",
     "SamplingParams",
     "SequenceChunk",

@@ -27,6 +27,7 @@ TASKS = ("auto", "generate", "embed")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 UVICORN_LOG_LEVELS = (*LOG_LEVELS, "trace")  # trace logs as debug
 CONTENT_FORMATS = ("auto", "string", "openai")
+ENGINE_PROCESS = ("auto", "on", "off")
 
 
 # ---- values -------------------------------------------------------------------------------
@@ -184,6 +185,10 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
                    help="int8: float matmul weights become int8 rows at load (W8A8 "
                    "kernels); gguf/None: a GGUF's own blocks, as without the flag")  # fmt: skip
     g.add_argument("--device", default="cpu")
+    g.add_argument("--engine-process", default="auto", choices=ENGINE_PROCESS,
+                   help="run each model's engine core (model, KV cache, scheduler, "
+                   "sampling) in its own process, talking to the server over a socket "
+                   "pair (default auto: on for CUDA devices, off on the CPU)")  # fmt: skip
 
 
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")

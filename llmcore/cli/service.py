@@ -13,9 +13,16 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llmcore.cli.flags import split_csv
 from llmcore.engine.protocol import Engine
+
+if TYPE_CHECKING:
+    from llmcore.engine.async_engine import AsyncEngine
+    from llmcore.engine.core_client import ProcessEngine
+
+    LocalEngine = AsyncEngine | ProcessEngine
 from llmcore.openai import OpenAIService, ServedModel
 from llmcore.openai.options import ServiceOptions
 
@@ -134,14 +141,28 @@ def engine_info(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> ServedModel:
-    """One model on its own engine; `--tokenizer` and `--chat-template` apply to the
-    first model only."""
-    from llmcore.chat_template import ChatTemplate
-    from llmcore.engine.async_engine import AsyncEngine
-    from llmcore.engine.task import Task
+# `--engine-process auto` on the CPU: off until measured otherwise (docs/server.md
+# says how to measure: tests/bench/bench_serving.py with both variants).
+ENGINE_PROCESS_ON_CPU = False
 
-    engine = AsyncEngine.load(
+
+def engine_process_wanted(flag: str, device: str) -> bool:
+    """`--engine-process`: on, off, or auto (on for CUDA devices; on the CPU as
+    ENGINE_PROCESS_ON_CPU says)."""
+    if flag == "auto":
+        return device.startswith("cuda") or ENGINE_PROCESS_ON_CPU
+    return flag == "on"
+
+
+def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> LocalEngine:
+    """One model's engine: in this process (`AsyncEngine`) or in its own
+    (`ProcessEngine`), as `--engine-process` says."""
+    from llmcore.engine.async_engine import AsyncEngine
+    from llmcore.engine.core_client import ProcessEngine
+
+    process = engine_process_wanted(getattr(args, "engine_process", "auto"), args.device)
+    load = ProcessEngine.load if process else AsyncEngine.load
+    return load(
         spec.path,
         tokenizer=args.tokenizer if first else None,
         task=spec.task,
@@ -159,15 +180,22 @@ def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool)
         max_logprobs=args.max_logprobs,
         seed=args.seed,
     )
-    core = engine.core
+
+
+def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> ServedModel:
+    """One model on its own engine; `--tokenizer` and `--chat-template` apply to the
+    first model only."""
+    from llmcore.chat_template import ChatTemplate
+    from llmcore.engine.task import Task
+
+    engine = load_engine(args, spec, first=first)
+    info, tokenizer = engine.info, engine.tokenizer
     template = None
-    if core.task is Task.GENERATE:
+    if info.task == Task.GENERATE.value:
         template = ChatTemplate.resolve(
-            core.loaded.path,
+            info.model_path,
             args.chat_template if first else None,
-            gguf_template=core.tokenizer.chat_template,
+            gguf_template=tokenizer.chat_template,
             content_format=args.chat_template_content_format if first else "auto",
         )
-    return ServedModel(
-        spec.name, engine, core.tokenizer, template, core.max_model_len, task=core.task.value
-    )
+    return ServedModel(spec.name, engine, tokenizer, template, info.max_model_len, task=info.task)

@@ -2,7 +2,7 @@
 
 One step-loop task per engine runs `EngineCore.step` in a single worker thread,
 so the event loop stays free while the model computes; each request has its own
-`asyncio.Queue` of outputs (`encode` waits for the one output of an encode
+queue of outputs (`OutputQueues`; `encode` waits for the one output of an encode
 request). If the step loop dies, every waiting request gets an
 `EngineDeadError`, new ones are refused, and `check_health()` raises.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -21,10 +22,13 @@ from typing import Any
 
 from llmcore.engine.config import EngineConfig
 from llmcore.engine.core import EngineCore, EngineStatistics
-from llmcore.errors import EngineDeadError, InvalidRequestError
+from llmcore.engine.output_queues import OutputQueues
+from llmcore.engine.protocol import EngineInfo
+from llmcore.errors import EngineDeadError
 from llmcore.outputs import RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
+from llmcore.tokenization.tokenizer import Tokenizer
 
 log = logging.getLogger("llmcore.engine")
 
@@ -39,12 +43,13 @@ class AsyncEngine:
         self.core = core
         self._shared_thread = executor is None
         self._executor = _STEP_THREAD.acquire() if executor is None else executor
-        self._queues: dict[str, asyncio.Queue[RequestOutput | PoolingOutput | BaseException]] = {}
+        self._outputs = OutputQueues(self._abort)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._dead: EngineDeadError | None = None
         self._closed = False
         self.iteration_tokens = IterationTokens()  # tokens per step, for /metrics
+        self._tokenizer_path: str | None = None  # `load`'s tokenizer, if not the model's
 
     @classmethod
     async def from_pretrained(
@@ -75,9 +80,28 @@ class AsyncEngine:
                 build_core, model, tokenizer=tokenizer, dtype=dtype, device=device,
                 quantization=quantization, **engine_options,
             ).result()  # fmt: skip
-            return cls(core)  # steps on the same shared thread
+            engine = cls(core)  # steps on the same shared thread
+            engine._tokenizer_path = None if tokenizer is None else str(tokenizer)
+            return engine
         finally:
             _STEP_THREAD.release()  # cls() took its own reference
+
+    @property
+    def info(self) -> EngineInfo:
+        """The served model's path, tokenizer path, task and context, as a
+        `ProcessEngine` reports them."""
+        core = self.core
+        return EngineInfo(
+            model_path=str(core.loaded.path),
+            tokenizer_path=self._tokenizer_path or str(core.loaded.path),
+            task=core.task.value,
+            max_model_len=core.max_model_len,
+            pid=os.getpid(),
+        )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.core.tokenizer
 
     # ---- the Engine protocol -------------------------------------------------------------
 
@@ -92,35 +116,26 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Stream output deltas of one request; cancelling the iteration aborts it."""
         self._check_alive()
-        if request_id in self._queues:
-            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        engine_id = self._outputs.open(request_id)
         make = functools.partial(
             self.core.make_requests,
             prompt_token_ids,
             params,
-            request_id,
+            engine_id,
             priority=priority,
             cache_salt=cache_salt,
         )
-        # A grammar may take a while to compile (the backend releases the GIL meanwhile).
-        requests = await asyncio.to_thread(make) if params.structured_outputs else make()
-        queue: asyncio.Queue[RequestOutput | PoolingOutput | BaseException] = asyncio.Queue()
-        self._queues[request_id] = queue
+        try:
+            # A grammar may take a while to compile (the backend releases the GIL meanwhile).
+            requests = await asyncio.to_thread(make) if params.structured_outputs else make()
+        except BaseException:
+            self._outputs.discard(request_id)
+            raise
         self.core.add(requests)
         self._kick()
-        finished = False
-        try:
-            while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, RequestOutput)
-                finished = item.finished
-                yield item
-        finally:
-            self._queues.pop(request_id, None)
-            if not finished:
-                self.abort(request_id)
+        async with contextlib.aclosing(self._outputs.stream(request_id)) as outputs:
+            async for output in outputs:
+                yield output
 
     async def encode(
         self,
@@ -133,32 +148,27 @@ class AsyncEngine:
         """Pool one input (embed-task models); raises InvalidRequestError (bad
         parameters, too long) at once. Cancelling the call aborts the request."""
         self._check_alive()
-        if request_id in self._queues:
-            raise InvalidRequestError(f"request id {request_id!r} is already running")
-        request = self.core.make_encode_request(
-            prompt_token_ids, params, request_id, priority=priority
-        )
-        queue: asyncio.Queue[RequestOutput | PoolingOutput | BaseException] = asyncio.Queue()
-        self._queues[request_id] = queue
+        engine_id = self._outputs.open(request_id)
+        try:
+            request = self.core.make_encode_request(
+                prompt_token_ids, params, engine_id, priority=priority
+            )
+        except BaseException:
+            self._outputs.discard(request_id)
+            raise
         self.core.add_encode(request)
         self._kick()
-        done = False
-        try:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, PoolingOutput)
-            done = True
-            return item
-        finally:
-            self._queues.pop(request_id, None)
-            if not done:
-                self.abort(request_id)
+        return await self._outputs.result(request_id)
 
     def abort(self, request_id: str) -> None:
         """Abort a request: its blocks are freed at the next step. Unknown ids are ignored."""
+        engine_id = self._outputs.engine_id(request_id)
+        if engine_id is not None:
+            self._abort(engine_id)
+
+    def _abort(self, engine_id: str) -> None:
         if self._dead is None and not self._closed:
-            self.core.abort(request_id)
+            self.core.abort(engine_id)
             self._kick()
 
     async def check_health(self) -> None:
@@ -221,16 +231,13 @@ class AsyncEngine:
                 outputs = await loop.run_in_executor(self._executor, self.core.step)
                 self.iteration_tokens.after_step(self.core.statistics())
                 for output in outputs:
-                    queue = self._queues.get(output.request_id)
-                    if queue is not None:
-                        queue.put_nowait(output)
+                    self._outputs.put(output.request_id, output)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the step loop died: fail everyone, loudly
             self._dead = EngineDeadError(f"the engine's step loop died: {exc!r}")
             self._dead.__cause__ = exc
-            for queue in self._queues.values():
-                queue.put_nowait(self._dead)
+            self._outputs.fail_all(self._dead)
             log.error("engine step loop died", exc_info=exc)
 
 

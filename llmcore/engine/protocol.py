@@ -1,17 +1,31 @@
 """The `Engine` protocol: the contract between the OpenAI service (and every
 transport above it) and whatever runs the model. `AsyncEngine` is the local
-implementation; a remote or multi-process engine would implement the same.
-`generate` serves decoder (generate-task) models, `encode` embed-task ones."""
+implementation, `ProcessEngine` the same with the engine core in a child process;
+a remote engine would implement the same. `generate` serves decoder
+(generate-task) models, `encode` embed-task ones. `EngineInfo` is what both
+report of the model they serve (`engine.info`), for building the service."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
+import msgspec
+
 from llmcore.engine.core import EngineStatistics
 from llmcore.outputs import RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
+
+
+class EngineInfo(msgspec.Struct):
+    """What the API side needs to know of the model an engine serves."""
+
+    model_path: str  # the loaded file or folder (chat templates are found beside it)
+    tokenizer_path: str  # where the same tokenizer loads from
+    task: str  # "generate" | "embed"
+    max_model_len: int
+    pid: int = 0  # the process whose engine core serves it
 
 
 class Engine(Protocol):

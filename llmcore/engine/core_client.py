@@ -1,0 +1,403 @@
+"""`ProcessEngine`: llmcore's `Engine` with the engine core in its own process.
+
+The API process (transports, the OpenAI service, templates, tokenization) keeps
+this object; the model, KV cache, scheduler, sampling, detokenization and stop
+strings run in a child (`python -m llmcore.engine.core_process`, a fresh
+interpreter: nothing holding torch threads is forked) connected by a Unix socket
+pair carrying msgspec frames (llmcore/engine/ipc.py). One reader task demultiplexes
+each step's outputs into per-request asyncio queues, as `AsyncEngine` does.
+
+Invariants: if the core process dies (or its step loop fails) every waiting
+request gets an `EngineDeadError` as soon as the socket reaches EOF, new requests
+are refused, `check_health()` raises; `aclose()` asks the core to exit, waits for
+it (terminating, then killing, one that does not) and reaps it, so no child
+outlives the engine. The asyncio side binds to the event loop of its first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from llmcore.engine import ipc
+from llmcore.engine.async_engine import IterationTokens
+from llmcore.engine.core import EngineStatistics
+from llmcore.engine.core_launch import how_it_ended, kill_process, launch_core, stop_process
+from llmcore.engine.output_queues import OutputQueues
+from llmcore.engine.protocol import EngineInfo
+from llmcore.errors import EngineDeadError, InvalidRequestError
+from llmcore.outputs import Logprob, RequestOutput
+from llmcore.pooling import PoolingOutput, PoolingParams
+from llmcore.sampling_params import SamplingParams
+from llmcore.tokenization.tokenizer import Tokenizer
+
+log = logging.getLogger("llmcore.engine")
+
+SHUTDOWN_TIMEOUT_S = 10.0  # for the core to exit after Shutdown, before SIGTERM
+HEALTH_TIMEOUT_S = 10.0  # for the core to answer a health question
+READ_LIMIT = 4 << 20  # bytes the connection buffers before it waits for the reader
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+@dataclass(slots=True, eq=False)
+class _Prompt:
+    """What every output delta of a request in flight carries (sent once each)."""
+
+    token_ids: list[int]
+    logprobs: list[Logprob | None] | None = None
+
+
+class ProcessEngine:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        sock: socket.socket,
+        info: EngineInfo,
+        tokenizer: Tokenizer,
+        statistics: EngineStatistics,
+    ) -> None:
+        """Wrap a started core process (use `load` or `from_pretrained`)."""
+        self.process = process
+        self.info = info
+        self.tokenizer = tokenizer
+        self.iteration_tokens = IterationTokens()  # tokens per step, for /metrics
+        self._sock = sock
+        self._statistics = statistics
+        self._outputs = OutputQueues(self._abort)
+        self._prompts: dict[str, _Prompt] = {}  # by engine id, of the requests in flight
+        self._calls: dict[int, asyncio.Future[bool | EngineStatistics | None]] = {}
+        self._call_ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._dead: EngineDeadError | None = None
+        self._lost = False  # the connection is gone (`_dead` follows within a moment)
+        self._died_message: str | None = None
+        self._closed = False
+
+    # ---- start-up (blocking) -------------------------------------------------------------
+
+    @classmethod
+    async def from_pretrained(
+        cls, model: str | os.PathLike[str] | None = None, **options: Any
+    ) -> ProcessEngine:
+        """Start a core process on `model` (None: the embedded default) without
+        blocking the event loop; `options` are those of `load`."""
+        return await asyncio.to_thread(functools.partial(cls.load, model, **options))
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        tokenizer: str | os.PathLike[str] | None = None,
+        dtype: str = "auto",
+        device: str = "cpu",
+        quantization: str | None = None,
+        **engine_options: Any,
+    ) -> ProcessEngine:
+        """Start the core process, have it load the model (errors such as a missing
+        file are raised here, as `AsyncEngine.load` raises them) and load the same
+        tokenizer here. `engine_options` are `EngineConfig`'s fields."""
+        start = ipc.Start(
+            None if model is None else str(model),
+            None if tokenizer is None else str(tokenizer),
+            dtype,
+            device,
+            quantization,
+            engine_options,
+            logging.getLogger("llmcore").getEffectiveLevel(),
+        )
+        process, sock, ready = launch_core(start)
+        try:
+            from llmcore.tokenization.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(ready.info.tokenizer_path)
+        except BaseException:
+            kill_process(process)
+            sock.close()
+            raise
+        log.info("engine core process %d serves %s", process.pid, ready.info.model_path)
+        return cls(process, sock, ready.info, tok, ready.statistics)
+
+    # ---- the Engine protocol -------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream output deltas of one request; cancelling the iteration aborts it."""
+        raw = _encode_params(params)
+        prompt = list(prompt_token_ids)
+        engine_id = await self._open(request_id, prompt)
+        try:
+            await self._send(ipc.Add(engine_id, prompt, raw, priority, cache_salt))
+            async with contextlib.aclosing(self._outputs.stream(request_id)) as outputs:
+                async for output in outputs:
+                    yield output
+        finally:
+            self._close(request_id, engine_id)
+
+    async def encode(
+        self,
+        prompt_token_ids: Sequence[int],
+        params: PoolingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
+    ) -> PoolingOutput:
+        """Pool one input; cancelling the call aborts the request."""
+        raw = _encode_params(params)
+        prompt = list(prompt_token_ids)
+        engine_id = await self._open(request_id, prompt)
+        try:
+            await self._send(ipc.AddEncode(engine_id, prompt, raw, priority))
+            return await self._outputs.result(request_id)
+        finally:
+            self._close(request_id, engine_id)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request: the core frees its blocks at its next step. Unknown ids
+        are ignored."""
+        engine_id = self._outputs.engine_id(request_id)
+        if engine_id is not None:
+            self._abort(engine_id)
+
+    def _abort(self, engine_id: str) -> None:
+        if not (self._lost or self._closed) and self._writer is not None:
+            self._write(ipc.Abort(engine_id))
+
+    async def check_health(self) -> None:
+        """Raise EngineDeadError if the core process is gone, its step loop failed,
+        or it does not answer within HEALTH_TIMEOUT_S (its reader thread answers,
+        so a long step does not count as a failure)."""
+        self._check_alive()
+        if self.process.poll() is not None:
+            await self._die("the engine core process exited")
+            self._check_alive()
+        try:
+            await asyncio.wait_for(self._call("health"), HEALTH_TIMEOUT_S)
+        except TimeoutError:
+            raise EngineDeadError(
+                f"the engine core process did not answer within {HEALTH_TIMEOUT_S:.0f} s"
+            ) from None
+
+    def statistics(self) -> EngineStatistics:
+        """The core's statistics as of its last step (`fetch_statistics` asks now)."""
+        return self._statistics
+
+    async def fetch_statistics(self) -> EngineStatistics:
+        """The core's statistics now (between two of its steps)."""
+        value = await self._call("statistics")
+        assert isinstance(value, EngineStatistics)
+        self._statistics = value
+        return value
+
+    async def reset_prefix_cache(self) -> bool:
+        """Forget the prefix cache; False while requests hold KV blocks."""
+        return bool(await self._call("reset_prefix_cache"))
+
+    async def aclose(self) -> None:
+        """Fail what is in flight, ask the core to exit, wait for it (then SIGTERM,
+        then SIGKILL) and reap it."""
+        if self._closed:
+            return
+        self._closed = True
+        closed = EngineDeadError("the engine is closed")
+        self._fail_all(closed)
+        if self._dead is None:
+            try:
+                if self._writer is not None:
+                    self._write(ipc.Shutdown())
+                    await asyncio.wait_for(self._writer.drain(), SHUTDOWN_TIMEOUT_S)
+                else:
+                    ipc.send_frame(self._sock, ipc.Shutdown())
+            except (OSError, RuntimeError, TimeoutError):
+                pass  # gone, or not reading: stop_process ends it
+        await asyncio.to_thread(stop_process, self.process, SHUTDOWN_TIMEOUT_S)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.close()
+        self._sock.close()
+
+    # ---- the connection ------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise self._dead
+        if self._closed:
+            raise EngineDeadError("the engine is closed")
+        if self._lost:
+            raise EngineDeadError("the engine core process is gone")
+
+    async def _open(self, request_id: str, prompt: list[int]) -> str:
+        """Make the request's queue (after checking the engine and the id); its
+        engine id (see `OutputQueues`)."""
+        self._check_alive()
+        await self._connect()
+        self._check_alive()
+        engine_id = self._outputs.open(request_id)
+        self._prompts[engine_id] = _Prompt(prompt)
+        return engine_id
+
+    def _close(self, request_id: str, engine_id: str) -> None:
+        """The request has left (its queue is gone too, or was never read: the send
+        failed)."""
+        self._prompts.pop(engine_id, None)
+        if self._outputs.engine_id(request_id) == engine_id:
+            self._outputs.discard(request_id)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._connecting = asyncio.Lock()
+        elif self._loop is not loop:
+            raise RuntimeError("a ProcessEngine serves the event loop it was first used on")
+        assert self._connecting is not None
+        async with self._connecting:
+            if self._writer is not None:
+                return
+            reader, writer = await asyncio.open_connection(sock=self._sock, limit=READ_LIMIT)
+            self._writer = writer
+            self._reader_task = loop.create_task(
+                self._read_loop(reader), name=f"llmcore-core-{self.process.pid}"
+            )
+
+    def _write(self, message: msgspec.Struct) -> None:
+        assert self._writer is not None
+        self._writer.write(ipc.encode_frame(message))
+
+    async def _send(self, message: msgspec.Struct) -> None:
+        self._check_alive()
+        assert self._writer is not None
+        self._write(message)
+        try:
+            await self._writer.drain()
+        except OSError as exc:  # the reader sees the same and fails everyone
+            raise EngineDeadError(f"the engine core process is gone: {exc!r}") from exc
+
+    async def _call(self, op: ipc.ControlOp) -> bool | EngineStatistics | None:
+        """Ask the core a question; its answer (EngineDeadError if it dies first)."""
+        self._check_alive()
+        await self._connect()
+        call_id = next(self._call_ids)
+        future: asyncio.Future[bool | EngineStatistics | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._calls[call_id] = future
+        try:
+            await self._send(ipc.Control(call_id, op))
+            return await future
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        reason = "the engine core process closed its connection"
+        try:
+            while True:
+                header = await reader.readexactly(ipc.HEADER.size)
+                payload = await reader.readexactly(ipc.frame_length(header))
+                self._dispatch(ipc.TO_API.decode(payload))
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except Exception as exc:  # a frame we cannot read: the connection is unusable
+            log.error("engine core connection failed", exc_info=exc)
+            reason = f"the connection to the engine core failed: {exc!r}"
+        if not self._closed:
+            await self._die(reason)
+
+    def _dispatch(self, message: ipc.ToAPI) -> None:
+        match message:
+            case ipc.StepOutputs(outputs, stats):
+                self._statistics = stats
+                self.iteration_tokens.after_step(stats)
+                for out in outputs:
+                    self._deliver(out)
+            case ipc.Rejected(engine_id, error):
+                self._outputs.put(engine_id, ipc.rebuild_error(error))
+            case ipc.Reply(call_id, value, error):
+                future = self._calls.get(call_id)
+                if future is not None and not future.done():
+                    if error is not None:
+                        future.set_exception(ipc.rebuild_error(error))
+                    else:
+                        future.set_result(value)
+            case ipc.Died(error):
+                self._died_message = f"{error.type}: {error.message}"
+            case _:
+                log.warning("engine core sent an unexpected %s", type(message).__name__)
+
+    def _deliver(self, out: ipc.WireOutput | ipc.WirePooling) -> None:
+        prompt = self._prompts.get(out.request_id)
+        if prompt is None:
+            return  # it has left (aborted here)
+        if isinstance(out, ipc.WirePooling):
+            self._outputs.put(out.request_id, ipc.pooling_of(out, prompt.token_ids))
+            return
+        if out.prompt_logprobs is not None:
+            prompt.logprobs = out.prompt_logprobs
+        output = RequestOutput(
+            request_id=out.request_id,
+            prompt_token_ids=prompt.token_ids,
+            outputs=[ipc.completion_of(c) for c in out.outputs],
+            finished=out.finished,
+            prompt_logprobs=prompt.logprobs,
+            num_cached_tokens=out.num_cached_tokens,
+        )
+        self._outputs.put(out.request_id, output)
+
+    async def _die(self, reason: str) -> None:
+        """The core is gone: fail everyone (naming its exit status if it is out within
+        half a second: EOF comes as it exits), then reap it."""
+        if self._dead is not None:
+            return
+        self._lost = True
+        for _ in range(10):
+            if self.process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        if self._dead is not None:  # another caller got here while we waited
+            return
+        code = self.process.returncode
+        how = "" if code is None else f" ({how_it_ended(code)})"
+        detail = f": its step loop failed ({self._died_message})" if self._died_message else ""
+        self._dead = EngineDeadError(f"{reason}{how}{detail}")
+        self._fail_all(self._dead)
+        log.error("engine core process %d is gone: %s", self.process.pid, self._dead.message)
+        if code is None:  # exiting (its interpreter shutting down), or wedged
+            await asyncio.to_thread(stop_process, self.process, SHUTDOWN_TIMEOUT_S)
+
+    def _fail_all(self, error: EngineDeadError) -> None:
+        self._outputs.fail_all(error)
+        for future in self._calls.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+def _encode_params(params: SamplingParams | PoolingParams) -> msgspec.Raw:
+    try:
+        return msgspec.Raw(_ENCODER.encode(params))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequestError(f"parameters that cannot be sent to the engine: {exc}") from exc

@@ -1,0 +1,256 @@
+"""`ProcessEngine` on SmolLM2-135M-Instruct (float32), the engine core in its own
+process: its outputs equal the in-process engine's (greedy, n > 1, stop strings,
+logprobs, prompt logprobs, a seeded sample, structured output, embeddings), aborts
+free every block and never end a request that reuses the id, refusals keep their
+class, a shutdown leaves no child, a killed core fails
+the streams in flight within seconds, and a core whose API process goes away exits.
+
+One engine serves the module's first tests (on one event loop: a `ProcessEngine`
+binds to the loop of its first use); the fault tests start their own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import llmcore
+from llmcore.engine import ipc
+from llmcore.engine.async_engine import AsyncEngine
+from llmcore.engine.config import EngineConfig
+from llmcore.engine.core import EngineCore
+from llmcore.engine.core_client import ProcessEngine
+from llmcore.engine.core_launch import launch_core
+from llmcore.errors import ContextLengthExceededError, EngineDeadError, InvalidRequestError
+from llmcore.outputs import RequestOutput
+from llmcore.pooling import PoolingParams
+from llmcore.sampling_params import SamplingParams
+from llmcore.structured_outputs import StructuredOutputsParams
+from tests.llmcore.engine.engine_process_checks import kill_core_mid_stream
+
+pytestmark = pytest.mark.slow  # SmolLM2, in this process and in core processes
+
+OPTIONS: dict[str, Any] = {"block_size": 16, "kv_cache_memory": 96 << 20}
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[asyncio.Runner]:
+    with asyncio.Runner() as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def engine(runner: asyncio.Runner, smollm2_path: Path) -> Iterator[ProcessEngine]:
+    engine = ProcessEngine.load(smollm2_path, dtype="float32", **OPTIONS)
+    yield engine
+    runner.run(engine.aclose())
+
+
+@pytest.fixture(scope="module")
+def reference(runner: asyncio.Runner, smollm2: llmcore.LoadedModel) -> Iterator[AsyncEngine]:
+    tokenizer = llmcore.load_tokenizer(smollm2.path)
+    engine = AsyncEngine(EngineCore(smollm2, tokenizer, EngineConfig(**OPTIONS)))
+    yield engine
+    runner.run(engine.aclose())
+
+
+async def collect(engine: Any, prompt: list[int], params: SamplingParams, rid: str
+                  ) -> list[RequestOutput]:  # fmt: skip
+    return [out async for out in engine.generate(prompt, params, rid)]
+
+
+def cases(engine: ProcessEngine) -> list[tuple[list[int], SamplingParams]]:
+    encode = engine.tokenizer.encode
+    greedy = {"temperature": 0.0, "max_tokens": 12}
+    return [
+        (encode("Once upon a time, in a small village,"), SamplingParams(**greedy)),
+        (encode("List three colors:"), SamplingParams(**greedy, n=3)),
+        (encode("The capital of France is"), SamplingParams(**greedy, stop=["answer is"])),
+        (encode("Water boils at"), SamplingParams(**greedy, logprobs=3, prompt_logprobs=2)),
+        (
+            encode("A short poem about the sea:"),
+            SamplingParams(temperature=0.8, seed=7, max_tokens=8, n=2),
+        ),
+        (
+            encode("Is the sky blue? Answer:"),
+            SamplingParams(
+                temperature=0.0,
+                max_tokens=8,
+                structured_outputs=StructuredOutputsParams(choice=[" yes", " no"]),
+            ),
+        ),
+    ]
+
+
+def test_outputs_equal_the_in_process_engine(
+    runner: asyncio.Runner, engine: ProcessEngine, reference: AsyncEngine
+) -> None:
+    """One request at a time the two engines run the same batches, so every delta
+    (text, ids, finish and stop reasons, logprobs) must be equal; all at once the
+    batches differ in shape, and float32 rounding may flip one greedy near-tie."""
+    work = cases(engine)
+
+    async def one_at_a_time(eng: Any) -> list[list[RequestOutput]]:
+        return [await collect(eng, p, params, f"c{i}") for i, (p, params) in enumerate(work)]
+
+    ours, theirs = runner.run(one_at_a_time(engine)), runner.run(one_at_a_time(reference))
+    assert ours == theirs
+    stop = theirs[2][-1].outputs[-1]
+    assert (stop.finish_reason, stop.stop_reason) == ("stop", "answer is")  # not vacuous
+    assert theirs[3][-1].prompt_logprobs is not None and theirs[3][0].outputs[0].logprobs
+    assert "".join(c.text for o in theirs[5] for c in o.outputs) in (" yes", " no")
+
+    async def all_at_once() -> list[list[RequestOutput]]:
+        return list(await asyncio.gather(
+            *(collect(engine, p, params, f"b{i}") for i, (p, params) in enumerate(work))
+        ))  # fmt: skip
+
+    batched = runner.run(all_at_once())
+
+    def ids(outs: list[RequestOutput]) -> list[list[int]]:
+        n = max(c.index for o in outs for c in o.outputs) + 1
+        return [[t for o in outs for c in o.outputs if c.index == i for t in c.token_ids]
+                for i in range(n)]  # fmt: skip
+
+    differ = [i for i in range(len(work)) if ids(batched[i]) != ids(theirs[i])]
+    assert len(differ) <= 1, differ
+
+
+def test_aborts_free_every_block(runner: asyncio.Runner, engine: ProcessEngine) -> None:
+    async def scenario() -> None:
+        total = engine.statistics().num_kv_blocks
+        params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+        prompt = engine.tokenizer.encode("Tell me a long story about a dragon.")
+        streams = [engine.generate([*prompt, i], params, f"long{i}") for i in range(4)]
+        for stream in streams:
+            await anext(stream)
+        stats = await engine.fetch_statistics()
+        assert stats.num_running == 4 and stats.num_kv_blocks_free < total
+        for stream in streams[:3]:
+            await stream.aclose()
+
+        async def consume() -> None:
+            async for _ in streams[3]:
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        task.cancel()  # cancelled from outside, mid-stream
+        await asyncio.gather(task, return_exceptions=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = await engine.fetch_statistics()
+            if stats.num_running == stats.num_waiting == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (stats.num_running, stats.num_waiting) == (0, 0)
+        assert stats.num_kv_blocks_free == total
+        assert engine.statistics().num_kv_blocks_free == total  # the last step's, too
+
+    runner.run(scenario())
+
+
+def test_an_id_reused_right_after_an_abort_gets_its_own_outputs(
+    runner: asyncio.Runner, engine: ProcessEngine, reference: AsyncEngine
+) -> None:
+    """The aborted request's "abort" delta comes a step later; it must not end the
+    new request that reuses the id (both engines run requests under unique ids)."""
+
+    async def scenario(eng: Any) -> None:
+        prompt = engine.tokenizer.encode("Tell me about the moon.")
+        for _ in range(3):
+            old = eng.generate(prompt, SamplingParams(max_tokens=400), "again")
+            await anext(old)
+            await old.aclose()
+            params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+            outs = await collect(eng, prompt, params, "again")
+            assert all(o.request_id == "again" for o in outs)
+            assert len([t for o in outs for c in o.outputs for t in c.token_ids]) == 3
+            assert outs[-1].outputs[-1].finish_reason == "length"
+
+    runner.run(scenario(engine))
+    runner.run(scenario(reference))
+
+
+def test_refusals_keep_their_class(runner: asyncio.Runner, engine: ProcessEngine) -> None:
+    async def scenario() -> None:
+        with pytest.raises(ContextLengthExceededError):
+            await collect(engine, [1] * (engine.info.max_model_len + 1), SamplingParams(), "x")
+        with pytest.raises(InvalidRequestError, match="temperature") as bad:
+            await collect(engine, [1, 2], SamplingParams(temperature=-1.0), "y")
+        assert bad.value.param == "temperature"
+        with pytest.raises(InvalidRequestError, match="not for embeddings"):
+            await engine.encode([1, 2], PoolingParams(), "z")
+        await engine.check_health()
+        assert await engine.reset_prefix_cache() is True
+
+    runner.run(scenario())
+
+
+def test_embeddings_equal_the_in_process_engine(minilm_dir: Path) -> None:
+    """The encode path: pooled vectors cross as float32 bytes, unchanged."""
+
+    async def scenario() -> None:
+        ours = await ProcessEngine.from_pretrained(minilm_dir)
+        theirs = await AsyncEngine.from_pretrained(minilm_dir)
+        assert ours.info.task == "embed" and ours.info.max_model_len == theirs.info.max_model_len
+        texts = ["A cat sat on the mat.", "Paris is in France.", "llamas"]
+        for i, text in enumerate(texts):
+            ids = ours.tokenizer.encode(text)
+            params = PoolingParams(normalize=i != 1)
+            a = await ours.encode(ids, params, f"e{i}")
+            b = await theirs.encode(ids, params, f"e{i}")
+            assert a.prompt_token_ids == b.prompt_token_ids == ids
+            assert torch.equal(a.data, b.data)
+        with pytest.raises(InvalidRequestError):
+            await collect(ours, [1, 2], SamplingParams(), "g")
+        await ours.aclose()
+        await theirs.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_aclose_leaves_no_child(runner: asyncio.Runner, engine: ProcessEngine) -> None:
+    """(Closes the module's engine: keep it the last test that uses it.)"""
+
+    async def scenario() -> None:
+        prompt = engine.tokenizer.encode("Count to one hundred:")
+        stream = engine.generate(prompt, SamplingParams(max_tokens=300, ignore_eos=True), "s")
+        await anext(stream)
+        await engine.aclose()
+        with pytest.raises(EngineDeadError, match="closed"):
+            async for _ in stream:
+                pass
+
+    pid = engine.process.pid
+    runner.run(scenario())
+    assert engine.process.returncode == 0  # it exited when asked, and was reaped
+    assert not Path(f"/proc/{pid}").exists()
+    assert engine._sock.fileno() == -1  # closed
+
+
+def test_a_killed_core_fails_streams_in_flight(smollm2_path: Path) -> None:
+    async def scenario() -> None:
+        engine = await ProcessEngine.from_pretrained(smollm2_path, dtype="float32", **OPTIONS)
+        prompts = [engine.tokenizer.encode(f"Story number {i}:") for i in range(3)]
+        params = SamplingParams(max_tokens=1000, ignore_eos=True)
+        await kill_core_mid_stream(engine, prompts, params, within=5.0)
+
+    asyncio.run(scenario())
+
+
+def test_the_core_exits_when_the_api_process_goes(smollm2_path: Path) -> None:
+    """The API process's end of the socket closing (as it does when that process
+    dies, even by SIGKILL) makes the core exit on its own."""
+    start = ipc.Start(str(smollm2_path), None, "float32", "cpu", None,
+                      dict(OPTIONS), logging.WARNING)  # fmt: skip
+    process, sock, ready = launch_core(start)
+    assert ready.info.pid == process.pid and ready.info.task == "generate"
+    sock.close()
+    assert process.wait(timeout=15) == 0
