@@ -532,7 +532,7 @@ def test_sliding_hit_shrinks_when_the_window_was_evicted() -> None:
     cached = [mgr.groups[1].pool.get_cached_block(h) is not None for h in b.block_hashes[:8]]
     # 32 tokens need block 7 (the token at 32 sees 28..32); else a shorter hit
     assert (num_hit == 32) == cached[7] and cached[7] != (num_hit < 32)
-    assert num_hit < 32, 'the test meant block 7 to be evicted'
+    assert num_hit < 32, "the test meant block 7 to be evicted"
     assert mgr.allocate_slots(b, 8, hits) is not None  # a chunk the pool holds
 
 
