@@ -1,0 +1,252 @@
+"""Which replica serves a request: prefix-cache affinity bounded by load.
+
+A prompt's leading full blocks (of the engines' block size) are hashed in a chain,
+as the KV cache manager hashes them: block i's hash covers every token before its
+end (and the request's cache salt). The router remembers, for each chained hash it
+has seen, the replica it last sent that prefix to (a bounded LRU map). A new
+request goes to the replica holding its longest remembered prefix, so shared system
+prompts and the turns of one conversation find a warm cache, unless that replica
+is busier than the least-loaded one by more than `spill_margin` requests: then the
+hot prefix spills to the least-loaded replica, which becomes the prefix's owner
+(its cache warms in turn). A request with no remembered prefix takes the less
+loaded of two replicas drawn at random (power of two choices).
+
+Load is what the router knows without asking: the replica's own count of running
+and waiting requests as it last pushed it, or the requests this router has sent
+it and not seen finish, whichever is larger (a burst sent between two pushes still
+counts). Nothing here does I/O; `RayEngine` feeds it, and the routing simulation
+(tests/bench/bench_routing.py) drives it with modelled replicas.
+
+Invariants: `choose` returns a replica that is up (RoutingError when none is);
+`in_flight` counts `started` minus `finished` per replica and never goes below
+zero; a replica marked down loses its remembered prefixes (its cache is gone when
+Ray restarts it), and its in-flight count restarts at zero.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llmcore.errors import EngineDeadError
+
+DEFAULT_SPILL_MARGIN = 4  # requests beyond the least-loaded replica's before spilling
+DEFAULT_MAX_PREFIXES = 1 << 20  # chained block hashes remembered (about 100 MB at most)
+
+
+class RoutingError(EngineDeadError):
+    """No replica is up to take the request."""
+
+
+class Reason(enum.Enum):
+    AFFINITY = "affinity"  # the replica that holds the longest remembered prefix
+    SPILL = "spill"  # that replica was too busy: the least-loaded one instead
+    LEAST_LOAD = "least_load"  # no remembered prefix: power of two choices
+    ROUND_ROBIN = "round_robin"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    replica: int
+    reason: Reason
+    matched_blocks: int = 0  # leading blocks remembered on the chosen replica
+
+
+@dataclass(slots=True)
+class RouterStatistics:
+    decisions: dict[str, int] = field(default_factory=dict)  # by Reason value
+    matched_blocks: int = 0  # summed over decisions
+    prompt_blocks: int = 0  # full prompt blocks seen, summed
+    remembered_prefixes: int = 0
+
+
+def prefix_hashes(
+    prompt_token_ids: Sequence[int], block_size: int, cache_salt: str | None = None
+) -> list[int]:
+    """The chained hashes of the prompt's leading full blocks (none for a prompt
+    shorter than one block). Python's hash of int tuples is the same in every
+    process, so front ends agree; a collision only misroutes."""
+    hashes: list[int] = []
+    parent = hash(("llmcore-prefix", cache_salt))
+    for start in range(0, len(prompt_token_ids) - block_size + 1, block_size):
+        parent = hash((parent, tuple(prompt_token_ids[start : start + block_size])))
+        hashes.append(parent)
+    return hashes
+
+
+class LoadBook:
+    """Each replica's load as the router knows it, and which replicas are up."""
+
+    def __init__(self, num_replicas: int) -> None:
+        if num_replicas < 1:
+            raise ValueError("at least one replica is needed")
+        self.num_replicas = num_replicas
+        self.reported = [0] * num_replicas  # running + waiting, as pushed
+        self.in_flight = [0] * num_replicas  # sent by this router, not yet finished
+        self.up = [True] * num_replicas
+
+    def load(self, replica: int) -> int:
+        return max(self.reported[replica], self.in_flight[replica])
+
+    def up_replicas(self) -> list[int]:
+        up = [r for r in range(self.num_replicas) if self.up[r]]
+        if not up:
+            raise RoutingError("no engine replica is up")
+        return up
+
+    def least_loaded(self) -> int:
+        return min(self.up_replicas(), key=self.load)
+
+
+class Router:
+    """The interface `RayEngine` and the simulation drive; `choose` is the policy."""
+
+    def __init__(self, num_replicas: int, *, block_size: int, seed: int | None = None) -> None:
+        self.block_size = block_size
+        self.book = LoadBook(num_replicas)
+        self._rng = random.Random(seed)
+        self._stats = RouterStatistics()
+
+    @property
+    def num_replicas(self) -> int:
+        return self.book.num_replicas
+
+    def choose(self, prompt_token_ids: Sequence[int], cache_salt: str | None = None) -> Decision:
+        raise NotImplementedError
+
+    def started(self, replica: int) -> None:
+        self.book.in_flight[replica] += 1
+
+    def finished(self, replica: int) -> None:
+        self.book.in_flight[replica] = max(0, self.book.in_flight[replica] - 1)
+
+    def report_load(self, replica: int, running_plus_waiting: int) -> None:
+        self.book.reported[replica] = running_plus_waiting
+
+    def mark_down(self, replica: int) -> None:
+        self.book.up[replica] = False
+        self.book.reported[replica] = self.book.in_flight[replica] = 0
+
+    def mark_up(self, replica: int) -> None:
+        self.book.up[replica] = True
+
+    def statistics(self) -> RouterStatistics:
+        return RouterStatistics(
+            dict(self._stats.decisions),
+            self._stats.matched_blocks,
+            self._stats.prompt_blocks,
+            self._stats.remembered_prefixes,
+        )
+
+    def _two_choices(self) -> int:
+        up = self.book.up_replicas()
+        if len(up) == 1:
+            return up[0]
+        a, b = self._rng.sample(up, 2)
+        return a if self.book.load(a) <= self.book.load(b) else b
+
+    def _count(self, decision: Decision, prompt_blocks: int = 0) -> Decision:
+        key = decision.reason.value
+        self._stats.decisions[key] = self._stats.decisions.get(key, 0) + 1
+        self._stats.matched_blocks += decision.matched_blocks
+        self._stats.prompt_blocks += prompt_blocks
+        return decision
+
+
+class PrefixAffinityRouter(Router):
+    def __init__(
+        self,
+        num_replicas: int,
+        *,
+        block_size: int,
+        spill_margin: int = DEFAULT_SPILL_MARGIN,
+        max_prefixes: int = DEFAULT_MAX_PREFIXES,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(num_replicas, block_size=block_size, seed=seed)
+        self.spill_margin = spill_margin
+        self.max_prefixes = max_prefixes
+        self._owner: OrderedDict[int, int] = OrderedDict()  # chained hash -> replica
+
+    def choose(self, prompt_token_ids: Sequence[int], cache_salt: str | None = None) -> Decision:
+        hashes = prefix_hashes(prompt_token_ids, self.block_size, cache_salt)
+        owner, matched = self._longest_match(hashes)
+        if owner is None:
+            decision = Decision(self._two_choices(), Reason.LEAST_LOAD)
+        else:
+            least = self.book.least_loaded()
+            if self.book.load(owner) > self.book.load(least) + self.spill_margin:
+                decision = Decision(least, Reason.SPILL)
+            else:
+                decision = Decision(owner, Reason.AFFINITY, matched)
+        self._remember(hashes, decision.replica)
+        return self._count(decision, len(hashes))
+
+    def mark_down(self, replica: int) -> None:
+        super().mark_down(replica)
+        for h in [h for h, r in self._owner.items() if r == replica]:
+            del self._owner[h]
+        self._stats.remembered_prefixes = len(self._owner)
+
+    def _longest_match(self, hashes: list[int]) -> tuple[int | None, int]:
+        """The replica holding the deepest remembered block of the chain (a chain
+        is remembered from its start, so the first miss ends the walk)."""
+        owner: int | None = None
+        matched = 0
+        for i, h in enumerate(hashes):
+            replica = self._owner.get(h)
+            if replica is None or not self.book.up[replica]:
+                break
+            owner, matched = replica, i + 1
+        return owner, matched
+
+    def _remember(self, hashes: list[int], replica: int) -> None:
+        owner = self._owner
+        for h in hashes:
+            owner[h] = replica
+            owner.move_to_end(h)
+        while len(owner) > self.max_prefixes:
+            owner.popitem(last=False)
+        self._stats.remembered_prefixes = len(owner)
+
+
+class LeastLoadRouter(Router):
+    """Power of two choices on load, blind to prefixes (a baseline)."""
+
+    def choose(self, prompt_token_ids: Sequence[int], cache_salt: str | None = None) -> Decision:
+        return self._count(Decision(self._two_choices(), Reason.LEAST_LOAD))
+
+
+class RoundRobinRouter(Router):
+    """Each up replica in turn (a baseline)."""
+
+    def __init__(self, num_replicas: int, *, block_size: int, seed: int | None = None) -> None:
+        super().__init__(num_replicas, block_size=block_size, seed=seed)
+        self._next = 0
+
+    def choose(self, prompt_token_ids: Sequence[int], cache_salt: str | None = None) -> Decision:
+        self.book.up_replicas()  # RoutingError when none is up
+        while True:
+            replica = self._next % self.num_replicas
+            self._next += 1
+            if self.book.up[replica]:
+                return self._count(Decision(replica, Reason.ROUND_ROBIN))
+
+
+ROUTERS: dict[str, type[Router]] = {
+    "prefix-affinity": PrefixAffinityRouter,
+    "least-load": LeastLoadRouter,
+    "round-robin": RoundRobinRouter,
+}
+
+
+def make_router(name: str, num_replicas: int, *, block_size: int, **options: int) -> Router:
+    """A router by its `--routing` name."""
+    try:
+        cls = ROUTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown routing {name!r}: one of {', '.join(ROUTERS)}") from None
+    return cls(num_replicas, block_size=block_size, **options)
