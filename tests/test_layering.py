@@ -3,7 +3,8 @@ nothing of ours; `llmcore` imports `ops` only from model code and `plugins` only
 through the registry; `transports` uses llmcore's public API only and is imported
 only, lazily, by the commands behind `python -m llmcore.http` and `python -m
 llmcore.jsonl` (`llmcore/cli/serve.py`, `llmcore/cli/run_batch.py`); and the four
-packages import without CuPy (the import is blocked to prove it)."""
+packages import without CuPy or Ray (the imports are blocked to prove it), and the
+default server never imports Ray."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("llmcore", "transports", "ops", "plugins")
@@ -91,18 +94,42 @@ def test_transports_use_llmcore_public_api_only() -> None:
         assert not {n for n in names if _top(n) in ("ops", "plugins")}, path
 
 
-def test_import_without_cupy() -> None:
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'cupy': raise ImportError('cupy blocked')\n"
-        "sys.meta_path.insert(0, Block())\n"
+_BLOCK_OPTIONAL = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('cupy', 'ray'): raise ImportError(name + ' blocked')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def _run_blocked(code: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _BLOCK_OPTIONAL + code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_import_without_cupy_or_ray() -> None:
+    _run_blocked(
         "import llmcore, transports, ops, plugins, plugins.models.llama, transports.http\n"
         "import llmcore.http, llmcore.jsonl, llmcore.cli, llmcore.openai\n"
-        "assert 'cupy' not in sys.modules\n"
+        "import llmcore.ray, llmcore.ray.routing, llmcore.ray.statistics\n"
+        "assert 'cupy' not in sys.modules and 'ray' not in sys.modules\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+def test_the_default_server_never_imports_ray() -> None:
+    """`llmcore serve`'s service over the embedded models, built with Ray blocked."""
+    _run_blocked(
+        "from llmcore.cli.serve import build_parser\n"
+        "from llmcore.cli.service import build_service\n"
+        "import asyncio\n"
+        "loaded = build_service(build_parser().parse_args(['--kv-cache-memory', '32MiB']))\n"
+        "asyncio.run(loaded.aclose())\n"
+        "assert 'ray' not in sys.modules\n"
+        "print('ok')\n"
+    )

@@ -159,6 +159,7 @@ def add_model_and_engine_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and engine")
     _add_model_flags(group)
     _add_engine_flags(group)
+    _add_scale_out_flags(parser.add_argument_group("scale-out on Ray (llmcore[ray])"))
 
 
 def _add_model_flags(g: argparse._ArgumentGroup) -> None:
@@ -223,6 +224,29 @@ def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-queued-requests", type=int,
                    help="requests waiting for their first token beyond which new ones get "
                    "503 with Retry-After")  # fmt: skip
+
+
+ROUTINGS = ("prefix-affinity", "least-load", "round-robin")  # llmcore.ray.routing.ROUTERS
+
+
+def _add_scale_out_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--replicas", "--data-parallel-size", "-dp", type=positive_int, default=1,
+                   help="engine replicas of each model, each in its own Ray worker process "
+                   "(more than 1, or --ray-address, serves through Ray)")  # fmt: skip
+    g.add_argument("--ray-address",
+                   help="the Ray cluster to run the replicas on ('auto': the one this "
+                   "machine belongs to; an address: ray://host:10001 or host:6379); "
+                   "without it, a local Ray instance is started")  # fmt: skip
+    g.add_argument("--routing", default="prefix-affinity", choices=ROUTINGS,
+                   help="how a request picks its replica: prefix-cache affinity bounded by "
+                   "load (default), least load, or round robin")  # fmt: skip
+    g.add_argument("--replica-num-cpus", type=float,
+                   help="CPUs Ray reserves per replica (its torch threads too); default 1, "
+                   "0 with --replica-num-gpus")  # fmt: skip
+    g.add_argument("--replica-num-gpus", type=float, default=0.0,
+                   help="GPUs Ray reserves per replica (use with --device cuda)")  # fmt: skip
+    g.add_argument("--replica-memory", type=parse_memory,
+                   help="memory Ray reserves per replica (bytes: 4GiB)")  # fmt: skip
 
 
 def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -11,7 +11,11 @@ run on, and `LoadedService.aclose()` closes every one of them.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,8 +25,9 @@ from llmcore.engine.protocol import Engine
 if TYPE_CHECKING:
     from llmcore.engine.async_engine import AsyncEngine
     from llmcore.engine.core_client import ProcessEngine
+    from llmcore.ray.engine import RayEngine, RayOptions
 
-    LocalEngine = AsyncEngine | ProcessEngine
+    LocalEngine = AsyncEngine | ProcessEngine | RayEngine
 from llmcore.openai import OpenAIService, ServedModel
 from llmcore.openai.options import ServiceOptions
 
@@ -154,14 +159,52 @@ def engine_process_wanted(flag: str, device: str) -> bool:
     return flag == "on"
 
 
+def ray_wanted(args: argparse.Namespace) -> bool:
+    """Serve through Ray: more than one replica, or a Ray cluster named."""
+    return getattr(args, "replicas", 1) > 1 or getattr(args, "ray_address", None) is not None
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions:
+    """The `--replicas`, `--ray-*` and `--replica-*` flags."""
+    from llmcore.ray.engine import RayOptions
+
+    memory = args.replica_memory
+    if memory is not None and memory <= 1:
+        raise ValueError("--replica-memory takes bytes (4GiB), not a fraction")
+    # A local instance gets a logical CPU for each CPU the replicas of every model
+    # reserve (the machine's count at least): they share the cores, with the torch
+    # threads each was given, rather than wait for a CPU that never frees up.
+    per_replica = args.replica_num_cpus
+    if per_replica is None:
+        per_replica = 0 if args.replica_num_gpus > 0 else 1
+    needed = math.ceil(per_replica * args.replicas * len(model_specs(args)))
+    return RayOptions(
+        replicas=args.replicas,
+        local_num_cpus=max(os.cpu_count() or 1, needed),
+        address=args.ray_address,
+        routing=args.routing,
+        num_cpus=args.replica_num_cpus,
+        num_gpus=args.replica_num_gpus,
+        memory=None if memory is None else int(memory),
+    )
+
+
 def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> LocalEngine:
-    """One model's engine: in this process (`AsyncEngine`) or in its own
-    (`ProcessEngine`), as `--engine-process` says."""
+    """One model's engine: replicas on Ray (`RayEngine`, as `--replicas` and
+    `--ray-address` say), or one engine in this process (`AsyncEngine`) or in its
+    own (`ProcessEngine`), as `--engine-process` says."""
     from llmcore.engine.async_engine import AsyncEngine
     from llmcore.engine.core_client import ProcessEngine
 
-    process = engine_process_wanted(getattr(args, "engine_process", "auto"), args.device)
-    load = ProcessEngine.load if process else AsyncEngine.load
+    load: Callable[..., LocalEngine]
+    if ray_wanted(args):
+        from llmcore.ray.engine import RayEngine
+
+        load = functools.partial(RayEngine.load, ray_options=ray_options(args))
+    elif engine_process_wanted(getattr(args, "engine_process", "auto"), args.device):
+        load = ProcessEngine.load
+    else:
+        load = AsyncEngine.load
     return load(
         spec.path,
         tokenizer=args.tokenizer if first else None,

@@ -65,7 +65,7 @@ _HUB = "llmcore loads local files only; nothing is downloaded"
 _CUDA = "llmcore has no CUDA graphs, torch.compile or custom kernels to choose"
 _KV = "llmcore's KV cache is sized by --kv-cache-memory"
 _TRACE = "llmcore has no tracing or extra engine metrics"
-_LB = "llmcore has no data-parallel load balancing"
+_LB = "llmcore balances data-parallel replicas itself (--replicas, --routing)"
 
 
 def _same(name: str, kind: Kind = "value") -> VLLMFlag:
@@ -249,8 +249,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _ok("--cp-kv-cache-interleave-size", _CPU),
     _ok("--prefill-context-parallel-size", "no context parallelism: " + _CPU,
         short=("-pcp",), accepts=("1",)),
-    _ok("--data-parallel-size", "no data parallelism: " + _CPU, short=("-dp",),
-        accepts=("1",)),
+    _alias("--data-parallel-size", "--replicas"),
     _ok("--data-parallel-rank", _LB, short=("-dpn",), accepts=("0",)),
     _ok("--data-parallel-start-rank", _LB, short=("-dpr",), accepts=("0",)),
     _ok("--data-parallel-size-local", _LB, short=("-dpl",), accepts=("1",)),

@@ -36,7 +36,7 @@ from llmcore.engine.core import EngineStatistics
 from llmcore.engine.core_launch import how_it_ended, kill_process, launch_core, stop_process
 from llmcore.engine.output_queues import OutputQueues
 from llmcore.engine.protocol import EngineInfo
-from llmcore.errors import EngineDeadError, InvalidRequestError
+from llmcore.errors import EngineDeadError
 from llmcore.outputs import Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
@@ -47,7 +47,6 @@ log = logging.getLogger("llmcore.engine")
 SHUTDOWN_TIMEOUT_S = 10.0  # for the core to exit after Shutdown, before SIGTERM
 HEALTH_TIMEOUT_S = 10.0  # for the core to answer a health question
 READ_LIMIT = 4 << 20  # bytes the connection buffers before it waits for the reader
-_ENCODER = msgspec.msgpack.Encoder()
 
 
 @dataclass(slots=True, eq=False)
@@ -144,7 +143,7 @@ class ProcessEngine:
         cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream output deltas of one request; cancelling the iteration aborts it."""
-        raw = _encode_params(params)
+        raw = msgspec.Raw(ipc.encode_params(params))
         prompt = list(prompt_token_ids)
         engine_id = await self._open(request_id, prompt)
         try:
@@ -164,7 +163,7 @@ class ProcessEngine:
         priority: int = 0,
     ) -> PoolingOutput:
         """Pool one input; cancelling the call aborts the request."""
-        raw = _encode_params(params)
+        raw = msgspec.Raw(ipc.encode_params(params))
         prompt = list(prompt_token_ids)
         engine_id = await self._open(request_id, prompt)
         try:
@@ -394,10 +393,3 @@ class ProcessEngine:
         for future in self._calls.values():
             if not future.done():
                 future.set_exception(error)
-
-
-def _encode_params(params: SamplingParams | PoolingParams) -> msgspec.Raw:
-    try:
-        return msgspec.Raw(_ENCODER.encode(params))
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidRequestError(f"parameters that cannot be sent to the engine: {exc}") from exc

@@ -192,6 +192,17 @@ def _recv_exactly(sock: socket.socket, size: int, *, eof_ok: bool) -> bytes | No
 # ---- conversions at the boundary ---------------------------------------------------------
 
 
+def encode_params(params: Any) -> bytes:
+    """A request's SamplingParams or PoolingParams as msgpack; a value that cannot
+    cross (an object where data is expected) is the client's InvalidRequestError."""
+    try:
+        return _ENCODER.encode(params)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise errors.InvalidRequestError(
+            f"parameters that cannot be sent to the engine: {exc}"
+        ) from exc
+
+
 def wire_error(exc: BaseException) -> WireError:
     if isinstance(exc, msgspec.ValidationError):  # a parameter of the wrong type
         return WireError("InvalidRequestError", str(exc))
@@ -228,6 +239,10 @@ class PromptLogprobsSent:
 
     def __init__(self) -> None:
         self._sent: set[str] = set()
+
+    def forget(self, request_id: str) -> None:
+        """The request has left (aborted before its last output)."""
+        self._sent.discard(request_id)
 
     def wire_output(self, out: RequestOutput) -> WireOutput:
         prompt_logprobs = None
