@@ -164,12 +164,18 @@ async def test_a_stream_is_sent_event_by_event_and_closed() -> None:
     assert stream.closed
 
 
-async def test_a_client_disconnect_closes_the_stream() -> None:
+async def _stream_in_flight(wire: Wire) -> tuple[FakeStream, asyncio.Task[None]]:
+    """A request whose stream sent its first event and waits for the engine."""
     stream = FakeStream([b"data: 1\n\n", b"data: 2\n\n"], block_after=1)
-    wire = Wire([b"{}"])
     app = OpenAIASGIApp(FakeService(stream), max_body_size=10)
     task = asyncio.create_task(app(http_scope(), wire.receive, wire.send))
     await stream.sent.wait()
+    return stream, task
+
+
+async def test_a_client_disconnect_closes_the_stream() -> None:
+    wire = Wire([b"{}"])
+    stream, task = await _stream_in_flight(wire)
     wire.disconnect()
     await asyncio.wait_for(task, 5)  # returns quietly: a client going away is no error
     assert stream.closed
@@ -189,11 +195,7 @@ async def test_a_failing_send_closes_the_stream() -> None:
 
 async def test_cancelling_the_request_closes_the_stream() -> None:
     """Serve's proxy cancels the replica's request when the client goes away."""
-    stream = FakeStream([b"data: 1\n\n", b"data: 2\n\n"], block_after=1)
-    wire = Wire([b"{}"])
-    app = OpenAIASGIApp(FakeService(stream), max_body_size=10)
-    task = asyncio.create_task(app(http_scope(), wire.receive, wire.send))
-    await stream.sent.wait()
+    stream, task = await _stream_in_flight(Wire([b"{}"]))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
