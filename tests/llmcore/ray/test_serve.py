@@ -77,8 +77,8 @@ def url(smollm2_path: Path) -> Iterator[str]:
                 "deployment": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
             }
         )
-        serve.run(app, name="llmcore", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        serve.run(app, name="llmcore", route_prefix="/llm")  # paths below it reach llmcore
+        yield f"http://127.0.0.1:{port}/llm"
     finally:
         serve.shutdown()
         ray.shutdown()
