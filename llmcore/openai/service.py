@@ -101,8 +101,15 @@ def _answer(result: msgspec.Struct | ClosingStream[Any]) -> Answer:
     return _json(result)
 
 
-def _error(exc: Exception, api: str = "openai") -> ServiceResponse:
-    """`exc` in the error shape of the route's API (its `RouteSpec.api`)."""
+_ROUTES = routes_by_path()
+
+
+def error_response(exc: Exception, path: str) -> ServiceResponse:
+    """`exc` as `handle` answers it on `path`: in the error shape of the path's API
+    (its `RouteSpec.api`; OpenAI's for unknown paths). For a transport that refuses
+    a request itself (e.g. a body over its size limit)."""
+    methods = _ROUTES.get(route_path(normalize(path)))
+    api = next(iter(methods.values())).api if methods else "openai"
     if api == "anthropic":
         status, body, headers = anthropic.anthropic_error(exc)
         return ServiceResponse(status, body, headers=headers)
@@ -150,7 +157,7 @@ class OpenAIService:
                 max_age=options.responses_store_max_age,
             ),
         )
-        self._routes = routes_by_path()
+        self._routes = _ROUTES
         self._handlers: dict[str, Handler] = {
             "create_chat_completion": self._chat,
             "create_completion": self._completion,
@@ -196,16 +203,11 @@ class OpenAIService:
                 self._check_body(request)
             answer = await self._handlers[spec.operation](request, path)
         except Exception as exc:
-            answer = _error(exc, self._api(request.path))
+            answer = error_response(exc, request.path)
         self.metrics.count_request(route, answer.status)
         if len(request.body) >= RELEASE_MEMORY_AFTER_BYTES:
             await asyncio.to_thread(release_free_memory)
         return answer
-
-    def _api(self, path: str) -> str:
-        """The API whose error shape `path` answers in (OpenAI's for unknown paths)."""
-        methods = self._routes.get(route_path(normalize(path)))
-        return next(iter(methods.values())).api if methods else "openai"
 
     def _route(self, method: str, path: str) -> RouteSpec:
         methods = self._routes.get(route_path(path))

@@ -7,6 +7,8 @@ one machine or many, behind one `Engine`.
 - `llmcore.ray.engine`: `RayEngine`, the `Engine` protocol over the replicas.
 - `llmcore.ray.serve`: `build_app(config)`, a Ray Serve application whose ingress
   hands the request bytes to llmcore's OpenAI service.
+- `llmcore.ray.asgi`: that ingress, a framework-free ASGI app over the OpenAI
+  service; no Ray.
 
 Invariant: importing this package (or `llmcore`) never imports Ray; the modules
 that need it import it themselves, and `import llmcore` never imports them.
