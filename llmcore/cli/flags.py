@@ -247,6 +247,10 @@ def _add_scale_out_flags(g: argparse._ArgumentGroup) -> None:
                    help="GPUs Ray reserves per replica (use with --device cuda)")  # fmt: skip
     g.add_argument("--replica-memory", type=parse_memory,
                    help="memory Ray reserves per replica (bytes: 4GiB)")  # fmt: skip
+    g.add_argument("--api-server-count", "-asc", type=positive_int, default=1,
+                   help="HTTP server processes sharing --port (SO_REUSEPORT) and the "
+                   "replicas on Ray (more than 1 needs --replicas or --ray-address)")  # fmt: skip
+    g.add_argument("--ray-attach", help=argparse.SUPPRESS)  # an extra server's replicas
 
 
 def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

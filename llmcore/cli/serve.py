@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from llmcore.cli import flags, vllm_flags
 from llmcore.cli.arguments import ServingParser, parse_serving_args
@@ -68,6 +69,7 @@ def build_http_config(args: argparse.Namespace) -> HTTPConfig:
         uds=args.uds,
         uds_mode=args.uds_mode,
         uds_allowed_uids=flags.uid_list(args.uds_allow_uid),
+        reuse_port=args.api_server_count > 1 or args.ray_attach is not None,
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
         ssl_ca_certs=args.ssl_ca_certs,
@@ -105,7 +107,7 @@ def _cors_lists(args: argparse.Namespace) -> _CORSLists:
     return lists
 
 
-async def _serve(args: argparse.Namespace, config: HTTPConfig) -> None:
+async def _serve(args: argparse.Namespace, config: HTTPConfig, argv: Sequence[str]) -> None:
     """Bind, then load the models (on a thread, so a taken address or a live
     Unix socket is refused before minutes of loading), then serve until a signal."""
     import anyio
@@ -122,18 +124,54 @@ async def _serve(args: argparse.Namespace, config: HTTPConfig) -> None:
         raise
     server = HTTPServer(loaded.service, config, listeners=listeners)
     grace = args.shutdown_grace
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-            urls = await server.start(tg)
-            log.info("llmcore serving %s at %s", loaded.description, " ".join(urls))
-            if not args.disable_log_stats:
-                tg.start_soon(log_engine_statistics, loaded.service.models)
-            async for signum in signals:
-                log.info("%s: shutting down (grace %.0f s)", signal.Signals(signum).name, grace)
-                await server.shutdown(grace)
-                break
-            tg.cancel_scope.cancel()  # the statistics log
-    await loaded.aclose()
+    extra = _start_extra_servers(args, argv)
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                urls = await server.start(tg)
+                log.info("llmcore serving %s at %s", loaded.description, " ".join(urls))
+                if not args.disable_log_stats:
+                    tg.start_soon(log_engine_statistics, loaded.service.models)
+                if args.ray_attach is not None:
+                    tg.start_soon(_stop_with_parent)
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    log.info("%s: shutting down (grace %.0f s)", name, grace)
+                    await server.shutdown(grace)
+                    break
+                tg.cancel_scope.cancel()  # the statistics log
+    finally:
+        if extra:
+            from llmcore.ray.frontends import stop_extra_servers
+
+            await anyio.to_thread.run_sync(stop_extra_servers, extra, grace)
+        await loaded.aclose()
+
+
+def check_api_server_count(args: argparse.Namespace) -> None:
+    """`--api-server-count` above 1 shares a TCP port: not port 0, not a Unix socket."""
+    if args.api_server_count > 1 and (args.uds is not None or args.port == 0):
+        raise ValueError("--api-server-count above 1 needs a TCP --port other than 0")
+
+
+def _start_extra_servers(args: argparse.Namespace, argv: Sequence[str]) -> list[Any]:
+    """The extra server processes `--api-server-count` asks for (none in one)."""
+    if args.api_server_count <= 1 or args.ray_attach is not None:
+        return []
+    from llmcore.ray.frontends import start_extra_servers
+
+    return start_extra_servers(argv, args.api_server_count - 1, args.replica_base_name)
+
+
+async def _stop_with_parent() -> None:
+    """An extra server process: stop (as on SIGTERM) when the first one is gone."""
+    import anyio
+
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await anyio.sleep(1.0)
+    log.warning("the first server process is gone: shutting down")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
@@ -145,8 +183,14 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     import anyio
 
     try:
+        check_api_server_count(args)
         config = build_http_config(args)
-        anyio.run(_serve, args, config, backend="asyncio")
+        if args.api_server_count > 1 and args.ray_attach is None:
+            from llmcore.ray.frontends import replica_base_name
+
+            args.replica_base_name = replica_base_name()
+        raw_argv = list(sys.argv[1:] if argv is None else argv)
+        anyio.run(_serve, args, config, raw_argv, backend="asyncio")
     except (LLMCoreError, ValueError, OSError) as exc:  # a bad model or flag, a taken address
         print(f"llmcore: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2

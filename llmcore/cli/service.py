@@ -164,7 +164,28 @@ def ray_wanted(args: argparse.Namespace) -> bool:
     return getattr(args, "replicas", 1) > 1 or getattr(args, "ray_address", None) is not None
 
 
-def ray_options(args: argparse.Namespace) -> RayOptions:
+def ray_wanted_checked(args: argparse.Namespace) -> bool:
+    """`ray_wanted`, refusing `--api-server-count` above 1 where it cannot work."""
+    wanted = ray_wanted(args)
+    if getattr(args, "api_server_count", 1) > 1 and not wanted:
+        raise ValueError(
+            "--api-server-count above 1 shares engine replicas on Ray: give --replicas "
+            "or --ray-address too"
+        )
+    return wanted
+
+
+def replica_name(args: argparse.Namespace, spec: ModelSpec) -> tuple[str | None, bool]:
+    """The name of a model's replicas (so that extra server processes find them),
+    and whether this process attaches to them rather than starting them."""
+    attach = getattr(args, "ray_attach", None)
+    if attach is not None:
+        return f"{attach}-{spec.name}", True
+    base = getattr(args, "replica_base_name", None)
+    return (None if base is None else f"{base}-{spec.name}"), False
+
+
+def ray_options(args: argparse.Namespace, spec: ModelSpec) -> RayOptions:
     """The `--replicas`, `--ray-*` and `--replica-*` flags."""
     from llmcore.ray.engine import RayOptions
 
@@ -178,7 +199,10 @@ def ray_options(args: argparse.Namespace) -> RayOptions:
     if per_replica is None:
         per_replica = 0 if args.replica_num_gpus > 0 else 1
     needed = math.ceil(per_replica * args.replicas * len(model_specs(args)))
+    name, attach = replica_name(args, spec)
     return RayOptions(
+        name=name,
+        attach=attach,
         replicas=args.replicas,
         local_num_cpus=max(os.cpu_count() or 1, needed),
         address=args.ray_address,
@@ -197,10 +221,10 @@ def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> Lo
     from llmcore.engine.core_client import ProcessEngine
 
     load: Callable[..., LocalEngine]
-    if ray_wanted(args):
+    if ray_wanted_checked(args):
         from llmcore.ray.engine import RayEngine
 
-        load = functools.partial(RayEngine.load, ray_options=ray_options(args))
+        load = functools.partial(RayEngine.load, ray_options=ray_options(args, spec))
     elif engine_process_wanted(getattr(args, "engine_process", "auto"), args.device):
         load = ProcessEngine.load
     else:

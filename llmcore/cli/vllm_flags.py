@@ -90,7 +90,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     # ---- the server (vllm/entrypoints/openai/cli_args.py) ----
     _same("--config"),
     _no("--headless", "multi-node data parallelism: " + _CPU, "bool"),
-    _ok("--api-server-count", "one API server process", short=("-asc",), accepts=("1",)),
+    _same("--api-server-count"),
     _no("--grpc", "llmcore serves HTTP only (no gRPC server)", "bool"),
     _no("--lora-modules", _LORA, "values"),
     _same("--chat-template"),

@@ -31,7 +31,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -85,6 +85,7 @@ class RayOptions:
     memory: int | None = None  # bytes reserved per replica
     max_restarts: int = -1  # Ray restarts a dead replica this often (-1: always)
     name: str | None = None  # named actors (f"{name}-{i}") that other front ends attach to
+    attach: bool = False  # use the named replicas another front end started
     local_num_cpus: int | None = None  # logical CPUs of a local instance (None: the machine's)
 
 
@@ -107,11 +108,10 @@ class _InFlight:
     done: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Ownership:
     replicas: bool  # created here: killed at aclose
     ray: bool  # ray.init called here: ray.shutdown at aclose
-    names: list[str] = field(default_factory=list)
 
 
 class RayEngine:
@@ -161,10 +161,13 @@ class RayEngine:
         if opts.replicas < 1:
             raise ValueError("--replicas must be at least 1")
         started_ray = _ensure_ray(opts.address, opts.local_num_cpus)
-        owns = _Ownership(replicas=opts.name is None, ray=started_ray)
+        owns = _Ownership(replicas=not opts.attach, ray=started_ray)
         handles: list[Any] = []
         try:
-            handles = _start_actors(opts, model, tokenizer, load_options, owns)
+            if opts.attach:
+                handles = _attach_actors(opts)
+            else:
+                handles = _start_actors(opts, model, tokenizer, load_options)
             readies = _wait_ready(handles)
             from llmcore.tokenization.tokenizer import load_tokenizer
 
@@ -444,7 +447,6 @@ def _start_actors(
     model: str | os.PathLike[str] | None,
     tokenizer: str | os.PathLike[str] | None,
     load_options: dict[str, Any],
-    owns: _Ownership,
 ) -> list[Any]:
     cls = replica_actor_class(opts.max_restarts)
     on_gpu = opts.num_gpus > 0
@@ -467,11 +469,19 @@ def _start_actors(
         if opts.memory is not None:
             actor_options["memory"] = opts.memory
         if opts.name is not None:
-            name = f"{opts.name}-{i}"
-            actor_options.update(name=name, get_if_exists=True, namespace=NAMESPACE)
-            owns.names.append(name)
+            actor_options.update(name=f"{opts.name}-{i}", namespace=NAMESPACE)
         handles.append(cls.options(**actor_options).remote(i, path, dict(options), level))
     return handles
+
+
+def _attach_actors(opts: RayOptions) -> list[Any]:
+    """The named replicas another front end started."""
+    if opts.name is None:
+        raise ValueError("attaching to replicas needs their name")
+    try:
+        return [ray.get_actor(f"{opts.name}-{i}", NAMESPACE) for i in range(opts.replicas)]
+    except ValueError as exc:
+        raise EngineDeadError(f"the engine replicas to attach to are gone: {exc}") from exc
 
 
 def _wait_ready(handles: list[Any]) -> list[ReplicaReady]:

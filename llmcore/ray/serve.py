@@ -84,6 +84,17 @@ TRANSPORT_FLAGS = (
     "allowed_headers",
     "allow_credentials",
 )
+# Scale-out is Serve's own here (num_replicas, autoscaling_config): llmcore's
+# replicas and extra server processes would nest a second cluster inside it.
+SCALE_OUT_FLAGS = (
+    "replicas",
+    "ray_address",
+    "routing",
+    "replica_num_cpus",
+    "replica_num_gpus",
+    "replica_memory",
+    "api_server_count",
+)
 
 
 class LLMCoreServeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -135,16 +146,17 @@ def parse_engine_args(argv: Sequence[str]) -> argparse.Namespace:
         raise ValueError(f"engine_args {list(argv)}: {message.getvalue().strip()}") from None
     refused = [
         "--" + dest.replace("_", "-")
-        for dest in TRANSPORT_FLAGS
+        for dest in (*TRANSPORT_FLAGS, *SCALE_OUT_FLAGS)
         if getattr(args, dest) != parser.get_default(dest)
     ]
     if args.api_key:  # also from the environment: never serve unprotected by surprise
         refused.append("--api-key")
     if refused:
         raise ValueError(
-            f"engine_args: {', '.join(refused)}: the HTTP server's flags do not apply "
-            "under Ray Serve (its proxy listens; put authentication, TLS and CORS in "
-            "front of it)"
+            f"engine_args: {', '.join(refused)}: the HTTP server's and llmcore's "
+            "scale-out flags do not apply under Ray Serve (its proxy listens, its "
+            "num_replicas and autoscaling_config scale; put authentication, TLS and "
+            "CORS in front of it)"
         )
     return args
 

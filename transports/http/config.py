@@ -33,6 +33,7 @@ class HTTPConfig:
     uds_mode: int = 0o600
     uds_allowed_uids: tuple[int, ...] = ()  # empty: anyone who can open the socket
     backlog: int = 1024
+    reuse_port: bool = False  # SO_REUSEPORT: several server processes share host:port
 
     # -- TLS (both files or neither)
     ssl_certfile: str | None = None

@@ -50,11 +50,15 @@ async def open_listeners(config: HTTPConfig) -> Listeners:
     scheme = "https" if config.tls else "http"
     if config.uds is not None:
         return await _open_unix(config.uds, config.uds_mode, config.backlog, scheme)
-    return await _open_tcp(config.host, config.port, config.backlog, scheme)
+    return await _open_tcp(config.host, config.port, config.backlog, scheme, config.reuse_port)
 
 
-async def _open_tcp(host: str, port: int, backlog: int, scheme: str) -> Listeners:
-    multi = await anyio.create_tcp_listener(local_host=host, local_port=port, backlog=backlog)
+async def _open_tcp(
+    host: str, port: int, backlog: int, scheme: str, reuse_port: bool = False
+) -> Listeners:
+    multi = await anyio.create_tcp_listener(
+        local_host=host, local_port=port, backlog=backlog, reuse_port=reuse_port
+    )
     sockets = [cast(SocketListener, listener) for listener in multi.listeners]
     bound = sockets[0].extra(SocketAttribute.local_port)
     shown = f"[{host}]" if ":" in host else host

@@ -74,6 +74,7 @@ def test_build_app_passes_the_deployment_options_through() -> None:
             "--port, --allowed-origins",
         ),
         ({"engine_args": ["--api-key", "k"]}, "--api-key"),
+        ({"engine_args": ["--replicas", "2", "--api-server-count", "2"]}, "--replicas, --api"),
     ],
 )
 def test_bad_or_transport_flags_fail_build_app(config: dict[str, Any], error: str) -> None:
