@@ -59,6 +59,7 @@ HEARTBEAT_S = 1.0  # a replica pushes at least this often
 SILENCE_S = 30.0  # a replica silent this long is taken as down
 RETRY_S = 0.5  # between a watcher's reconnection attempts
 HEALTH_TIMEOUT_S = 10.0
+GCS_RECONNECT_S = 86400  # how long a front end that lost Ray keeps waiting for it
 MAX_CONCURRENCY = 4096  # calls in flight on one replica actor (streams included)
 
 _FROM_STREAM = msgspec.msgpack.Decoder(ipc.WireOutput | ipc.Rejected)
@@ -431,6 +432,9 @@ def _ensure_ray(address: str | None, local_num_cpus: int | None) -> bool:
     logical CPUs); True if started here."""
     if ray.is_initialized():
         return False
+    # Ray ends a driver that cannot reach its cluster's GCS for this long (60 s by
+    # default); a front end should stay up answering 503 until told to stop.
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_S))
     ray.init(
         address=address,
         num_cpus=local_num_cpus if address is None else None,
