@@ -35,6 +35,7 @@ from llmcore.errors import EngineDeadError
 
 DEFAULT_SPILL_MARGIN = 4  # requests beyond the least-loaded replica's before spilling
 DEFAULT_MAX_PREFIXES = 1 << 20  # chained block hashes remembered (about 100 MB at most)
+_SEED = 0x6C6C6D636F7265  # the chain's start without a cache salt
 
 
 class RoutingError(EngineDeadError):
@@ -67,10 +68,11 @@ def prefix_hashes(
     prompt_token_ids: Sequence[int], block_size: int, cache_salt: str | None = None
 ) -> list[int]:
     """The chained hashes of the prompt's leading full blocks (none for a prompt
-    shorter than one block). Python's hash of int tuples is the same in every
-    process, so front ends agree; a collision only misroutes."""
+    shorter than one block). Built from ints and tuples of ints only, whose hash is
+    the same in every process (a str's is not), so front ends agree; a collision
+    only misroutes."""
     hashes: list[int] = []
-    parent = hash(("llmcore-prefix", cache_salt))
+    parent = _SEED if cache_salt is None else hash((_SEED, *cache_salt.encode()))
     for start in range(0, len(prompt_token_ids) - block_size + 1, block_size):
         parent = hash((parent, tuple(prompt_token_ids[start : start + block_size])))
         hashes.append(parent)
