@@ -105,7 +105,7 @@ class Simulation:
         num_replicas: int,
         profile: ReplicaProfile,
         trace: Trace,
-        router_options: dict[str, int],
+        router_options: dict[str, float],
     ) -> None:
         options = router_options if router_name == "prefix-affinity" else {}
         self.router = make_router(
@@ -288,7 +288,10 @@ def main() -> None:
     )
     parser.add_argument("--think", type=float, default=10.0, help="mean think time (s)")
     parser.add_argument("--private-fraction", type=float, default=0.2)
-    parser.add_argument("--spill-margin", type=int, default=None)
+    parser.add_argument("--spill-margin", type=int, help="prefix-affinity's (its default)")
+    parser.add_argument("--spill-ratio", type=float, help="prefix-affinity's (its default)")
+    parser.add_argument("--min-match", type=float, help="prefix-affinity's (its default)")
+    parser.add_argument("--max-holders", type=int, help="prefix-affinity's (its default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     profile = PROFILES[args.profile]
@@ -299,7 +302,11 @@ def main() -> None:
         think_mean_s=args.think,
         private_fraction=args.private_fraction,
     )
-    options = {} if args.spill_margin is None else {"spill_margin": args.spill_margin}
+    options = {
+        name: value
+        for name in ("spill_margin", "spill_ratio", "min_match", "max_holders")
+        if (value := getattr(args, name)) is not None
+    }
     print(f"profile {profile.name}: {profile.description}")
     print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
     print(HEADER_ROWS)
