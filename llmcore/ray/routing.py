@@ -17,7 +17,7 @@ replicas"): with one remembered replica per prefix, a prompt that matches only t
 chat template's header (one block every request shares) followed whichever replica
 took the last request, and the popular system prompts pulled their new conversations
 to one replica each, so only spilling kept the load spread; and spilling against
-the least-loaded replica, an extreme of many, moved 10-15% of requests off the
+the least-loaded replica, an extreme of many, moved 10-18% of requests off the
 replica holding their conversation. Several holders spread a popular prefix over
 the replicas that have it; the minimum match sends header-only matches to the power
 of two choices; the mean is a reference that does not fall as replicas are added.

@@ -288,6 +288,7 @@ def main() -> None:
     )
     parser.add_argument("--think", type=float, default=10.0, help="mean think time (s)")
     parser.add_argument("--private-fraction", type=float, default=0.2)
+    parser.add_argument("--mean-turns", type=float, default=4.0)
     parser.add_argument("--spill-margin", type=int, help="prefix-affinity's (its default)")
     parser.add_argument("--spill-ratio", type=float, help="prefix-affinity's (its default)")
     parser.add_argument("--min-match", type=float, help="prefix-affinity's (its default)")
@@ -301,6 +302,7 @@ def main() -> None:
         seed=args.seed,
         think_mean_s=args.think,
         private_fraction=args.private_fraction,
+        mean_turns=args.mean_turns,
     )
     options = {
         name: value
