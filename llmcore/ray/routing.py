@@ -3,24 +3,36 @@
 A prompt's leading full blocks (of the engines' block size) are hashed in a chain,
 as the KV cache manager hashes them: block i's hash covers every token before its
 end (and the request's cache salt). The router remembers, for each chained hash it
-has seen, the replica it last sent that prefix to (a bounded LRU map). A new
-request goes to the replica holding its longest remembered prefix, so shared system
-prompts and the turns of one conversation find a warm cache, unless that replica
-is busier than the least-loaded one by more than `spill_margin` requests: then the
-hot prefix spills to the least-loaded replica, which becomes the prefix's owner
-(its cache warms in turn). A request with no remembered prefix takes the less
-loaded of two replicas drawn at random (power of two choices).
+has seen, the last few replicas (`max_holders`) it sent that prefix to, in a bounded
+LRU map. A new request goes to the least loaded of the replicas holding its longest
+remembered prefix, so shared system prompts and the turns of one conversation find a
+warm cache, unless that replica is busier than the mean by more than `spill_ratio`
+of the mean plus `spill_margin` requests: then the request spills to the
+least-loaded replica, which joins the prefix's holders (its cache warms in turn). A
+request whose remembered prefix covers less than `min_match` of its full blocks, or
+none, takes the less loaded of two replicas drawn at random (power of two choices).
+
+Why these rules (tests/bench/bench_routing.py, docs/benchmarks.md "Routing across
+replicas"): with one remembered replica per prefix, a prompt that matches only the
+chat template's header (one block every request shares) followed whichever replica
+took the last request, and the popular system prompts pulled their new conversations
+to one replica each, so only spilling kept the load spread; and spilling against
+the least-loaded replica, an extreme of many, moved 10-18% of requests off the
+replica holding their conversation. Several holders spread a popular prefix over
+the replicas that have it; the minimum match sends header-only matches to the power
+of two choices; the mean is a reference that does not fall as replicas are added.
 
 Load is what the router knows without asking: the replica's own count of running
 and waiting requests as it last pushed it, or the requests this router has sent
 it and not seen finish, whichever is larger (a burst sent between two pushes still
 counts). Nothing here does I/O; `RayEngine` feeds it, and the routing simulation
-(tests/bench/bench_routing.py) drives it with modelled replicas.
+drives it with modelled replicas.
 
 Invariants: `choose` returns a replica that is up (RoutingError when none is);
 `in_flight` counts `started` minus `finished` per replica and never goes below
-zero; a replica marked down loses its remembered prefixes (its cache is gone when
-Ray restarts it), and its in-flight count restarts at zero.
+zero; a replica marked down leaves every prefix's holders (its cache is gone when
+Ray restarts it), and its in-flight count restarts at zero; a prefix's holders are
+distinct, at most `max_holders`, the most recent last.
 """
 
 from __future__ import annotations
@@ -30,11 +42,16 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmcore.errors import EngineDeadError
 
-DEFAULT_SPILL_MARGIN = 4  # requests beyond the least-loaded replica's before spilling
-DEFAULT_MAX_PREFIXES = 1 << 20  # chained block hashes remembered (about 100 MB at most)
+DEFAULT_SPILL_MARGIN = 4  # requests beyond the mean load (and the ratio) before spilling
+DEFAULT_SPILL_RATIO = 0.25  # of the mean load, beyond it before spilling
+DEFAULT_MIN_MATCH = 0.25  # of the prompt's full blocks, remembered for affinity to count
+DEFAULT_MAX_HOLDERS = 4  # replicas remembered for each prefix block
+DEFAULT_MAX_PREFIXES = 1 << 20  # chained block hashes remembered (about 150 MB at most)
+_SEED = 0x6C6C6D636F7265  # the chain's start without a cache salt
 
 
 class RoutingError(EngineDeadError):
@@ -67,10 +84,11 @@ def prefix_hashes(
     prompt_token_ids: Sequence[int], block_size: int, cache_salt: str | None = None
 ) -> list[int]:
     """The chained hashes of the prompt's leading full blocks (none for a prompt
-    shorter than one block). Python's hash of int tuples is the same in every
-    process, so front ends agree; a collision only misroutes."""
+    shorter than one block). Built from ints and tuples of ints only, whose hash is
+    the same in every process (a str's is not), so front ends agree; a collision
+    only misroutes."""
     hashes: list[int] = []
-    parent = hash(("llmcore-prefix", cache_salt))
+    parent = _SEED if cache_salt is None else hash((_SEED, *cache_salt.encode()))
     for start in range(0, len(prompt_token_ids) - block_size + 1, block_size):
         parent = hash((parent, tuple(prompt_token_ids[start : start + block_size])))
         hashes.append(parent)
@@ -99,6 +117,10 @@ class LoadBook:
 
     def least_loaded(self) -> int:
         return min(self.up_replicas(), key=self.load)
+
+    def mean_load(self) -> float:
+        up = self.up_replicas()
+        return sum(map(self.load, up)) / len(up)
 
 
 class Router:
@@ -163,23 +185,31 @@ class PrefixAffinityRouter(Router):
         *,
         block_size: int,
         spill_margin: int = DEFAULT_SPILL_MARGIN,
+        spill_ratio: float = DEFAULT_SPILL_RATIO,
+        min_match: float = DEFAULT_MIN_MATCH,
+        max_holders: int = DEFAULT_MAX_HOLDERS,
         max_prefixes: int = DEFAULT_MAX_PREFIXES,
         seed: int | None = None,
     ) -> None:
         super().__init__(num_replicas, block_size=block_size, seed=seed)
+        if max_holders < 1:
+            raise ValueError("max_holders must be at least 1")
         self.spill_margin = spill_margin
+        self.spill_ratio = spill_ratio
+        self.min_match = min_match
+        self.max_holders = max_holders
         self.max_prefixes = max_prefixes
-        self._owner: OrderedDict[int, int] = OrderedDict()  # chained hash -> replica
+        self._holders: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # hash -> replicas
 
     def choose(self, prompt_token_ids: Sequence[int], cache_salt: str | None = None) -> Decision:
         hashes = prefix_hashes(prompt_token_ids, self.block_size, cache_salt)
-        owner, matched = self._longest_match(hashes)
-        if owner is None:
+        holders, matched = self._longest_match(hashes)
+        if not holders or matched < self.min_match * len(hashes):
             decision = Decision(self._two_choices(), Reason.LEAST_LOAD)
         else:
-            least = self.book.least_loaded()
-            if self.book.load(owner) > self.book.load(least) + self.spill_margin:
-                decision = Decision(least, Reason.SPILL)
+            owner = min(holders, key=self.book.load)
+            if self._overloaded(owner):
+                decision = Decision(self.book.least_loaded(), Reason.SPILL)
             else:
                 decision = Decision(owner, Reason.AFFINITY, matched)
         self._remember(hashes, decision.replica)
@@ -187,30 +217,47 @@ class PrefixAffinityRouter(Router):
 
     def mark_down(self, replica: int) -> None:
         super().mark_down(replica)
-        for h in [h for h, r in self._owner.items() if r == replica]:
-            del self._owner[h]
-        self._stats.remembered_prefixes = len(self._owner)
+        for h, holders in list(self._holders.items()):
+            if replica in holders:
+                rest = tuple(r for r in holders if r != replica)
+                if rest:
+                    self._holders[h] = rest
+                else:
+                    del self._holders[h]
+        self._stats.remembered_prefixes = len(self._holders)
 
-    def _longest_match(self, hashes: list[int]) -> tuple[int | None, int]:
-        """The replica holding the deepest remembered block of the chain (a chain
-        is remembered from its start, so the first miss ends the walk)."""
-        owner: int | None = None
+    def _overloaded(self, replica: int) -> bool:
+        mean = self.book.mean_load()
+        return self.book.load(replica) > mean * (1 + self.spill_ratio) + self.spill_margin
+
+    def _longest_match(self, hashes: list[int]) -> tuple[tuple[int, ...], int]:
+        """The up replicas holding the deepest remembered block of the chain, and
+        its depth (a chain is remembered from its start, so the first miss ends
+        the walk)."""
+        holders: tuple[int, ...] = ()
         matched = 0
         for i, h in enumerate(hashes):
-            replica = self._owner.get(h)
-            if replica is None or not self.book.up[replica]:
+            found = self._holders.get(h)
+            if found is None:
                 break
-            owner, matched = replica, i + 1
-        return owner, matched
+            holders, matched = found, i + 1
+        return tuple(r for r in holders if self.book.up[r]), matched
 
     def _remember(self, hashes: list[int], replica: int) -> None:
-        owner = self._owner
+        table = self._holders
+        keep = self.max_holders - 1  # earlier holders kept beside `replica`
         for h in hashes:
-            owner[h] = replica
-            owner.move_to_end(h)
-        while len(owner) > self.max_prefixes:
-            owner.popitem(last=False)
-        self._stats.remembered_prefixes = len(owner)
+            holders = table.get(h)
+            if holders is None:
+                table[h] = (replica,)
+            else:
+                if holders[-1] != replica:
+                    rest = [r for r in holders if r != replica]
+                    table[h] = (*rest[max(0, len(rest) - keep) :], replica)
+                table.move_to_end(h)
+        while len(table) > self.max_prefixes:
+            table.popitem(last=False)
+        self._stats.remembered_prefixes = len(table)
 
 
 class LeastLoadRouter(Router):
@@ -243,8 +290,8 @@ ROUTERS: dict[str, type[Router]] = {
 }
 
 
-def make_router(name: str, num_replicas: int, *, block_size: int, **options: int) -> Router:
-    """A router by its `--routing` name."""
+def make_router(name: str, num_replicas: int, *, block_size: int, **options: Any) -> Router:
+    """A router by its `--routing` name; `options` go to its constructor."""
     try:
         cls = ROUTERS[name]
     except KeyError:
