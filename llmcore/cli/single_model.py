@@ -43,9 +43,11 @@ class GreedySession:
         from llmcore.model_loader import load_model
         from llmcore.model_runner import ModelRunner
         from llmcore.tokenization.tokenizer import load_tokenizer
+        from llmcore.weights.gguf_file import shared_parses
 
-        self.loaded = load_model(args.model, dtype=args.dtype)
-        self.tokenizer = load_tokenizer(self.loaded.path)
+        with shared_parses():
+            self.loaded = load_model(args.model, dtype=args.dtype)
+            self.tokenizer = load_tokenizer(self.loaded.path)
         self.template = ChatTemplate.resolve(
             self.loaded.path, args.chat_template, gguf_template=self.tokenizer.chat_template
         )

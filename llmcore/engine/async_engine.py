@@ -318,7 +318,9 @@ def build_core(
     """Load model and tokenizer and build an `EngineCore` (blocking)."""
     from llmcore.model_loader import load_model
     from llmcore.tokenization.tokenizer import load_tokenizer
+    from llmcore.weights.gguf_file import shared_parses
 
-    loaded = load_model(model, dtype=dtype, device=device, quantization=quantization)
-    tok = load_tokenizer(tokenizer if tokenizer is not None else loaded.path)
+    with shared_parses():  # a GGUF is parsed once for both, and its parse let go after
+        loaded = load_model(model, dtype=dtype, device=device, quantization=quantization)
+        tok = load_tokenizer(tokenizer if tokenizer is not None else loaded.path)
     return EngineCore(loaded, tok, EngineConfig(**engine_options))

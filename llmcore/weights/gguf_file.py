@@ -10,8 +10,9 @@ architecture plugin translates names and layouts.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,14 +57,27 @@ class GGUFFile:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> GGUFFile:
-        """A shared, parsed GGUFFile for `path` (parsing a large vocabulary takes
-        seconds; the model loader and the tokenizer read the same file)."""
+        """A parsed GGUFFile for `path`: inside `shared_parses()`, the one parse
+        every caller shares (parsing a large vocabulary takes a second, and the
+        model loader and the tokenizer read the same file); else a fresh one."""
         p = Path(path).resolve()
         try:
             stat = p.stat()
         except OSError:
             return cls(p)
-        return _open_cached(p, stat.st_size, stat.st_mtime_ns)
+        key = (p, stat.st_size, stat.st_mtime_ns)
+        with _SHARING.lock:
+            if _SHARING.depth == 0:
+                shared = None
+            else:
+                shared = _SHARING.files.get(key)
+        if shared is not None:
+            return shared
+        parsed = cls(p)
+        with _SHARING.lock:
+            if _SHARING.depth > 0:
+                _SHARING.files.setdefault(key, parsed)
+        return parsed
 
     def _check_extents(self) -> None:
         size = self.path.stat().st_size
@@ -174,9 +188,33 @@ class GGUFFile:
         return scaling
 
 
-@functools.lru_cache(maxsize=4)
-def _open_cached(path: Path, size: int, mtime_ns: int) -> GGUFFile:
-    return GGUFFile(path)
+class _Sharing:
+    """The parses `GGUFFile.open` shares while some `shared_parses()` is open.
+    They go when the last one closes: the gguf reader's parse of a vocabulary is
+    ~150 MB of Python objects (one per token and merge), needed only while the
+    model and its tokenizer load."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.files: dict[tuple[Path, int, int], GGUFFile] = {}
+
+
+_SHARING = _Sharing()
+
+
+@contextlib.contextmanager
+def shared_parses() -> Iterator[None]:
+    """Within it, `GGUFFile.open` parses each file once for every caller."""
+    with _SHARING.lock:
+        _SHARING.depth += 1
+    try:
+        yield
+    finally:
+        with _SHARING.lock:
+            _SHARING.depth -= 1
+            if _SHARING.depth == 0:
+                _SHARING.files.clear()
 
 
 def _optional_int(value: Any) -> int | None:
