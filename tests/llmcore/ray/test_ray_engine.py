@@ -287,3 +287,41 @@ def test_health_is_503_when_no_replica_is_left(served: ThreadServer, client: Any
         _chat(client, "Anyone?")
     assert caught.value.status_code == 503
     assert caught.value.body["type"] == "service_unavailable"  # type: ignore[index]
+
+
+def test_a_json_lines_batch_runs_on_replicas(
+    cluster: Any, smollm2_path: Path, tmp_path: Path
+) -> None:
+    """`llmcore run-batch --replicas 2` in front of replicas of its own (no CPUs
+    reserved: the two nodes' CPUs are the served replicas'); a bad line gets its
+    error line and the rest are answered."""
+    import json
+
+    from llmcore.cli.run_batch import main
+
+    lines = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"Name a colour ({i})."}],
+                "max_tokens": 6,
+                "temperature": 0,
+            },
+        }
+        for i in range(6)
+    ]
+    lines[3]["body"] = {"model": MODEL, "messages": "not a list"}
+    batch_in, batch_out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch_in.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    argv = [str(smollm2_path), "-i", str(batch_in), "-o", str(batch_out)]
+    argv += ["--replicas", "2", "--replica-num-cpus", "0", *ENGINE_FLAGS]
+    assert main(argv) == 1  # one line is an error
+    results = {r["custom_id"]: r for r in map(json.loads, batch_out.read_text().splitlines())}
+    assert sorted(results) == [f"q{i}" for i in range(6)]
+    assert results["q3"]["response"]["status_code"] == 400
+    for i in (0, 1, 2, 4, 5):
+        body = results[f"q{i}"]["response"]["body"]
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
