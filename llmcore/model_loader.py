@@ -33,6 +33,10 @@ class LoadedModel:
     model: CausalLM
     dtype: torch.dtype
     device: torch.device
+    # how the matmul weights are held when not in `dtype`: "gguf" (a GGUF's
+    # quantized blocks as stored), "int8" (W8A8 rows), "bf16" (bfloat16 under
+    # float32 activations on the CPU); None: in `dtype`
+    weight_format: str | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -56,7 +60,7 @@ def load_model(
     safetensors); `None` loads the embedded default chat model.
 
     On the CPU a quantized GGUF keeps its blocks as stored under `dtype="auto"`
-    (activations and the KV cache float32); any explicit dtype dequantizes.
+    (float32 activations); any explicit dtype dequantizes.
     `quantization="int8"` turns float matmul weights into int8 rows at load."""
     model_path = Path(path) if path is not None else default_chat_model_path()
     if not model_path.exists():
@@ -129,7 +133,8 @@ def _load_gguf(
             yield cls.gguf_to_hf(name, tensor, config)  # type: ignore[arg-type]
 
     model.load_weights(weights())
-    return LoadedModel(path, config, model, torch_dtype, device)
+    weight_format = "gguf" if keep and gguf_file.is_quantized() else formats
+    return LoadedModel(path, config, model, torch_dtype, device, weight_format)
 
 
 def _load_hf(path: Path, dtype: str, device: torch.device, quantization: str | None) -> LoadedModel:
@@ -150,4 +155,4 @@ def _load_hf(path: Path, dtype: str, device: torch.device, quantization: str | N
     # keeps its norms and embeddings in float32 under a 16-bit matmul dtype)
     load_dtype = getattr(model, "weights_dtype", torch_dtype)
     model.load_weights(hf_folder.iter_tensors(path, load_dtype))
-    return LoadedModel(path, config, model, torch_dtype, device)
+    return LoadedModel(path, config, model, torch_dtype, device, formats)

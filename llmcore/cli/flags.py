@@ -210,8 +210,9 @@ def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
                    help="KV cache: bytes (2GiB, 512MB, 1e9) or a fraction of RAM (0.2); "
                    "default min(4GiB, RAM/4)")  # fmt: skip
     g.add_argument("--kv-cache-dtype", type=kv_cache_dtype, default="auto", choices=KV_CACHE_DTYPES,
-                   help="KV cache dtype: auto (the model's), float32, bfloat16, float16; "
-                   "a 16-bit cache halves KV memory on the CPU")  # fmt: skip
+                   help="KV cache dtype: auto (the model's; 16-bit beside quantized or "
+                   "bfloat16 weights on the CPU), float32, bfloat16, float16; a 16-bit "
+                   "cache halves KV memory on the CPU")  # fmt: skip
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     g.add_argument("--no-prefix-caching", "--no-enable-prefix-caching", action="store_true",
                    help="disable prefix caching")  # fmt: skip
@@ -247,10 +248,6 @@ def _add_scale_out_flags(g: argparse._ArgumentGroup) -> None:
                    help="GPUs Ray reserves per replica (use with --device cuda)")  # fmt: skip
     g.add_argument("--replica-memory", type=parse_memory,
                    help="memory Ray reserves per replica (bytes: 4GiB)")  # fmt: skip
-    g.add_argument("--api-server-count", "-asc", type=positive_int, default=1,
-                   help="HTTP server processes sharing --port (SO_REUSEPORT) and the "
-                   "replicas on Ray (more than 1 needs --replicas or --ray-address)")  # fmt: skip
-    g.add_argument("--ray-attach", help=argparse.SUPPRESS)  # an extra server's replicas
 
 
 def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -279,6 +276,10 @@ def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
                    "from request paths that carry it")  # fmt: skip
     n.add_argument("--shutdown-grace", "--shutdown-timeout", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM")  # fmt: skip
+    n.add_argument("--api-server-count", "-asc", type=positive_int, default=1,
+                   help="HTTP server processes sharing --port (SO_REUSEPORT) and the "
+                   "replicas on Ray (more than 1 needs --replicas or --ray-address)")  # fmt: skip
+    n.add_argument("--ray-attach", help=argparse.SUPPRESS)  # an extra server's replicas
     return n
 
 

@@ -90,9 +90,20 @@ def generate_sizing(loaded: LoadedModel, config: EngineConfig) -> EngineSizing:
     )
 
 
+# `--kv-cache-dtype auto` for weights held in a reduced format under float32
+# activations on the CPU: 16 bits, as llama.cpp keeps its cache (f16) beside a
+# quantized file, and bfloat16 beside bfloat16 weights, as vLLM's auto would. Half
+# the KV bytes: at the same memory twice the tokens, and decode attention streams
+# half as much (docs/benchmarks.md, issue 19).
+AUTO_KV_DTYPE_BY_WEIGHTS = {"gguf": torch.float16, "int8": torch.float16, "bf16": torch.bfloat16}
+
+
 def kv_cache_dtype(loaded: LoadedModel, config: EngineConfig) -> torch.dtype:
-    """`--kv-cache-dtype`: "auto" is the model's dtype."""
+    """`--kv-cache-dtype`: "auto" is the model's dtype, or 16 bits where the
+    weights are held quantized (or bfloat16) on the CPU."""
     if config.kv_cache_dtype == "auto":
+        if loaded.device.type == "cpu" and loaded.weight_format is not None:
+            return AUTO_KV_DTYPE_BY_WEIGHTS.get(loaded.weight_format, loaded.dtype)
         return loaded.dtype
     if config.kv_cache_dtype not in DTYPES:
         raise ValueError(
