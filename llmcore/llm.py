@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmcore.chat_template import ChatTemplate, require_template
 from llmcore.engine.async_engine import build_core
+from llmcore.errors import InvalidRequestError
 from llmcore.openai.chat_output import ChoiceShape
 from llmcore.openai.options import ServiceOptions
 from llmcore.openai.tools import calls_parser, plan_tool_choice, tool_constraint
@@ -23,7 +24,9 @@ from llmcore.outputs import CompletionOutput, RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 
-Prompt = str | Sequence[int]
+# A string, token ids, or vLLM's prompt dicts: {"prompt": str} (TextPrompt) or
+# {"prompt_token_ids": [...]} (TokensPrompt)
+Prompt = str | Sequence[int] | Mapping[str, Any]
 
 
 class LLM:
@@ -71,8 +74,22 @@ class LLM:
         """Complete every prompt (a string or token ids); one output per prompt."""
         batch = _as_list(prompts)
         params = _params_list(sampling_params, len(batch))
-        token_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in batch]
-        return self._run(token_ids, params)
+        return self._run([self._token_ids(p) for p in batch], params)
+
+    def _token_ids(self, prompt: Prompt) -> list[int]:
+        """A prompt's token ids; InvalidRequestError for a dict of neither kind."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, Mapping):
+            if "prompt_token_ids" in prompt:
+                return [int(t) for t in prompt["prompt_token_ids"]]
+            if isinstance(prompt.get("prompt"), str):
+                return self.tokenizer.encode(prompt["prompt"])
+            raise InvalidRequestError(
+                "a prompt dict needs 'prompt_token_ids' (token ids) or 'prompt' (text), "
+                f"got keys {sorted(prompt)}"
+            )
+        return list(prompt)
 
     def chat(
         self,
@@ -154,7 +171,7 @@ class LLM:
         `LLM(minilm_folder)` or `LLM(path, task="embed")`); input order kept."""
         batch = _as_list(prompts)
         params = pooling_params or PoolingParams()
-        token_ids = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in batch]
+        token_ids = [self._token_ids(p) for p in batch]
         requests = []
         for prompt in token_ids:
             self._counter += 1
@@ -184,7 +201,7 @@ def _accumulate(total: RequestOutput, delta: RequestOutput) -> None:
 
 
 def _as_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    if isinstance(prompts, str):
+    if isinstance(prompts, str | Mapping):
         return [prompts]
     if prompts and isinstance(prompts[0], int):
         return [prompts]  # type: ignore[list-item]

@@ -386,6 +386,14 @@ def test_llm_offline_api(smollm2: llmcore.LoadedModel) -> None:
     assert len(outs) == 2 and outs[0].outputs[0].text.startswith(" Paris")
     assert outs[0].prompt_token_ids == llm.tokenizer.encode("The capital of France is")
     assert len(outs[1].outputs[0].token_ids) == 16  # default max_tokens
+    # vLLM's prompt dicts: the same outputs as the text and the ids they name
+    as_dicts = llm.generate(
+        [{"prompt": "The capital of France is"}, {"prompt_token_ids": [1, 2, 3]}],
+        SamplingParams(temperature=0),
+    )
+    assert [o.outputs[0].token_ids for o in as_dicts] == [o.outputs[0].token_ids for o in outs]
+    with pytest.raises(InvalidRequestError, match="prompt_token_ids"):
+        llm.generate({"text": "no"})
     [chat] = llm.chat([{"role": "user", "content": "What is 2+2?"}],
                       SamplingParams(temperature=0, max_tokens=30))  # fmt: skip
     assert "4" in chat.outputs[0].text and chat.outputs[0].finish_reason in ("stop", "length")
