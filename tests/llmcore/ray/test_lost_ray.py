@@ -7,6 +7,7 @@ dir), and only its processes are killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,19 +48,26 @@ def _get(url: str, body: dict[str, object] | None = None) -> tuple[int, dict[str
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def _cluster_processes(gcs_port: int) -> list[int]:
-    """The GCS server and raylet of the head listening on `gcs_port`."""
+def _cluster_processes(marker: str, *kinds: bytes) -> list[int]:
+    """The processes of our head: those whose command line names `marker` (its GCS
+    port, or its temp dir) and, if `kinds` are given, one of them."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if (b"gcs_server" in cmdline or b"raylet" in cmdline) and str(gcs_port).encode() in cmdline:
+        if marker.encode() in cmdline and (not kinds or any(k in cmdline for k in kinds)):
             found.append(int(entry.name))
     return found
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_losing_ray_turns_health_to_503_and_the_server_stays_up(
@@ -85,8 +93,7 @@ def test_losing_ray_turns_health_to_503_and_the_server_stays_up(
         assert _get(server.url + "/health")[0] == 200
         prompt = {"model": "SmolLM2-135M-Instruct", "prompt": "Hello", "max_tokens": 3}
         assert _get(server.url + "/v1/completions", prompt)[0] == 200
-        for pid in _cluster_processes(gcs_port):
-            os.kill(pid, signal.SIGKILL)
+        _kill(_cluster_processes(str(gcs_port), b"gcs_server", b"raylet"))
         deadline = time.monotonic() + 60
         while _get(server.url + "/health")[0] != 503:
             assert time.monotonic() < deadline, server.log
@@ -102,6 +109,10 @@ def test_losing_ray_turns_health_to_503_and_the_server_stays_up(
     finally:
         if server is not None:
             server.proc.kill()
-        for pid in _cluster_processes(gcs_port):
-            os.kill(pid, signal.SIGKILL)
+        # the rest of the head (its monitors, dashboard agents, workers) and the GCS
+        # and raylet if the test failed before killing them
+        _kill(
+            _cluster_processes(temp_dir)
+            + _cluster_processes(str(gcs_port), b"gcs_server", b"raylet")
+        )
         shutil.rmtree(temp_dir, ignore_errors=True)
