@@ -39,7 +39,6 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from llmcore.engine import ipc
-from llmcore.engine.async_engine import IterationTokens
 from llmcore.engine.core import EngineStatistics
 from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import EngineDeadError, InvalidRequestError
@@ -127,7 +126,6 @@ class RayEngine:
         self.info: EngineInfo = replicas[0].ready.info
         self.tokenizer = tokenizer
         self.router = router
-        self.iteration_tokens = IterationTokens()
         self._replicas = replicas
         self._owns = owns
         self._requests: dict[str, _InFlight] = {}
