@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmcore.decode_graphs import DecodeGraphs, GraphBackend
 from llmcore.errors import ContextLengthExceededError
 from llmcore.model_api import ForwardBatch, KVCache, kv_cache_groups
 from llmcore.model_loader import LoadedModel
@@ -44,10 +45,14 @@ class ModelRunner:
         num_blocks: int | Sequence[int],
         block_size: int = 16,
         kv_cache_dtype: torch.dtype | None = None,
+        *,
+        scratch_block: bool = False,
     ) -> None:
         """`num_blocks`: the KV cache's blocks, per KV cache group of the model
         (`llmcore.model_api.kv_cache_groups` of its `layer_windows`) or one count
-        for all; `kv_cache_dtype`: the cache's dtype (default: the model's)."""
+        for all; `kv_cache_dtype`: the cache's dtype (default: the model's);
+        `scratch_block`: one more block per group, after the others, that no
+        sequence is given (padding rows of decode graphs run in it)."""
         self.loaded = loaded
         self.model = loaded.model
         self.block_size = block_size
@@ -61,9 +66,12 @@ class ModelRunner:
         self.group_blocks = sizes
         self.num_blocks = sizes[0]
         self.kv_cache_dtype = kv_cache_dtype or loaded.dtype
+        self.graphs: DecodeGraphs | None = None
+        self.scratch_blocks = list(sizes) if scratch_block else None  # each group's last
+        extra = 1 if scratch_block else 0
         self.kv_caches: list[KVCache] = []
         for group in self.layer_group:
-            shape = (sizes[group], block_size, config.num_key_value_heads, config.head_dim)
+            shape = (sizes[group] + extra, block_size, config.num_key_value_heads, config.head_dim)
             self.kv_caches.append(
                 (
                     torch.empty(shape, dtype=self.kv_cache_dtype, device=loaded.device),
@@ -76,6 +84,18 @@ class ModelRunner:
             for cache in pair:
                 if cache.device.type == "cpu":
                     cache.zero_()
+
+    def enable_decode_graphs(
+        self, max_batch: int, max_model_len: int, backend: GraphBackend
+    ) -> DecodeGraphs:
+        """Replay all-decode steps of up to `max_batch` sequences (of up to
+        `max_model_len` tokens) through graphs (`llmcore.decode_graphs`); needs the
+        scratch block."""
+        if self.scratch_blocks is None:
+            raise ValueError("decode graphs need a ModelRunner made with scratch_block=True")
+        width = -(-max_model_len // self.block_size)
+        self.graphs = DecodeGraphs(self, max_batch, width, self.scratch_blocks, backend)
+        return self.graphs
 
     def build_batch(self, chunks: Sequence[SequenceChunk]) -> ForwardBatch:
         ids: list[int] = []
@@ -134,6 +154,12 @@ class ModelRunner:
     def execute_detailed(self, chunks: Sequence[SequenceChunk]) -> StepLogits:
         """One forward pass; logits of the last token of `sample` chunks, and of
         every token of `all_logits` chunks."""
+        if self.graphs is not None:
+            size = self.graphs.bucket(chunks)
+            if size is not None:
+                logits = self.graphs.run(chunks, size)
+                if logits is not None:
+                    return StepLogits(logits, {})
         batch = self.build_batch(chunks)
         hidden = self.model.forward(batch, self.kv_caches)
         last = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))

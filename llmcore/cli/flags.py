@@ -214,6 +214,10 @@ def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
                    "bfloat16 weights on the CPU), float32, bfloat16, float16; a 16-bit "
                    "cache halves KV memory on the CPU")  # fmt: skip
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="no CUDA graphs: every decode step launches its kernels one by one "
+                   "(CUDA devices only; graphs replay all-decode steps by batch-size "
+                   "bucket)")  # fmt: skip
     g.add_argument("--no-prefix-caching", "--no-enable-prefix-caching", action="store_true",
                    help="disable prefix caching")  # fmt: skip
     g.add_argument("--enable-prefix-caching", action="store_false", dest="no_prefix_caching",

@@ -62,7 +62,7 @@ _MM = "llmcore serves no multimodal models"
 _LORA = "llmcore has no LoRA adapters"
 _SPEC = "llmcore has no speculative decoding"
 _HUB = "llmcore loads local files only; nothing is downloaded"
-_CUDA = "llmcore has no CUDA graphs, torch.compile or custom kernels to choose"
+_CUDA = "llmcore has no torch.compile, and its CUDA graphs and kernels are not configurable"
 _KV = "llmcore's KV cache is sized by --kv-cache-memory"
 _TRACE = "llmcore has no tracing or extra engine metrics"
 _LB = "llmcore balances data-parallel replicas itself (--replicas, --routing)"
@@ -178,7 +178,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _same("--quantization"),
     _no("--quantization-config", "llmcore has no quantization methods to configure"),
     _ok("--allow-deprecated-quantization", "no quantization method is deprecated here", "bool"),
-    _ok("--enforce-eager", _CUDA, "bool"),
+    _same("--enforce-eager", "bool"),
     _no("--enable-return-routed-experts", "llmcore does not report MoE routing", "bool"),
     _same("--max-logprobs"),
     _ok("--logprobs-mode", "logprobs are the model's raw log-softmax",

@@ -26,6 +26,8 @@ class EngineConfig:
     task: str = "auto"  # "generate" | "embed"; auto: embed for encoders, else generate
     # The KV cache's dtype: "auto" (the model's), "float32", "bfloat16", "float16"
     kv_cache_dtype: str = "auto"
+    # No CUDA graphs for decode steps (`llmcore.decode_graphs`; CUDA devices only)
+    enforce_eager: bool = False
 
     def kv_bytes_per_token(self, model: ModelConfig, dtype_size: int) -> int:
         return 2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim * dtype_size

@@ -32,7 +32,7 @@ from llmcore.engine.request import EncodeRequest, FinishReason, Request, Request
 from llmcore.engine.sampler import Sampler, SamplerOutput, SamplingRow
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
 from llmcore.engine.sizing import kv_cache_dtype, size_engine, step_token_budget
-from llmcore.engine.task import resolve_task
+from llmcore.engine.task import Task, resolve_task
 from llmcore.model_loader import LoadedModel
 from llmcore.model_runner import ModelRunner, SequenceChunk
 from llmcore.outputs import RequestOutput
@@ -76,9 +76,22 @@ class EngineCore:
             log.warning("max_model_len capped to %d tokens by the KV cache size", capacity)
         self.max_model_len = sizing.max_model_len
         self.pooling_config = sizing.pooling_config
-        self.runner = ModelRunner(
-            loaded, sizing.blocks, config.block_size, kv_cache_dtype(loaded, config)
+        graphs = (
+            loaded.device.type == "cuda" and not config.enforce_eager and self.task is Task.GENERATE
         )
+        self.runner = ModelRunner(
+            loaded,
+            sizing.blocks,
+            config.block_size,
+            kv_cache_dtype(loaded, config),
+            scratch_block=graphs,
+        )
+        if graphs:
+            from llmcore.decode_graphs import cuda_backend
+
+            self.runner.enable_decode_graphs(
+                config.max_num_seqs, sizing.max_model_len, cuda_backend()
+            )
         self.kv_cache = KVCacheManager(
             sizing.blocks,
             config.block_size,
