@@ -160,13 +160,9 @@ def engine_process_wanted(flag: str, device: str) -> bool:
 
 
 def ray_wanted(args: argparse.Namespace) -> bool:
-    """Serve through Ray: more than one replica, or a Ray cluster named."""
-    return getattr(args, "replicas", 1) > 1 or getattr(args, "ray_address", None) is not None
-
-
-def ray_wanted_checked(args: argparse.Namespace) -> bool:
-    """`ray_wanted`, refusing `--api-server-count` above 1 where it cannot work."""
-    wanted = ray_wanted(args)
+    """Serve through Ray: more than one replica, or a Ray cluster named; refuses
+    `--api-server-count` above 1 without them (extra servers share Ray replicas)."""
+    wanted = getattr(args, "replicas", 1) > 1 or getattr(args, "ray_address", None) is not None
     if getattr(args, "api_server_count", 1) > 1 and not wanted:
         raise ValueError(
             "--api-server-count above 1 shares engine replicas on Ray: give --replicas "
@@ -221,7 +217,7 @@ def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> Lo
     from llmcore.engine.core_client import ProcessEngine
 
     load: Callable[..., LocalEngine]
-    if ray_wanted_checked(args):
+    if ray_wanted(args):
         from llmcore.ray.engine import RayEngine
 
         load = functools.partial(RayEngine.load, ray_options=ray_options(args, spec))

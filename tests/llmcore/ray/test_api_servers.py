@@ -5,24 +5,17 @@ instance, driven by the openai client; SIGTERM stops both and the replicas."""
 from __future__ import annotations
 
 import concurrent.futures
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
 
 pytest.importorskip("ray")
 openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -45,7 +38,7 @@ def _children(pid: int) -> list[int]:
 def test_two_api_servers_share_the_port_and_the_replicas(
     smollm2_path: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     server = ServerProcess(
         tmp_path / "server.log",
         str(smollm2_path),

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 ENV = {"RAY_AUTH_MODE": "disabled"}  # a head of our own: no token to share
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str, body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
@@ -73,7 +66,7 @@ def _kill(pids: list[int]) -> None:
 def test_losing_ray_turns_health_to_503_and_the_server_stays_up(
     smollm2_path: Path, tmp_path: Path
 ) -> None:
-    gcs_port = _free_port()
+    gcs_port = free_port()
     env = {**os.environ, **ENV}
     temp_dir = tempfile.mkdtemp(prefix="llmcore-ray-")  # short: Ray's socket paths
     head = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.server_process import free_port
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -49,13 +50,6 @@ def _post(url: str, body: dict[str, Any], **headers: str) -> urllib.request.Requ
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def url(smollm2_path: Path) -> Iterator[str]:
     from llmcore.ray.serve import build_app
@@ -64,7 +58,7 @@ def url(smollm2_path: Path) -> Iterator[str]:
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "RAY_USAGE_STATS_ENABLED")}
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    port = _free_port()
+    port = free_port()
     # address="local": a cluster of its own, never one another process started here.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
