@@ -62,6 +62,9 @@ class Kernel:
     name: str  # the __global__ function template
     args: tuple[Arg, ...]
     head_sizes: tuple[int, ...] = ()  # values of a second `int HEAD_SIZE` template parameter
+    # The most registers per thread `nox -s cuda` accepts (see ops.cuda.build_check):
+    # a kernel that keeps more loads in flight per thread may declare more.
+    max_registers: int = 64
 
     def name_expression(self, dtype: torch.dtype, head_size: int | None = None) -> str:
         """The instantiation's name as NVRTC and the build check spell it."""
@@ -76,13 +79,15 @@ class Kernel:
         return [self.name_expression(dtype)]
 
 
-def kernel(source: str, name: str, *args: str, head_sizes: tuple[int, ...] = ()) -> Kernel:
+def kernel(
+    source: str, name: str, *args: str, head_sizes: tuple[int, ...] = (), max_registers: int = 64
+) -> Kernel:
     """`kernel("norm.cu", "rms_norm", "scalar_t* out", "float eps", ...)`."""
     parsed = []
     for decl in args:
         ctype, _, arg_name = decl.rpartition(" ")
         parsed.append(Arg(arg_name, ctype))
-    return Kernel(source, name, tuple(parsed), head_sizes)
+    return Kernel(source, name, tuple(parsed), head_sizes, max_registers)
 
 
 Value = torch.Tensor | int | float

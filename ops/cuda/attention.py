@@ -1,20 +1,23 @@
 """CUDA launches of paged attention (see kernels/attention.cu).
 
 A decode block serves up to `GQA_TILE` query heads of one kv head (K/V rows
-loaded once for all of them). Decode picks between one pass (a block per (head,
-sequence) over the whole context) and split-K: partitions of `PARTITION_SIZE`
-tokens merged by a reduce kernel. Split-K pays when the context is long and there are too few
-(head, sequence) blocks to fill the GPU; the rule is vLLM's: one pass up to 8192
-tokens unless a single partition would do or more than 512 blocks already exist.
-The context bound is the block table's capacity (`max_blocks * block_size`), not
-`seq_lens.max()`, so a launch never waits for the device: partitions past a
-sequence's end do no work. A sliding window bounds it too: partitions count from
-each sequence's window start, so a 4096-token window needs at most 8 partitions
-whatever the context. `sliding_window` and `soft_cap` reach the kernels as 0 for
-none. Head sizes other than `HEAD_SIZES` run the torch reference (`supports`).
+loaded once for all of them) over one partition of each sequence's context. The
+number of partitions is chosen so the grid covers the GPU: enough blocks for
+`BLOCKS_PER_SM` per streaming multiprocessor, each partition at least
+`MIN_PARTITION` tokens of the longest possible context. The kernel cuts each
+sequence's own span (its window, or its length) into that many equal chunks, so a
+long sequence keeps every partition busy whatever its neighbours' lengths. The
+bound is the block table's capacity (`max_blocks * block_size`), not
+`seq_lens.max()`: planning never waits for the device, and the launch depends only
+on shapes, so a CUDA graph captured for a batch size replays at any lengths. A
+sliding window bounds the span too. With more than one partition a reduce kernel
+merges them. `sliding_window` and `soft_cap` reach the kernels as 0 for none.
+Head sizes other than `HEAD_SIZES` run the torch reference (`supports`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -30,23 +33,42 @@ from ops.layout import with_contiguous_heads
 
 THREADS = 128  # ATTN_THREADS in attention.cu
 GQA_TILE = 4  # query heads a decode block serves (GQA_TILE in attention.cu)
-PARTITION_SIZE = 512
+MIN_PARTITION = 64  # tokens: below this a partition's fixed costs dominate
+BLOCKS_PER_SM = 4  # resident decode blocks that keep an SM's loads in flight
+MAX_PARTITIONS = 128
+DEFAULT_SMS = 132  # an H100/H200, where the device cannot be asked (CPU emulation)
 
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
     """The dispatch test of both attention ops: a head size the kernels are
-    instantiated for."""
-    return query.shape[-1] in HEAD_SIZES
+    instantiated for, and query rows and caches the kernels can read 16 bytes at a
+    time (always so for tensors torch allocated; a view at an odd offset is not)."""
+    return (
+        query.shape[-1] in HEAD_SIZES
+        and (query.data_ptr() | key_cache.data_ptr() | value_cache.data_ptr()) % 16 == 0
+        and query.stride(0) * query.element_size() % 16 == 0
+    )
 
 
 def _int32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.int32).contiguous()
 
 
-def use_split_k(num_seqs: int, num_heads: int, max_seq_len: int) -> bool:
-    partitions = -(-max_seq_len // PARTITION_SIZE)
-    one_pass = max_seq_len <= 8192 and (partitions == 1 or num_seqs * num_heads > 512)
-    return not one_pass
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def num_partitions(num_seqs: int, num_heads: int, num_kv_heads: int, max_seq_len: int,
+                   num_sms: int) -> int:  # fmt: skip
+    """Partitions per sequence: the fewest that put `BLOCKS_PER_SM` blocks on every
+    SM, no more than a `MIN_PARTITION` of the longest context each."""
+    tiles = num_kv_heads * -(-(num_heads // num_kv_heads) // GQA_TILE)
+    wanted = -(-(BLOCKS_PER_SM * num_sms) // max(num_seqs * tiles, 1))
+    useful = -(-max_seq_len // MIN_PARTITION)
+    return max(1, min(wanted, useful, MAX_PARTITIONS))
 
 
 def plan_paged_attention_decode(
@@ -69,9 +91,10 @@ def plan_paged_attention_decode(
     num_kv_heads = key_cache.shape[2]
     out = torch.empty((num_seqs, num_heads, head_size), dtype=query.dtype, device=query.device)
     tables = _int32(block_tables)
-    partitions = -(-max_seq_len // PARTITION_SIZE)
-    split = partitions > 1 and use_split_k(num_seqs, num_heads, max_seq_len)
-    partitions = partitions if split else 1
+    partitions = num_partitions(
+        num_seqs, num_heads, num_kv_heads, max_seq_len, _sm_count(query.device)
+    )
+    split = partitions > 1
     # Split-K scratch in float32 (empty, never read, for a single pass).
     width = partitions if split else 0
     stats = torch.empty((num_seqs, num_heads, width), dtype=torch.float32, device=query.device)
@@ -101,7 +124,7 @@ def plan_paged_attention_decode(
             "block_size": key_cache.shape[1],
             "max_blocks_per_seq": tables.shape[1],
             "query_stride": query.stride(0),
-            "partition_size": PARTITION_SIZE if split else max(max_seq_len, 1),
+            "min_partition": MIN_PARTITION,
         },
     )
     if not split:

@@ -8,7 +8,9 @@
 3. a single stream through `LLM`, against HF at batch 1;
 4. paged decode attention at six shapes, as GB/s of K/V read, against torch's
    SDPA on the same K/V laid out contiguously;
-5. prefill of 8 x 1024 tokens, tokens/s.
+5. prefill of 8 x 1024 tokens, tokens/s, and prefill attention against SDPA causal
+   (TFLOP/s); `--attention-only` runs the attention parts alone, with a sweep of the
+   decode planner's knobs (blocks per SM, minimum partition).
 
 Models are built here with real shapes and random weights (transformers
 `LlamaForCausalLM`, saved as safetensors, bfloat16): `--shape 135m` (SmolLM2-135M's)
@@ -54,6 +56,8 @@ ATTENTION_SHAPES = [
     (1, 512, 9, 3, 64), (8, 1024, 9, 3, 64), (64, 1024, 9, 3, 64),
     (1, 2048, 32, 8, 128), (16, 2048, 32, 8, 128), (64, 2048, 32, 8, 128),
 ]  # fmt: skip
+# (sequences, new tokens each, query heads, kv heads, head dim) of the prefill comparison
+PREFILL_SHAPES = [(8, 1024, 9, 3, 64), (4, 2048, 32, 8, 128)]
 BLOCK = 16
 
 
@@ -257,6 +261,76 @@ def attention(
     return {"paged": kv_bytes / t_paged / 1e9, "sdpa": kv_bytes / t_sdpa / 1e9, "max_err": err}
 
 
+def prefill_attention(
+    shape: tuple[int, int, int, int, int], device: torch.device, dtype: torch.dtype
+) -> dict[str, float]:
+    """TFLOP/s of causal prefill attention (B sequences of L new tokens, no cached
+    context): the paged prefill op against SDPA's causal attention on the same
+    contiguous Q/K/V."""
+    import ops
+
+    batch, context, hq, hkv, d = shape
+    per_seq = math.ceil(context / BLOCK)
+    k_cache = torch.randn(batch * per_seq, BLOCK, hkv, d, device=device, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.arange(batch * per_seq, device=device, dtype=torch.int32).view(batch, per_seq)
+    lens = torch.full((batch,), context, dtype=torch.int32, device=device)
+    starts = torch.arange(batch + 1, device=device, dtype=torch.int32) * context
+    query = torch.randn(batch * context, hq, d, device=device, dtype=dtype)
+    scale = d**-0.5
+
+    def contiguous(cache: torch.Tensor) -> torch.Tensor:
+        return cache.view(batch, per_seq * BLOCK, hkv, d)[:, :context].transpose(1, 2)
+
+    q = query.view(batch, context, hq, d).transpose(1, 2)
+    k, v = contiguous(k_cache).contiguous(), contiguous(v_cache).contiguous()
+    flops = 4 * batch * hq * d * context * (context + 1) / 2  # QK and PV, causal half
+
+    def paged() -> torch.Tensor:
+        return ops.paged_attention_prefill(query, k_cache, v_cache, tables, starts, lens, scale)
+
+    def sdpa() -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, scale=scale, is_causal=True, enable_gqa=hq != hkv
+        )
+
+    ref = sdpa().transpose(1, 2).reshape(batch * context, hq, d)
+    err = float((paged().float() - ref.float()).abs().max())
+    t_paged, t_sdpa = timed(paged, device, 5), timed(sdpa, device, 5)
+    return {"paged": flops / t_paged / 1e12, "sdpa": flops / t_sdpa / 1e12, "max_err": err}
+
+
+def comparison(title: str, unit: str, measure: Callable[..., dict[str, float]],
+               device: torch.device, dtype: torch.dtype, shapes: list[Any]) -> None:  # fmt: skip
+    """A table of `measure(shape, device, dtype)` over the shapes: ours against SDPA."""
+    print(f"\n| {title} (B, L, Hq, Hkv, D) | paged {unit} | SDPA {unit} | ratio | max err |")
+    print("|---|---:|---:|---:|---:|")
+    for s in shapes:
+        r = measure(s, device, dtype)
+        ratio = r["paged"] / r["sdpa"]
+        row(s, f"{r['paged']:.2f}", f"{r['sdpa']:.2f}", f"{ratio:.2f}", f"{r['max_err']:.2e}")
+
+
+def attention_sweep(device: torch.device, dtype: torch.dtype, shapes: list[Any]) -> None:
+    """The decode planner's knobs (ops/cuda/attention.py) against the six shapes:
+    GB/s for each (blocks per SM, minimum partition) pair."""
+    from ops.cuda import attention as planner
+
+    pairs = [(b, m) for b in (2, 4, 8, 16) for m in (32, 64, 128, 256)]
+    print("\n| blocks/SM, min partition | " + " | ".join(str(s) for s in shapes) + " |")
+    print("|---|" + "---:|" * len(shapes))
+    saved = planner.BLOCKS_PER_SM, planner.MIN_PARTITION
+    try:
+        for blocks, minimum in pairs:
+            planner.BLOCKS_PER_SM, planner.MIN_PARTITION = blocks, minimum
+            row(
+                f"{blocks}, {minimum}",
+                *(f"{attention(s, device, dtype)['paged']:.0f}" for s in shapes),
+            )
+    finally:
+        planner.BLOCKS_PER_SM, planner.MIN_PARTITION = saved
+
+
 # ---- the run ----------------------------------------------------------------------------
 
 
@@ -276,6 +350,9 @@ def main() -> None:
     parser.add_argument("--shape", default="135m", choices=sorted(SHAPES))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (the CPU dry run)")
+    parser.add_argument("--attention-only", action="store_true",
+                        help="only the attention kernels: decode at the six shapes, the "
+                        "planner sweep, prefill")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -287,6 +364,14 @@ def main() -> None:
     n_prompts, n_tokens = (8, 16) if args.smoke else (256, 256)
     import llmcore
 
+    attention_shapes = ATTENTION_SHAPES[:2] if args.smoke else ATTENTION_SHAPES
+    prefill_shapes = [(1, 64, 4, 2, 64)] if args.smoke else PREFILL_SHAPES
+    if args.attention_only:
+        comparison("attention", "GB/s", attention, device, dtype, attention_shapes)
+        attention_sweep(device, dtype, attention_shapes)
+        comparison("prefill attention", "TFLOP/s", prefill_attention, device, dtype,
+                   prefill_shapes)  # fmt: skip
+        return
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
           f"shape {shape}; dtype {dtype}; torch {torch.__version__}")  # fmt: skip
     with model_folder(shape, dtype) as (folder, hf):
@@ -315,12 +400,9 @@ def main() -> None:
             row(f"single stream, {name}", f"{one:.1f}", f"HF batch 1: {hf_single:.1f}")
         print(f"\nprefill {2 if big else 8} x {128 if big else 1024}: "
               f"{prefill(loaded, 2 if big else 8, 128 if big else 1024):.0f} tok/s")  # fmt: skip
-        print("\n| attention (B, L, Hq, Hkv, D) | paged GB/s | SDPA GB/s | ratio | max err |")
-        print("|---|---:|---:|---:|---:|")
-        for s in ATTENTION_SHAPES[:2] if big else ATTENTION_SHAPES:
-            r = attention(s, device, dtype)
-            ratio = r["paged"] / r["sdpa"]
-            row(s, f"{r['paged']:.1f}", f"{r['sdpa']:.1f}", f"{ratio:.2f}", f"{r['max_err']:.2e}")
+        comparison("attention", "GB/s", attention, device, dtype, attention_shapes)
+        comparison("prefill attention", "TFLOP/s", prefill_attention, device, dtype,
+                   prefill_shapes)  # fmt: skip
 
 
 if __name__ == "__main__":

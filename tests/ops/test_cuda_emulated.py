@@ -180,8 +180,9 @@ def test_paged_decode(
     window: int | None,
     cap: float | None,
 ) -> None:
-    monkeypatch.setattr(attention, "use_split_k", lambda *_: split)
-    monkeypatch.setattr(attention, "PARTITION_SIZE", 16)  # several partitions, some empty
+    # Three partitions of at least 4 tokens: chunks of 4 to 15 rows, some empty.
+    monkeypatch.setattr(attention, "num_partitions", lambda *_: 3 if split else 1)
+    monkeypatch.setattr(attention, "MIN_PARTITION", 4)
     lens = [1, 7, 8, 9, 30, 45]
     q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
         lens, [1] * len(lens), heads, kv_heads, d, 8, dtype, seed=d + heads

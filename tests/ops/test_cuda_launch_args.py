@@ -21,7 +21,12 @@ from ops.cuda import _module
 from ops.cuda._kernels import ALL_KERNELS, HEAD_SIZES, PAGED_ATTENTION_DECODE
 from ops.cuda._launch import POINTER, SCALAR_TYPES, VALUE_TYPES, Kernel, Launch, build_args
 from ops.cuda.activation import plan_silu_and_mul
-from ops.cuda.attention import plan_paged_attention_decode, plan_paged_attention_prefill
+from ops.cuda.attention import (
+    MIN_PARTITION,
+    num_partitions,
+    plan_paged_attention_decode,
+    plan_paged_attention_prefill,
+)
 from ops.cuda.kv_cache import plan_reshape_and_cache
 from ops.cuda.norm import plan_fused_add_rms_norm, plan_rms_norm
 from ops.cuda.rotary import plan_rotary_embedding
@@ -124,12 +129,14 @@ def test_attention_plans(dtype: torch.dtype, head_size: int, max_len: int) -> No
     tables = torch.zeros(3, 4, dtype=torch.int64)  # int64 tables are narrowed to int32
     lens = torch.tensor([1, max_len, 17])
     out, launches = plan_paged_attention_decode(q, kc, kc, tables, lens, 0.1, max_len)
-    assert out.shape == q.shape and len(launches) == (2 if max_len > 8192 else 1)
+    # 3 sequences x 2 kv heads (each serving its group of 3 query heads in one block)
+    # = 6 blocks a partition; 20000 tokens fill the default 132 SMs with 88 of them.
+    partitions = 1 if max_len == 40 else 88
+    assert out.shape == q.shape and len(launches) == (2 if partitions > 1 else 1)
     for launch in launches:
         _check(launch)
-    if len(launches) == 2:
-        # 2 kv heads, each serving its group of 3 query heads in one block
-        assert launches[0].grid == (2, 3, -(-max_len // 512))
+    assert launches[0].grid == (2, 3, partitions)
+    assert launches[0].values["min_partition"] == MIN_PARTITION
     starts = torch.tensor([0, 1, 3])
     out, launch = plan_paged_attention_prefill(q, kc, kc, tables, starts, lens[:2], 0.1)
     _check(launch)
@@ -139,8 +146,8 @@ def test_attention_plans(dtype: torch.dtype, head_size: int, max_len: int) -> No
 
 @pytest.mark.parametrize("window", [1, 1000, 9000])
 def test_attention_plans_with_window_and_cap(window: int) -> None:
-    """The options reach the kernels; a window bounds the split-K partitions (they
-    count from each sequence's window start), whatever the tables' capacity."""
+    """The options reach the kernels; a window bounds the split-K partitions (the
+    kernel cuts each sequence's window), whatever the tables' capacity."""
     kc = torch.zeros(8, 16, 2, 64)
     q, tables, lens = torch.randn(3, 6, 64), torch.zeros(3, 4, dtype=torch.int32), torch.ones(3)
     _, launches = plan_paged_attention_decode(q, kc, kc, tables, lens, 0.1, 20000, window, 50.0)
@@ -148,15 +155,31 @@ def test_attention_plans_with_window_and_cap(window: int) -> None:
         _check(launch)
     decode = launches[0]
     assert (decode.values["sliding_window"], decode.values["soft_cap"]) == (window, 50.0)
-    partitions = -(-window // 512)
-    assert decode.grid[2] == (partitions if partitions > 1 else 1)
+    partitions = {1: 1, 1000: 16, 9000: 88}[window]  # 64-token minimum, 88 fill the GPU
+    assert decode.grid[2] == partitions
     assert len(launches) == (2 if partitions > 1 else 1)
-    if partitions == 1:  # one pass over the window
-        assert decode.values["partition_size"] == window
     starts = torch.tensor([0, 1, 3])
     _, launch = plan_paged_attention_prefill(q, kc, kc, tables, starts, lens[:2], 0.1, window, 2.0)
     _check(launch)
     assert (launch.values["sliding_window"], launch.values["soft_cap"]) == (window, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("seqs", "heads", "kv_heads", "context", "expected"),
+    [
+        (1, 9, 3, 512, 8),  # 3 blocks a partition: as many 64-token chunks as there are
+        (1, 9, 3, 40, 1),  # shorter than one chunk: one pass
+        (64, 32, 8, 2048, 2),  # 512 blocks a partition: two cover 4 per SM
+        (256, 32, 8, 4096, 1),  # 2048 blocks: one pass fills the GPU
+        (1, 32, 8, 20000, 66),  # 8 blocks a partition: 66 x 8 >= 4 x 132
+        (1, 1, 1, 100000, 128),  # the cap
+        (3, 6, 6, 4096, 30),  # a group of 1: one block per head
+    ],
+)
+def test_num_partitions_covers_the_gpu(
+    seqs: int, heads: int, kv_heads: int, context: int, expected: int
+) -> None:
+    assert num_partitions(seqs, heads, kv_heads, context, 132) == expected
 
 
 def test_build_args_rejects_wrong_dtype_order_and_names() -> None:

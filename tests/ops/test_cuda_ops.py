@@ -104,7 +104,7 @@ GQA = [(4, 4), (8, 2), (9, 3), (6, 1)]
 def test_paged_decode(
     monkeypatch: Any, dtype: torch.dtype, d: int, heads: int, kv_heads: int, bs: int, split: bool
 ) -> None:
-    monkeypatch.setattr(cuda_attention, "use_split_k", lambda *_: split)
+    monkeypatch.setattr(cuda_attention, "num_partitions", lambda *_: 5 if split else 1)
     lens = [1, bs - 1, bs, bs + 1, 100, 513, 1500]
     q, kc, vc, tables, _, seq_lens, _, _ = _paged_setup(
         lens, [1] * len(lens), heads, kv_heads, d, bs, dtype, seed=d + heads + bs
@@ -124,7 +124,7 @@ def test_paged_window_and_cap(
 ) -> None:
     """Decode (one pass and split-K) and prefill with a sliding window and a soft cap,
     the blocks out of every window NaN, against the torch reference."""
-    monkeypatch.setattr(cuda_attention, "use_split_k", lambda *_: split)
+    monkeypatch.setattr(cuda_attention, "num_partitions", lambda *_: 5 if split else 1)
     lens, q_lens = [1, 15, 16, 17, 100, 1500], [1, 15, 3, 1, 40, 9]
     options = {"sliding_window": window, "soft_cap": cap}
     for qs in ([1] * len(lens), q_lens):
@@ -145,8 +145,7 @@ def test_paged_window_and_cap(
 
 
 def test_long_context_takes_split_k() -> None:
-    assert cuda_attention.use_split_k(1, 32, 20000)
-    assert not cuda_attention.use_split_k(64, 32, 4000)
+    assert cuda_attention.num_partitions(1, 32, 8, 20000, 132) > 1
     q, kc, vc, tables, _, seq_lens, _, _ = _paged_setup(
         [9000, 3], [1, 1], 4, 2, 128, 16, torch.bfloat16, seed=3
     )

@@ -140,34 +140,72 @@ __device__ __forceinline__ float merged_acc(const AttnShared<HEAD_SIZE>& sh, con
   return a;
 }
 
-// Decode shares each K/V row between the query heads of a GQA group: a block
-// serves up to GQA_TILE query heads of one kv head (a group larger than that is
-// split over several blocks). Per token a warp loads the key row once, forms
-// GQA_TILE dot products (q in shared memory), loads the value row once and
-// updates one online softmax per head (state in registers).
+// Decode reads every K/V row once per GQA group and keeps many rows in flight.
+// A block serves up to GQA_TILE query heads of one kv head (a larger group is
+// split over several blocks). Its threads form "slots" of DEC_GROUP threads; a
+// slot owns one K/V row at a time, each thread loading 16 contiguous bytes of it
+// (DEC_VEC elements: a row of 64 bf16 is one 128-byte line read by 8 threads),
+// and takes DEC_UNROLL rows per step, issuing all their K and V loads before the
+// first use. A score is reduced within the slot (log2(DEC_GROUP) shuffles); each
+// slot keeps one online softmax per head over its rows (one rescale per step),
+// slots merge through shuffles, then the warps through shared memory.
+//
+// The context is split into `gridDim.z` partitions per sequence (flash-decoding):
+// a sequence's span (its window, or its whole length) is cut into equal chunks of
+// at least `min_partition` tokens, so every partition of a long sequence works and
+// the partitions past a short one's end exit at once. With several partitions each
+// block writes (max, sum, unnormalised accumulator) per head in float32 and
+// paged_attention_reduce merges them; with one it writes the output.
 #define GQA_TILE 4
+
+template <typename scalar_t, int HEAD_SIZE>
+struct DecodeShape {
+  static constexpr int VEC = 16 / sizeof(scalar_t);                // elements per 16-byte load
+  static constexpr int ROW_VECS = HEAD_SIZE / VEC;                 // loads per row
+  static constexpr int GROUP = ROW_VECS <= 8 ? 8 : ROW_VECS <= 16 ? 16 : 32;  // threads per slot
+  static constexpr int NV = (ROW_VECS + GROUP - 1) / GROUP;        // loads per thread per row
+  static constexpr int ELEMS = NV * VEC;                           // row elements per thread
+  static constexpr int SLOTS = ATTN_THREADS / GROUP;               // rows in flight per step / UNROLL
+  static constexpr int UNROLL = 2;                                 // rows per slot per step
+};
 
 template <int HEAD_SIZE>
 struct DecodeShared {
-  float q[GQA_TILE][HEAD_SIZE];
   float m[ATTN_WARPS][GQA_TILE];
   float l[ATTN_WARPS][GQA_TILE];
   float acc[ATTN_WARPS][GQA_TILE][HEAD_SIZE];
 };
 
+// Sum over the `group` lanes of a slot (aligned, a power of two); all get it.
+template <int GROUP>
+__device__ __forceinline__ float slot_sum(float v) {
+#pragma unroll
+  for (int offset = GROUP / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <typename scalar_t, int N>
+__device__ __forceinline__ void unpack(const uint4& raw, float* out) {
+  const scalar_t* e = reinterpret_cast<const scalar_t*>(&raw);
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = to_float(e[i]);
+}
+
 // grid (num_kv_heads * ceil(group / GQA_TILE), num_seqs, num_partitions). With
 // one partition `out` [B, Hq, D] is written; otherwise max_logits/exp_sums
-// [B, Hq, P] and tmp_out [B, Hq, P, D]. Partitions count from the window's start
-// (position 0 without a window), so a window needs no more of them than it holds.
+// [B, Hq, P] and tmp_out [B, Hq, P, D]. K/V rows must be 16-byte aligned (the
+// planner checks the caches' pointers; HEAD_SIZE is a multiple of 16).
 template <typename scalar_t, int HEAD_SIZE>
-__global__ void __launch_bounds__(ATTN_THREADS, 8) paged_attention_decode(
+__global__ void __launch_bounds__(ATTN_THREADS, 4) paged_attention_decode(
     scalar_t* __restrict__ out, float* __restrict__ max_logits, float* __restrict__ exp_sums,
     float* __restrict__ tmp_out, const scalar_t* __restrict__ query,
     const scalar_t* __restrict__ key_cache, const scalar_t* __restrict__ value_cache,
     const int* __restrict__ block_tables, const int* __restrict__ seq_lens, float scale,
     int sliding_window, float soft_cap, int num_heads, int num_kv_heads, int block_size,
-    int max_blocks_per_seq, long long query_stride, int partition_size) {
-  constexpr int ELEMS = (HEAD_SIZE + LLMCORE_WARP - 1) / LLMCORE_WARP;
+    int max_blocks_per_seq, long long query_stride, int min_partition) {
+  using S = DecodeShape<scalar_t, HEAD_SIZE>;
+  constexpr int VEC = S::VEC, GROUP = S::GROUP, NV = S::NV, ELEMS = S::ELEMS;
+  constexpr int SLOTS = S::SLOTS, UNROLL = S::UNROLL, STEP = SLOTS * UNROLL;
   __shared__ DecodeShared<HEAD_SIZE> sh;
   const int seq = blockIdx.y, part = blockIdx.z, num_parts = gridDim.z;
   const int group = num_heads / num_kv_heads;
@@ -176,18 +214,35 @@ __global__ void __launch_bounds__(ATTN_THREADS, 8) paged_attention_decode(
   const int first = kv_head * group + (blockIdx.x % tiles) * GQA_TILE;  // first query head
   const int n = min(GQA_TILE, kv_head * group + group - first);  // query heads served
   const int lane = threadIdx.x % LLMCORE_WARP, warp = threadIdx.x / LLMCORE_WARP;
-  for (int i = threadIdx.x; i < GQA_TILE * HEAD_SIZE; i += ATTN_THREADS) {
-    const int g = i / HEAD_SIZE, d = i % HEAD_SIZE;
-    sh.q[g][d] = g < n ? to_float(query[seq * query_stride + (long long)(first + g) * HEAD_SIZE + d]) * scale : 0.0f;
-  }
-  __syncthreads();
+  const int slot = threadIdx.x / GROUP, j = threadIdx.x % GROUP;
 
   const int seq_len = seq_lens[seq];
   const int window_start = sliding_window > 0 ? max(seq_len - sliding_window, 0) : 0;
-  const int begin = window_start + part * partition_size;
-  const int end = min(begin + partition_size, seq_len);
+  const int span = seq_len - window_start;
+  const int chunk = max((span + num_parts - 1) / num_parts, min_partition);
+  const int begin = window_start + part * chunk;  // may be past the end: no work
+  const int end = min(begin + chunk, seq_len);
+
+  // This thread's elements of a row: load v covers [(v * GROUP + j) * VEC, + VEC).
+  bool live[NV];
+#pragma unroll
+  for (int v = 0; v < NV; ++v) live[v] = (v * GROUP + j) * VEC < HEAD_SIZE;
+  float q[GQA_TILE][ELEMS];
+#pragma unroll
+  for (int g = 0; g < GQA_TILE; ++g) {
+    const scalar_t* qh = query + seq * query_stride + (long long)(first + min(g, n - 1)) * HEAD_SIZE;
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+      uint4 raw = {0u, 0u, 0u, 0u};
+      if (live[v]) raw = *reinterpret_cast<const uint4*>(qh + (v * GROUP + j) * VEC);
+      unpack<scalar_t, VEC>(raw, &q[g][v * VEC]);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) q[g][v * VEC + e] *= scale;
+    }
+  }
   const int* block_table = block_tables + (long long)seq * max_blocks_per_seq;
   const long long row = (long long)num_kv_heads * HEAD_SIZE;
+  const long long head_off = (long long)kv_head * HEAD_SIZE;
   float m[GQA_TILE], l[GQA_TILE], acc[GQA_TILE][ELEMS];
 #pragma unroll
   for (int g = 0; g < GQA_TILE; ++g) {
@@ -196,55 +251,100 @@ __global__ void __launch_bounds__(ATTN_THREADS, 8) paged_attention_decode(
 #pragma unroll
     for (int e = 0; e < ELEMS; ++e) acc[g][e] = 0.0f;
   }
-  for (int t = begin + warp; t < end; t += ATTN_WARPS) {
-    const long long block = block_table[t / block_size];
-    const long long off = (block * block_size + t % block_size) * row + (long long)kv_head * HEAD_SIZE;
-    float kv[ELEMS];
+  // The loop is uniform over the block (shuffles need whole warps); a row past
+  // `end` reloads row end - 1 (always written) and weighs 0.
+  for (int base = begin; base < end; base += STEP) {
+    uint4 kraw[UNROLL][NV], vraw[UNROLL][NV];
 #pragma unroll
-    for (int e = 0; e < ELEMS; ++e) {
-      const int d = lane + e * LLMCORE_WARP;
-      kv[e] = d < HEAD_SIZE ? to_float(key_cache[off + d]) : 0.0f;
+    for (int u = 0; u < UNROLL; ++u) {
+      const int t = min(base + u * SLOTS + slot, end - 1);
+      const long long off = ((long long)block_table[t / block_size] * block_size + t % block_size) * row + head_off;
+#pragma unroll
+      for (int v = 0; v < NV; ++v) {
+        kraw[u][v] = vraw[u][v] = uint4{0u, 0u, 0u, 0u};
+        if (live[v]) {
+          kraw[u][v] = *reinterpret_cast<const uint4*>(key_cache + off + (v * GROUP + j) * VEC);
+          vraw[u][v] = *reinterpret_cast<const uint4*>(value_cache + off + (v * GROUP + j) * VEC);
+        }
+      }
     }
-    float s[GQA_TILE];
+    float s[UNROLL][GQA_TILE];
 #pragma unroll
-    for (int g = 0; g < GQA_TILE; ++g) {
-      s[g] = 0.0f;
+    for (int u = 0; u < UNROLL; ++u) {
+      float k[ELEMS];
 #pragma unroll
-      for (int e = 0; e < ELEMS; ++e) {
-        const int d = lane + e * LLMCORE_WARP;
-        if (d < HEAD_SIZE) s[g] += sh.q[g][d] * kv[e];
+      for (int v = 0; v < NV; ++v) unpack<scalar_t, VEC>(kraw[u][v], &k[v * VEC]);
+      const bool valid = base + u * SLOTS + slot < end;
+#pragma unroll
+      for (int g = 0; g < GQA_TILE; ++g) {
+        s[u][g] = LLMCORE_NEG_INF;
+        if (g >= n) continue;  // n is uniform over the block
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < ELEMS; ++e) dot += q[g][e] * k[e];
+        dot = slot_sum<GROUP>(dot);
+        if (valid) s[u][g] = soft_capped(dot, soft_cap);
       }
     }
 #pragma unroll
-    for (int g = 0; g < GQA_TILE; ++g)
-      if (g < n) s[g] = soft_capped(warp_sum(s[g]), soft_cap);  // n is uniform over the block
+    for (int g = 0; g < GQA_TILE; ++g) {
+      float m_new = m[g];
 #pragma unroll
-    for (int e = 0; e < ELEMS; ++e) {
-      const int d = lane + e * LLMCORE_WARP;
-      kv[e] = d < HEAD_SIZE ? to_float(value_cache[off + d]) : 0.0f;
+      for (int u = 0; u < UNROLL; ++u) m_new = fmaxf(m_new, s[u][g]);
+      if (m_new == LLMCORE_NEG_INF) continue;  // no row of this slot yet
+      const float alpha = expf(m[g] - m_new);  // 0 while m = -inf
+      l[g] *= alpha;
+#pragma unroll
+      for (int e = 0; e < ELEMS; ++e) acc[g][e] *= alpha;
+      m[g] = m_new;
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) s[u][g] = expf(s[u][g] - m_new);  // 0 for a masked row
     }
 #pragma unroll
-    for (int g = 0; g < GQA_TILE; ++g) {
-      if (g >= n) continue;
-      const float m_new = fmaxf(m[g], s[g]);
-      const float alpha = expf(m[g] - m_new);  // 0 for the first token (m = -inf)
-      const float p = expf(s[g] - m_new);
-      l[g] = l[g] * alpha + p;
+    for (int u = 0; u < UNROLL; ++u) {
+      float val[ELEMS];
 #pragma unroll
-      for (int e = 0; e < ELEMS; ++e) acc[g][e] = acc[g][e] * alpha + p * kv[e];
-      m[g] = m_new;
+      for (int v = 0; v < NV; ++v) unpack<scalar_t, VEC>(vraw[u][v], &val[v * VEC]);
+#pragma unroll
+      for (int g = 0; g < GQA_TILE; ++g) {
+        if (m[g] == LLMCORE_NEG_INF) continue;
+        const float p = s[u][g];
+        l[g] += p;
+#pragma unroll
+        for (int e = 0; e < ELEMS; ++e) acc[g][e] += p * val[e];
+      }
     }
   }
+  // Merge the slots of each warp (lanes j, j + GROUP, ...), then the warps.
 #pragma unroll
   for (int g = 0; g < GQA_TILE; ++g) {
-    if (lane == 0) {
-      sh.m[warp][g] = m[g];
-      sh.l[warp][g] = l[g];
-    }
+    float mx = m[g];
+#pragma unroll
+    for (int offset = GROUP; offset < LLMCORE_WARP; offset *= 2)
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, offset));
+    const float w = m[g] == LLMCORE_NEG_INF ? 0.0f : expf(m[g] - mx);
+    float total = l[g] * w;
+#pragma unroll
+    for (int offset = GROUP; offset < LLMCORE_WARP; offset *= 2)
+      total += __shfl_xor_sync(0xffffffffu, total, offset);
 #pragma unroll
     for (int e = 0; e < ELEMS; ++e) {
-      const int d = lane + e * LLMCORE_WARP;
-      if (d < HEAD_SIZE) sh.acc[warp][g][d] = acc[g][e];
+      float a = acc[g][e] * w;
+#pragma unroll
+      for (int offset = GROUP; offset < LLMCORE_WARP; offset *= 2)
+        a += __shfl_xor_sync(0xffffffffu, a, offset);
+      acc[g][e] = a;
+    }
+    if (lane < GROUP) {
+      if (lane == 0) {
+        sh.m[warp][g] = mx;
+        sh.l[warp][g] = total;
+      }
+#pragma unroll
+      for (int v = 0; v < NV; ++v)
+        if (live[v])
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) sh.acc[warp][g][(v * GROUP + j) * VEC + e] = acc[g][v * VEC + e];
     }
   }
   __syncthreads();
