@@ -133,6 +133,9 @@ class KVCacheManager:
             for window, n in zip(windows, sizes, strict=True)
         ]
         self.pool = self.groups[0].pool
+        # One full-attention group: a decode step's `allocate_slots` may take the
+        # fast path (the table already covers the token, no block to register).
+        self._one_full_group = len(self.groups) == 1 and self.groups[0].window is None
         self._queries = 0
         self._hits = 0
 
@@ -243,6 +246,21 @@ class KVCacheManager:
         """
         assert num_new_tokens >= 0
         rid, bs = request.request_id, self.block_size
+        if self._one_full_group and not new_computed_blocks:
+            # Most decode steps: room already allocated, no block filled up. The
+            # general path below would release, touch, allocate and cache nothing.
+            group = self.groups[0]
+            table = group.tables.get(rid)
+            num_total = request.num_computed_tokens + num_new_tokens
+            if (
+                table is not None
+                and num_total <= len(table) * bs
+                and (
+                    not self.enable_prefix_caching
+                    or min(num_total, len(request.all_token_ids)) // bs <= group.num_cached[rid]
+                )
+            ):
+                return []
         by_group = getattr(new_computed_blocks, "by_group", None)
         if by_group is None:
             by_group = [list(new_computed_blocks)] + [[] for _ in self.groups[1:]]
