@@ -27,11 +27,13 @@ replay can overwrite it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 from llmcore.model_api import ForwardBatch
@@ -106,6 +108,25 @@ class _Buffers:
 
 
 @dataclass(slots=True)
+class _HostBuffers:
+    """Host copies of `_Buffers`' inputs, filled in place each step (pageable
+    memory: a copy from it has read it by the time `copy_` returns)."""
+
+    ids: np.ndarray
+    positions: np.ndarray
+    lens: np.ndarray
+    tables: list[tuple[np.ndarray, np.ndarray]]
+
+    def pairs(self, device: _Buffers) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """(host, device) of every buffer a step writes."""
+        pairs = [(self.ids, device.input_ids), (self.positions, device.positions),
+                 (self.lens, device.seq_lens)]  # fmt: skip
+        for (tables, slots), (d_tables, d_slots) in zip(self.tables, device.tables, strict=True):
+            pairs += [(tables, d_tables), (slots, d_slots)]
+        return pairs
+
+
+@dataclass(slots=True)
 class DecodeGraphStatistics:
     replays: int = 0
     eager_steps: int = 0  # all-decode steps run eagerly (too big, or graphs off)
@@ -136,6 +157,13 @@ class DecodeGraphs:
         def zeros(*shape: int, dtype: torch.dtype) -> torch.Tensor:
             return torch.zeros(shape, dtype=dtype, device=dev)
 
+        self._host = _HostBuffers(
+            ids=np.zeros(n, np.int64),
+            positions=np.zeros(n, np.int64),
+            lens=np.zeros(n, np.int32),
+            tables=[(np.zeros((n, self.width), np.int32), np.zeros(n, np.int64))
+                    for _ in self.scratch],
+        )  # fmt: skip
         self._buffers = _Buffers(
             input_ids=zeros(n, dtype=torch.int64),
             positions=zeros(n, dtype=torch.int64),
@@ -186,33 +214,35 @@ class DecodeGraphs:
     # ---- inside -------------------------------------------------------------------------
 
     def _fill(self, chunks: Sequence[SequenceChunk], size: int) -> None:
-        """Copy the step into the buffers' first `size` rows, padding after it."""
-        n, bs, w = len(chunks), self.runner.block_size, self.width
-        pad = size - n
-        ids = [c.token_ids[0] for c in chunks] + [0] * pad
-        positions = [c.num_cached for c in chunks] + [0] * pad
-        lens = [c.num_cached + 1 for c in chunks] + [1] * pad
-        host = {
-            "ids": torch.tensor(ids, dtype=torch.int64),
-            "positions": torch.tensor(positions, dtype=torch.int64),
-            "lens": torch.tensor(lens, dtype=torch.int32),
-        }
-        b = self._buffers
-        b.input_ids[:size].copy_(host["ids"], non_blocking=True)
-        b.positions[:size].copy_(host["positions"], non_blocking=True)
-        b.seq_lens[:size].copy_(host["lens"], non_blocking=True)
-        for group, (tables, slots) in enumerate(b.tables):
+        """Copy the step into the buffers' first `size` rows, padding after it.
+
+        Built in numpy from the real table entries only (a row's padding to the full
+        width is one fill), so the cost grows with the blocks the batch holds, not
+        with `size x width`; then one host-to-device copy per buffer."""
+        n, bs = len(chunks), self.runner.block_size
+        h, b = self._host, self._buffers
+        cached = np.fromiter((c.num_cached for c in chunks), np.int64, n)
+        h.ids[:n] = [c.token_ids[0] for c in chunks]
+        h.ids[n:size] = 0
+        h.positions[:n] = cached
+        h.positions[n:size] = 0
+        h.lens[:n] = cached + 1
+        h.lens[n:size] = 1
+        rows = np.arange(n)
+        for group, (tables, slots) in enumerate(h.tables):
             scratch = self.scratch[group]
-            rows, slot_list = [], []
-            for c in chunks:
-                table = c.block_table if c.group_tables is None else c.group_tables[group]
-                rows.append(table + [scratch] * (w - len(table)))
-                p = c.num_cached
-                slot_list.append(table[p // bs] * bs + p % bs)
-            rows += [[scratch] * w] * pad
-            slot_list += [scratch * bs] * pad
-            tables[:size].copy_(torch.tensor(rows, dtype=torch.int32), non_blocking=True)
-            slots[:size].copy_(torch.tensor(slot_list, dtype=torch.int64), non_blocking=True)
+            lists = [c.block_table if c.group_tables is None else c.group_tables[group]
+                     for c in chunks]  # fmt: skip
+            lengths = np.fromiter(map(len, lists), np.int64, n)
+            flat = np.fromiter(itertools.chain.from_iterable(lists), np.int32, int(lengths.sum()))
+            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+            block = tables[:size]
+            block.fill(scratch)
+            block[np.repeat(rows, lengths), np.arange(flat.size) - starts] = flat
+            slots[:n] = block[rows, cached // bs].astype(np.int64) * bs + cached % bs
+            slots[n:size] = scratch * bs
+        for host, device in h.pairs(b):
+            device[:size].copy_(torch.from_numpy(host[:size]), non_blocking=True)
 
     def _forward(self, size: int) -> torch.Tensor:
         model = self.runner.model
