@@ -7,12 +7,18 @@
 #       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d wheels \
 #       msgspec gguf anyio h11 sentencepiece jinja2 prometheus-client pyyaml llguidance \
 #       safetensors tokenizers
-#   device run: bash tests/bench/gpu_session.sh      (carry: wheels)
+#   device run: bash tests/bench/gpu_session.sh first     (carry: wheels)
+#   device run: bash tests/bench/gpu_session.sh second    (the same machine, warm)
 #
-# Each part has its own time limit and writes to $OUT (the device tool brings it
-# back): the CUDA tests (kernels against torch, real CUDA graph replays), the
-# attention benchmark with the decode planner's sweep, then the whole GPU benchmark
-# at the 135M and 1B shapes. A part that fails does not stop the next.
+# A device command may run 10 minutes, so the parts come in two calls. Each part
+# has its own time limit and writes to $OUT (the device tool brings it back); a part
+# that fails does not stop the next.
+#   first:  the CUDA tests (kernels against torch, real CUDA graph replays), the
+#           attention benchmark with the decode planner's sweep, the whole GPU
+#           benchmark at the 135M shape (about 8 minutes at most);
+#   second: the GPU benchmark at the 1B shape, and the HTTP server (streaming
+#           completions at 1, 64 and 256 concurrent) on a 135M-shaped random model,
+#           to set beside the offline figure of the first call.
 set -u
 OUT=${OUT:-/tmp/llmcore-gpu}
 mkdir -p "$OUT"
@@ -30,16 +36,28 @@ for pair in msgspec:msgspec gguf:gguf anyio:anyio h11:h11 sentencepiece:sentence
 done
 python -c "import llmcore, ops, msgspec, gguf; print('imports ok')" >>"$OUT/install.txt" 2>&1
 
-timeout 200 python -m pytest -q -p no:cacheprovider tests/ops/test_cuda_ops.py \
-  "tests/llmcore/test_decode_graphs.py::test_cuda_graphs_replay_the_eager_steps" \
-  >"$OUT/tests.txt" 2>&1
-echo "tests rc=$?" >>"$OUT/status.txt"
-timeout 120 python tests/bench/bench_gpu.py --attention-only >"$OUT/attention.txt" 2>&1
-echo "attention rc=$?" >>"$OUT/status.txt"
-for shape in 135m 1b; do
-  timeout 150 python tests/bench/bench_gpu.py --shape $shape >"$OUT/bench_$shape.txt" 2>&1
-  echo "bench $shape rc=$?" >>"$OUT/status.txt"
-done
+part() {  # name, limit in seconds, command...
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+  echo "$name rc=$?" >>"$OUT/status.txt"
+}
+case "${1:-first}" in
+first)
+  part tests 200 python -m pytest -q -p no:cacheprovider tests/ops/test_cuda_ops.py \
+    "tests/llmcore/test_decode_graphs.py::test_cuda_graphs_replay_the_eager_steps"
+  part attention 100 python tests/bench/bench_gpu.py --attention-only
+  part bench_135m 160 python tests/bench/bench_gpu.py --shape 135m
+  ;;
+second)
+  part bench_1b 220 python tests/bench/bench_gpu.py --shape 1b
+  python -c "import sys, torch; sys.path.insert(0, 'tests/bench'); import bench_gpu; \
+from pathlib import Path; p = Path('/tmp/llmcore-135m'); p.mkdir(exist_ok=True); \
+bench_gpu.build_model('135m', p, torch.bfloat16)" >"$OUT/build_135m.txt" 2>&1
+  part serving 300 python tests/bench/bench_serving.py --side-by-side --model /tmp/llmcore-135m \
+    --llmcore-variants "--device cuda" --levels 1,64,256 --no-ceilings --rounds 1
+  ;;
+esac
 cat "$OUT/status.txt"
-tail -n 5 "$OUT/tests.txt"
-cat "$OUT/attention.txt"
+tail -n 5 "$OUT"/tests.txt 2>/dev/null
+cat "$OUT"/attention.txt "$OUT"/serving.txt 2>/dev/null
