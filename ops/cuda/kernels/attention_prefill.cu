@@ -12,7 +12,7 @@
 // with 16-byte loads (a key out of that range is written as zeros, so no freed
 // block or unwritten slot is touched and no NaN reaches a product), then each warp
 //   S  = Q K^T      16 x PF_TILE_K, wmma 16x16x16, float accumulators -> smem,
-//   softmax         two lanes per row, 16 scores each, in float32: scale, soft
+//   softmax         two lanes per row, alternate scores each, in float32: scale, soft
 //                   cap c * tanh(s / c), causal and window masks, the running max
 //                   m and sum l (kept in registers, equal in both lanes), the
 //                   weights P rounded to scalar_t into smem, and the row's running
@@ -22,8 +22,9 @@
 // element-to-row mapping is unspecified, so the per-row rescale needs the rows in
 // memory anyway, and 16 x 128 floats of fragments per warp would not fit the
 // build check's 64 registers. At the end each row is divided by its l and written.
-// Shared memory per block: the Q, K, V and P tiles (scalar_t), S and O (float):
-// 46 KB at D = 128, under the 48 KB of static shared memory.
+// Shared memory per block: the Q, K, V and P tiles (scalar_t), S and O (float),
+// the last three rows padded against bank conflicts: 47.5 KB at D = 128, under
+// the 48 KB of static shared memory.
 //
 // Grid (num_seqs + num_tokens / PF_TILE_Q, num_heads): sequence s owns tiles
 // s + qsl[s] / PF_TILE_Q .. s + qsl[s + 1] / PF_TILE_Q - 1 (qsl =
@@ -40,15 +41,20 @@
 #define PF_TILE_Q (PF_WARPS * 16)
 #define PF_TILE_K 32
 #define PF_VEC 8  // scalar_t per 16-byte load
+// Row pitches of S, P and O: padded so that the 16 rows a warp's lanes walk in
+// the softmax start on different banks (WMMA wants multiples of 16 bytes).
+#define PF_LD_S (PF_TILE_K + 4)
+#define PF_LD_P (PF_TILE_K + 8)
+#define PF_LD_O(D) ((D) + 4)
 
 template <typename scalar_t, int HEAD_SIZE>
 struct PrefillShared {
   alignas(32) scalar_t q[PF_TILE_Q][HEAD_SIZE];  // wmma wants 256-bit aligned tiles
   scalar_t k[PF_TILE_K][HEAD_SIZE];
   scalar_t v[PF_TILE_K][HEAD_SIZE];
-  float s[PF_TILE_Q][PF_TILE_K];
-  scalar_t p[PF_TILE_Q][PF_TILE_K];
-  float o[PF_TILE_Q][HEAD_SIZE];
+  float s[PF_TILE_Q][PF_LD_S];
+  scalar_t p[PF_TILE_Q][PF_LD_P];
+  float o[PF_TILE_Q][PF_LD_O(HEAD_SIZE)];
 };
 
 template <typename scalar_t, int HEAD_SIZE>
@@ -64,7 +70,6 @@ __global__ void __launch_bounds__(PF_THREADS, 16) paged_attention_prefill_tc(
 #else
   using namespace nvcuda;
   constexpr int VECS = HEAD_SIZE / PF_VEC;  // 16-byte vectors per row
-  constexpr int HALF_D = HEAD_SIZE / 2;
   __shared__ PrefillShared<scalar_t, HEAD_SIZE> sh;
   const int tile = blockIdx.x, head = blockIdx.y, num_heads = gridDim.y;
   const int seq = find_sequence(query_start_loc, num_seqs, tile, PF_TILE_Q, 1);
@@ -85,11 +90,11 @@ __global__ void __launch_bounds__(PF_THREADS, 16) paged_attention_prefill_tc(
     *reinterpret_cast<uint4*>(&sh.q[r][c]) =
         r < rows ? *reinterpret_cast<const uint4*>(query + off) : zero;
   }
-  for (int i = threadIdx.x; i < PF_TILE_Q * HEAD_SIZE; i += PF_THREADS) (&sh.o[0][0])[i] = 0.0f;
+  for (int i = threadIdx.x; i < PF_TILE_Q * PF_LD_O(HEAD_SIZE); i += PF_THREADS) (&sh.o[0][0])[i] = 0.0f;
 
   const int warp = threadIdx.x / LLMCORE_WARP, lane = threadIdx.x % LLMCORE_WARP;
   const int row = warp * 16 + lane / 2;  // the row whose softmax this lane shares
-  const int half = lane % 2;             // ... and which half of its keys and dims
+  const int half = lane % 2;             // ... and its columns half, half + 2, ...
   const int pos = ctx + first + row;
   const bool row_valid = row < rows;
   const int row_begin = sliding_window > 0 ? pos - sliding_window + 1 : 0;
@@ -130,19 +135,19 @@ __global__ void __launch_bounds__(PF_THREADS, 16) paged_attention_prefill_tc(
       }
 #pragma unroll
       for (int n = 0; n < PF_TILE_K / 16; ++n)
-        wmma::store_matrix_sync(&sh.s[warp * 16][n * 16], acc[n], PF_TILE_K, wmma::mem_row_major);
+        wmma::store_matrix_sync(&sh.s[warp * 16][n * 16], acc[n], PF_LD_S, wmma::mem_row_major);
     }
     __syncwarp();
 
-    // Online softmax of row `row` over keys k0 + 16 * half .. + 15.
-    float* srow = &sh.s[row][half * 16];
+    // Online softmax of row `row`, this lane's keys k0 + half + 2j.
+    float* srow = &sh.s[row][half];
     float tile_max = LLMCORE_NEG_INF;
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      const int t = k0 + half * 16 + j;
+      const int t = k0 + half + 2 * j;
       const bool seen = row_valid && t <= pos && t >= row_begin;
-      const float s = seen ? soft_capped(srow[j] * scale, soft_cap) : LLMCORE_NEG_INF;
-      srow[j] = s;
+      const float s = seen ? soft_capped(srow[2 * j] * scale, soft_cap) : LLMCORE_NEG_INF;
+      srow[2 * j] = s;
       tile_max = fmaxf(tile_max, s);
     }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
@@ -150,37 +155,37 @@ __global__ void __launch_bounds__(PF_THREADS, 16) paged_attention_prefill_tc(
     const bool none = m_new == LLMCORE_NEG_INF;  // no key seen yet (or a padding row)
     const float alpha = none ? 1.0f : expf(m - m_new);
     float sum = 0.0f;
-    scalar_t* prow = &sh.p[row][half * 16];
+    scalar_t* prow = &sh.p[row][half];
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      const float p = none ? 0.0f : expf(srow[j] - m_new);
-      prow[j] = from_float<scalar_t>(p);
+      const float p = none ? 0.0f : expf(srow[2 * j] - m_new);
+      prow[2 * j] = from_float<scalar_t>(p);
       sum += p;
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l = l * alpha + sum;
     m = m_new;
-    float* orow = &sh.o[row][half * HALF_D];
-#pragma unroll 8
-    for (int j = 0; j < HALF_D; ++j) orow[j] *= alpha;
+    float* orow = &sh.o[row][0];
+#pragma unroll 4
+    for (int d = half; d < HEAD_SIZE; d += 2) orow[d] *= alpha;
     __syncwarp();
 
     {  // O += P V
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, scalar_t, wmma::row_major> a[PF_TILE_K / 16];
+      // P's fragments are reloaded per column slice (shared memory is cheap; the
+      // registers of both would push the kernel past the 64-register cap).
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, scalar_t, wmma::row_major> a;
       wmma::fragment<wmma::matrix_b, 16, 16, 16, scalar_t, wmma::row_major> b;
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
 #pragma unroll
-      for (int kk = 0; kk < PF_TILE_K / 16; ++kk)
-        wmma::load_matrix_sync(a[kk], &sh.p[warp * 16][kk * 16], PF_TILE_K);
-#pragma unroll
       for (int c = 0; c < HEAD_SIZE / 16; ++c) {
-        wmma::load_matrix_sync(acc, &sh.o[warp * 16][c * 16], HEAD_SIZE, wmma::mem_row_major);
+        wmma::load_matrix_sync(acc, &sh.o[warp * 16][c * 16], PF_LD_O(HEAD_SIZE), wmma::mem_row_major);
 #pragma unroll
         for (int kk = 0; kk < PF_TILE_K / 16; ++kk) {
+          wmma::load_matrix_sync(a, &sh.p[warp * 16][kk * 16], PF_LD_P);
           wmma::load_matrix_sync(b, &sh.v[kk * 16][c * 16], HEAD_SIZE);
-          wmma::mma_sync(acc, a[kk], b, acc);
+          wmma::mma_sync(acc, a, b, acc);
         }
-        wmma::store_matrix_sync(&sh.o[warp * 16][c * 16], acc, HEAD_SIZE, wmma::mem_row_major);
+        wmma::store_matrix_sync(&sh.o[warp * 16][c * 16], acc, PF_LD_O(HEAD_SIZE), wmma::mem_row_major);
       }
     }
     __syncwarp();  // the next rescale (or the output) reads rows other lanes stored
@@ -188,10 +193,10 @@ __global__ void __launch_bounds__(PF_THREADS, 16) paged_attention_prefill_tc(
 
   if (row_valid) {
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const float* orow = &sh.o[row][half * HALF_D];
-    scalar_t* o = out + ((long long)(q_start + first + row) * num_heads + head) * HEAD_SIZE + half * HALF_D;
-#pragma unroll 8
-    for (int j = 0; j < HALF_D; ++j) o[j] = from_float<scalar_t>(orow[j] * inv);
+    const float* orow = &sh.o[row][0];
+    scalar_t* o = out + ((long long)(q_start + first + row) * num_heads + head) * HEAD_SIZE;
+#pragma unroll 4
+    for (int d = half; d < HEAD_SIZE; d += 2) o[d] = from_float<scalar_t>(orow[d] * inv);
   }
 #endif
 }
