@@ -8,6 +8,8 @@ launch through it, the runtime compiles its name expressions, the build check
 
 from __future__ import annotations
 
+import torch
+
 from ops.cuda._launch import Kernel, kernel
 
 HEAD_SIZES = (64, 80, 96, 128)
@@ -144,6 +146,15 @@ PAGED_ATTENTION_PREFILL = kernel(
     head_sizes=HEAD_SIZES,
 )
 
+# The tensor-core prefill (WMMA has no float32 inputs): __half and bf16 only.
+PAGED_ATTENTION_PREFILL_TC = kernel(
+    "attention_prefill.cu",
+    "paged_attention_prefill_tc",
+    *(f"{a.ctype} {a.name}" for a in PAGED_ATTENTION_PREFILL.args),
+    head_sizes=HEAD_SIZES,
+    dtypes=(torch.float16, torch.bfloat16),
+)
+
 ALL_KERNELS: tuple[Kernel, ...] = (
     RESHAPE_AND_CACHE,
     RMS_NORM,
@@ -153,4 +164,5 @@ ALL_KERNELS: tuple[Kernel, ...] = (
     PAGED_ATTENTION_DECODE,
     PAGED_ATTENTION_REDUCE,
     PAGED_ATTENTION_PREFILL,
+    PAGED_ATTENTION_PREFILL_TC,
 )

@@ -62,32 +62,43 @@ class Kernel:
     name: str  # the __global__ function template
     args: tuple[Arg, ...]
     head_sizes: tuple[int, ...] = ()  # values of a second `int HEAD_SIZE` template parameter
+    dtypes: tuple[torch.dtype, ...] = tuple(SCALAR_TYPES)  # the scalar_t it exists for
     # The most registers per thread `nox -s cuda` accepts (see ops.cuda.build_check):
     # a kernel that keeps more loads in flight per thread may declare more.
     max_registers: int = 64
 
     def name_expression(self, dtype: torch.dtype, head_size: int | None = None) -> str:
         """The instantiation's name as NVRTC and the build check spell it."""
+        assert dtype in self.dtypes, (self.name, dtype)
         if self.head_sizes:
             assert head_size in self.head_sizes, (self.name, head_size)
             return f"{self.name}<{SCALAR_TYPES[dtype]}, {head_size}>"
         return f"{self.name}<{SCALAR_TYPES[dtype]}>"
 
     def name_expressions(self, dtype: torch.dtype) -> list[str]:
+        """Every instantiation for `dtype` (none if the kernel lacks that dtype)."""
+        if dtype not in self.dtypes:
+            return []
         if self.head_sizes:
             return [self.name_expression(dtype, h) for h in self.head_sizes]
         return [self.name_expression(dtype)]
 
 
 def kernel(
-    source: str, name: str, *args: str, head_sizes: tuple[int, ...] = (), max_registers: int = 64
+    source: str,
+    name: str,
+    *args: str,
+    head_sizes: tuple[int, ...] = (),
+    dtypes: tuple[torch.dtype, ...] = tuple(SCALAR_TYPES),
+    max_registers: int = 64,
 ) -> Kernel:
-    """`kernel("norm.cu", "rms_norm", "scalar_t* out", "float eps", ...)`."""
+    """`kernel("norm.cu", "rms_norm", "scalar_t* out", "float eps", ...)`; `dtypes`
+    narrows the storage types it is instantiated for (all of SCALAR_TYPES)."""
     parsed = []
     for decl in args:
         ctype, _, arg_name = decl.rpartition(" ")
         parsed.append(Arg(arg_name, ctype))
-    return Kernel(source, name, tuple(parsed), head_sizes, max_registers)
+    return Kernel(source, name, tuple(parsed), head_sizes, dtypes, max_registers)
 
 
 Value = torch.Tensor | int | float

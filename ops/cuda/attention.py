@@ -13,6 +13,14 @@ on shapes, so a CUDA graph captured for a batch size replays at any lengths. A
 sliding window bounds the span too. With more than one partition a reduce kernel
 merges them. `sliding_window` and `soft_cap` reach the kernels as 0 for none.
 Head sizes other than `HEAD_SIZES` run the torch reference (`supports`).
+
+Prefill runs on tensor cores (kernels/attention_prefill.cu: tiles of
+`PREFILL_TILE` query tokens of one sequence and one head, WMMA products) for
+float16/bfloat16 on sm_80+ with 16-byte aligned rows (`use_tensor_cores`); else
+on the scalar kernel (a block per query token and head). The tile grid is sized
+from shapes alone (`num_seqs + num_tokens // PREFILL_TILE` tiles, each sequence
+at least the ceil(q_len / PREFILL_TILE) it needs), so no launch waits for the
+device.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from ops.cuda._kernels import (
     HEAD_SIZES,
     PAGED_ATTENTION_DECODE,
     PAGED_ATTENTION_PREFILL,
+    PAGED_ATTENTION_PREFILL_TC,
     PAGED_ATTENTION_REDUCE,
 )
 from ops.cuda._launch import Launch
@@ -37,6 +46,8 @@ MIN_PARTITION = 64  # tokens: below this a partition's fixed costs dominate
 BLOCKS_PER_SM = 4  # resident decode blocks that keep an SM's loads in flight
 MAX_PARTITIONS = 128
 DEFAULT_SMS = 132  # an H100/H200, where the device cannot be asked (CPU emulation)
+PREFILL_TILE = 32  # PF_TILE_Q in attention_prefill.cu: query tokens a block serves
+PREFILL_THREADS = 64  # PF_THREADS (2 warps of 16 query rows each)
 
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
@@ -168,6 +179,20 @@ def paged_attention_decode(
     return out
 
 
+def use_tensor_cores(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
+) -> bool:
+    """Whether prefill can take the WMMA kernel: a 16-bit float dtype, an sm_80+
+    device (CPU tensors: plans and the emulator), and rows the kernel may load 16
+    bytes at a time (head offsets are, since head sizes are multiples of 16)."""
+    if query.dtype not in PAGED_ATTENTION_PREFILL_TC.dtypes:
+        return False
+    if query.is_cuda and torch.cuda.get_device_capability(query.device) < (8, 0):
+        return False
+    aligned = all(t.data_ptr() % 16 == 0 for t in (query, key_cache, value_cache))
+    return aligned and query.stride(0) % 8 == 0
+
+
 def plan_paged_attention_prefill(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -183,24 +208,31 @@ def plan_paged_attention_prefill(
     num_tokens, num_heads, head_size = query.shape
     out = torch.empty((num_tokens, num_heads, head_size), dtype=query.dtype, device=query.device)
     tables = _int32(block_tables)
+    key_cache, value_cache = key_cache.contiguous(), value_cache.contiguous()
+    num_seqs = seq_lens.shape[0]
+    if use_tensor_cores(query, key_cache, value_cache):
+        kernel, threads = PAGED_ATTENTION_PREFILL_TC, PREFILL_THREADS
+        grid = (num_seqs + num_tokens // PREFILL_TILE, num_heads, 1)
+    else:
+        kernel, threads, grid = PAGED_ATTENTION_PREFILL, THREADS, (num_tokens, num_heads, 1)
     launch = Launch(
-        PAGED_ATTENTION_PREFILL,
+        kernel,
         query.dtype,
-        grid=(num_tokens, num_heads, 1),
-        block=(THREADS, 1, 1),
+        grid=grid,
+        block=(threads, 1, 1),
         head_size=head_size,
         values={
             "out": out,
             "query": query,
-            "key_cache": key_cache.contiguous(),
-            "value_cache": value_cache.contiguous(),
+            "key_cache": key_cache,
+            "value_cache": value_cache,
             "block_tables": tables,
             "query_start_loc": _int32(query_start_loc),
             "seq_lens": _int32(seq_lens),
             "scale": float(scale),
             "sliding_window": sliding_window or 0,
             "soft_cap": float(soft_cap or 0.0),
-            "num_seqs": seq_lens.shape[0],
+            "num_seqs": num_seqs,
             "num_kv_heads": key_cache.shape[2],
             "block_size": key_cache.shape[1],
             "max_blocks_per_seq": tables.shape[1],

@@ -3,16 +3,24 @@
 // __syncthreads is a block barrier, __shfl_xor_sync exchanges through a buffer
 // between two warp barriers, __shared__ variables are statics (blocks run one
 // after another). It checks indexing, synchronisation and arithmetic, not speed.
+// nvcuda::wmma (16x16x16 tiles) is emulated too: every lane holds the whole tile
+// in its fragment (element (r, c) at x[r * cols + c]) and does each operation
+// itself; as on a GPU, a *_sync call waits for the whole warp first, and a lane
+// reading what other lanes stored needs the kernel's own __syncwarp.
 #pragma once
+#define __CUDA_MMA_H__  // <mma.h> (device-only) is replaced by the emulation below
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <barrier>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #undef __global__
@@ -47,6 +55,9 @@ struct EmuBlock {
 inline EmuBlock* emu_current_block = nullptr;
 
 inline void __syncthreads() { emu_current_block->block.arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  emu_current_block->warps[threadIdx.x / 32]->arrive_and_wait();
+}
 
 inline float __shfl_xor_sync(unsigned, float v, int offset) {
   const int t = threadIdx.x, warp = t / 32, lane = t % 32;
@@ -87,3 +98,85 @@ void emu_launch(EmuDim3 grid, EmuDim3 block, F kernel) {
         for (auto& th : pool) th.join();
       }
 }
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+// A is M x K, B is K x N, the accumulator M x N.
+template <typename Use, int M, int N, int K>
+constexpr int emu_rows = std::is_same_v<Use, matrix_b> ? K : M;
+template <typename Use, int M, int N, int K>
+constexpr int emu_cols = std::is_same_v<Use, matrix_a> ? K : N;
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = emu_rows<Use, M, N, K>, cols = emu_cols<Use, M, N, K>;
+  static constexpr int num_elements = rows * cols;
+  T x[num_elements];
+};
+
+inline float emu_float(float x) { return x; }
+inline float emu_float(__half x) { return __half2float(x); }
+inline float emu_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// The device's rules: 256-bit aligned pointers, ldm a multiple of 16 bytes.
+template <typename T>
+inline void emu_check(const T* p, unsigned ldm) {
+  if (reinterpret_cast<std::uintptr_t>(p) % 32 || ldm * sizeof(T) % 16) std::abort();
+}
+
+template <typename F, typename T>
+inline void emu_load(F& f, const T* p, unsigned ldm, bool col) {
+  __syncwarp();
+  emu_check(p, ldm);
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = col ? p[c * ldm + r] : p[r * ldm + c];
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+  emu_load(f, p, ldm, std::is_same_v<Layout, col_major>);
+}
+
+template <int M, int N, int K>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm,
+                             layout_t layout) {
+  emu_load(f, p, ldm, layout == mem_col_major);
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f,
+                              unsigned ldm, layout_t layout) {
+  __syncwarp();
+  emu_check(p, ldm);
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.x[r * N + c];
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, const T& v) {
+  for (auto& e : f.x) e = v;
+}
+
+// d = a b + c, products and sums in float32 (d may be c).
+template <int M, int N, int K, typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d,
+                     const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b,
+                     const fragment<accumulator, M, N, K, float>& c) {
+  __syncwarp();
+  float r[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float s = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) s += emu_float(a.x[i * K + k]) * emu_float(b.x[k * N + j]);
+      r[i * N + j] = s;
+    }
+  std::memcpy(d.x, r, sizeof r);
+}
+}  // namespace nvcuda::wmma

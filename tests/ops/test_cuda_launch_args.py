@@ -55,7 +55,7 @@ SOURCES = _parse_sources()
 
 
 def test_every_kernel_in_the_sources_has_a_spec_and_back() -> None:
-    assert len(SOURCES) == 8
+    assert len(SOURCES) == 9
     assert sorted(SOURCES) == sorted(k.name for k in ALL_KERNELS)
 
 
@@ -140,7 +140,12 @@ def test_attention_plans(dtype: torch.dtype, head_size: int, max_len: int) -> No
     starts = torch.tensor([0, 1, 3])
     out, launch = plan_paged_attention_prefill(q, kc, kc, tables, starts, lens[:2], 0.1)
     _check(launch)
-    assert launch.grid == (3, 6, 1) and launch.name_expression.endswith(f", {head_size}>")
+    assert launch.name_expression.endswith(f", {head_size}>")
+    if dtype == torch.float32:  # a block per (query token, head)
+        assert launch.grid == (3, 6, 1) and launch.kernel.name == "paged_attention_prefill"
+    else:  # tensor cores: a block per (32-token tile, head), one spare tile per sequence
+        assert launch.grid == (2 + 3 // 32, 6, 1) and launch.block == (64, 1, 1)
+        assert launch.kernel.name == "paged_attention_prefill_tc"
     assert (launch.values["sliding_window"], launch.values["soft_cap"]) == (0, 0.0)  # none
 
 

@@ -169,6 +169,35 @@ def test_paged_prefill(dtype: torch.dtype, d: int, heads: int, kv_heads: int, bs
     _close(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "d"), [(32, 8, 128), (12, 4, 64), (8, 8, 80), (6, 2, 96)]
+)
+@pytest.mark.parametrize(("window", "cap"), [(None, None), (100, None), (1, None), (None, 30.0)])
+def test_paged_prefill_tensor_cores(
+    dtype: torch.dtype, heads: int, kv_heads: int, d: int, window: int | None, cap: float | None
+) -> None:
+    """The WMMA prefill at prompt sizes: two 300-token chunks after a 64-token
+    prefix, a short chunk, an empty sequence; 16-token blocks, the blocks before
+    every window NaN."""
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("the tensor-core prefill needs sm_80+")
+    lens, q_lens = [364, 364, 40, 9], [300, 300, 17, 0]
+    q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
+        lens, q_lens, heads, kv_heads, d, 16, dtype, seed=heads + d
+    )
+    _drop_out_of_window_blocks(kc, vc, tables, starts, seq_lens, window)
+    options: dict[str, Any] = {"sliding_window": window, "soft_cap": cap}
+    args = (q, kc, vc, tables, starts, seq_lens)
+    cuda_args = _to_cuda(*args)
+    _, launch = cuda_attention.plan_paged_attention_prefill(*cuda_args, d**-0.5, **options)
+    assert launch.kernel.name == "paged_attention_prefill_tc"
+    want = ops.paged_attention_prefill.reference(*args, d**-0.5, **options)
+    got = ops.cuda.paged_attention_prefill(*cuda_args, d**-0.5, **options)
+    assert torch.isfinite(got.float()).all()
+    _close(got, want, dtype)
+
+
 def test_smollm2_greedy_on_cuda_equals_cpu(smollm2_path: Any, smollm2: Any) -> None:
     gpu_model = llmcore.load_model(smollm2_path, dtype="float32", device="cuda")
     prompt = torch.randint(100, 40000, (37,), generator=torch.Generator().manual_seed(0)).tolist()

@@ -32,11 +32,6 @@ struct AttnShared {
   float acc[ATTN_WARPS][HEAD_SIZE];
 };
 
-// A score after the soft cap (c > 0), or as it is (c == 0).
-__device__ __forceinline__ float soft_capped(float s, float soft_cap) {
-  return soft_cap > 0.0f ? soft_cap * tanhf(s / soft_cap) : s;
-}
-
 // Each warp's online softmax over tokens [begin, end) of one sequence, left in
 // `sh` (this warp's m, l and acc rows).
 template <typename scalar_t, int HEAD_SIZE>
@@ -417,12 +412,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) paged_attention_prefill(
     long long query_stride) {
   __shared__ AttnShared<HEAD_SIZE> sh;
   const int token = blockIdx.x, head = blockIdx.y, num_heads = gridDim.y;
-  int lo = 0, hi = num_seqs - 1;  // the last s with query_start_loc[s] <= token
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (query_start_loc[mid] <= token) lo = mid; else hi = mid - 1;
-  }
-  const int seq = lo;
+  const int seq = find_sequence(query_start_loc, num_seqs, token, 1, 0);
   const int q_start = query_start_loc[seq];
   const int q_len = query_start_loc[seq + 1] - q_start;
   const int end = seq_lens[seq] - q_len + (token - q_start) + 1;

@@ -22,6 +22,25 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(x);
 }
 
+// A score after the soft cap (c > 0), or as it is (c == 0).
+__device__ __forceinline__ float soft_capped(float s, float soft_cap) {
+  return soft_cap > 0.0f ? soft_cap * tanhf(s / soft_cap) : s;
+}
+
+// The sequence serving `x` in a varlen batch: the last s < num_seqs with
+// s * spare + query_start_loc[s] / tile <= x. With (tile 1, spare 0), the
+// sequence of query token x; with (tile T, spare 1), that of T-token query tile
+// x when sequence s owns tiles s + qsl[s] / T .. s + qsl[s + 1] / T - 1.
+__device__ __forceinline__ int find_sequence(const int* __restrict__ query_start_loc,
+                                             int num_seqs, int x, int tile, int spare) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (mid * spare + query_start_loc[mid] / tile <= x) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = LLMCORE_WARP / 2; offset > 0; offset /= 2)
