@@ -17,6 +17,7 @@ from ops.kv_cache import reshape_and_cache
 from ops.moe import fused_moe as fused_moe  # C kernel only: not in __all__ (below)
 from ops.norm import fused_add_rms_norm, rms_norm
 from ops.rotary import rotary_embedding
+from ops.rotary_cache import rotary_embedding_and_cache
 
 # The ops with a kernel on every backend (CUDA and C), which tests/ops/test_dispatch.py
 # and test_cuda_emulated.py walk. `fused_moe` has the C kernel only (elsewhere its
@@ -28,5 +29,6 @@ __all__ = [
     "reshape_and_cache",
     "rms_norm",
     "rotary_embedding",
+    "rotary_embedding_and_cache",
     "silu_and_mul",
 ]

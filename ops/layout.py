@@ -28,3 +28,11 @@ def has_contiguous_heads(x: torch.Tensor) -> bool:
 def with_contiguous_heads(x: torch.Tensor) -> torch.Tensor:
     """`x` itself when `has_contiguous_heads(x)`, else a contiguous copy."""
     return x if has_contiguous_heads(x) else x.contiguous()
+
+
+def copy_back(*pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """For each `(worked_on, target)`: a kernel worked in place on `worked_on`, which
+    is `target` itself or its `with_contiguous_heads` copy; a copy goes back."""
+    for worked_on, target in pairs:
+        if worked_on is not target:
+            target.copy_(worked_on)

@@ -3,13 +3,14 @@
 `BACKEND` accepts a call when every dispatch tensor is float32 on the CPU and the
 kernels are built (`_build.library()`: not turned off by `LLMCORE_CPU_KERNELS=0`, a
 C compiler found, the build succeeded). `KV_CACHE_BACKEND`, the same kernels' family
-for the ops that write or read the KV cache (`reshape_and_cache`, paged attention),
-also accepts caches of float16 or bfloat16 beside float32 activations: its
-placements end with the two caches, of one dtype among `KV_DTYPES`. One module per
-op family (`norm`, `activation`, `rotary`, `kv_cache`, `attention`) holds the
-wrappers, each with the signature of its public op; the op modules of `ops` register
-them and are the only place that chooses them. A wrapper assumes the op's validation
-has run and is tested against the op's torch reference.
+for the ops that write or read the KV cache (`reshape_and_cache`,
+`rotary_embedding_and_cache`, paged attention), also accepts caches of float16 or
+bfloat16 beside float32 activations: its placements end with the two caches, of one
+dtype among `KV_DTYPES`. One module per op family (`norm`, `activation`, `rotary`,
+`kv_cache`, `attention`) holds the wrappers, each with the signature of its public
+op; the op modules of `ops` register them and are the only place that chooses them.
+A wrapper assumes the op's validation has run and is tested against the op's torch
+reference.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ops.cpu.attention import (
 )
 from ops.cpu.kv_cache import KV_DTYPES, reshape_and_cache
 from ops.cpu.norm import fused_add_rms_norm, rms_norm
-from ops.cpu.rotary import rotary_embedding
+from ops.cpu.rotary import rotary_embedding, rotary_embedding_and_cache
 from ops.dispatch import Backend, Place
 
 
@@ -62,5 +63,6 @@ __all__ = [
     "reshape_and_cache",
     "rms_norm",
     "rotary_embedding",
+    "rotary_embedding_and_cache",
     "silu_and_mul",
 ]

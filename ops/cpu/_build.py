@@ -195,6 +195,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.llmcore_rotary_embedding_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [p, p, i64, i64, i32, p, i64, i64, i32, p, i64, i32, i64, i32]
+    fn = lib.llmcore_rotary_embedding_and_cache_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [
+        p, p, i64, i32, i32, p, i64, p, i64, i32, i32, p, i64, i32, p, p, p, i64, i32, i64, i32
+    ]  # fmt: skip
     fn = lib.llmcore_rms_norm_f32
     fn.restype = None
     fn.argtypes = [p, i64, p, f32, p, i64, i64, i64]

@@ -17,7 +17,7 @@ from ops.cuda.activation import silu_and_mul
 from ops.cuda.attention import paged_attention_decode, paged_attention_prefill
 from ops.cuda.kv_cache import reshape_and_cache
 from ops.cuda.norm import fused_add_rms_norm, rms_norm
-from ops.cuda.rotary import rotary_embedding
+from ops.cuda.rotary import rotary_embedding, rotary_embedding_and_cache
 from ops.dispatch import Backend, Place
 
 
@@ -42,5 +42,6 @@ __all__ = [
     "reshape_and_cache",
     "rms_norm",
     "rotary_embedding",
+    "rotary_embedding_and_cache",
     "silu_and_mul",
 ]

@@ -86,6 +86,28 @@ ROTARY_EMBEDDING = kernel(
     "int is_neox",
 )
 
+ROTARY_EMBEDDING_AND_CACHE = kernel(
+    "rotary.cu",
+    "rotary_embedding_and_cache",
+    "const long long* positions",
+    "scalar_t* query",
+    "scalar_t* key",
+    "const scalar_t* value",
+    "scalar_t* key_cache",
+    "scalar_t* value_cache",
+    "const long long* slot_mapping",
+    "const float* cos_sin_cache",
+    "int rot_dim",
+    "long long query_stride",
+    "long long key_stride",
+    "long long value_stride",
+    "int num_heads",
+    "int num_kv_heads",
+    "int head_dim",
+    "int kv_head_dim",
+    "int is_neox",
+)
+
 PAGED_ATTENTION_DECODE = kernel(
     "attention.cu",
     "paged_attention_decode",
@@ -161,6 +183,7 @@ ALL_KERNELS: tuple[Kernel, ...] = (
     FUSED_ADD_RMS_NORM,
     SILU_AND_MUL,
     ROTARY_EMBEDDING,
+    ROTARY_EMBEDDING_AND_CACHE,
     PAGED_ATTENTION_DECODE,
     PAGED_ATTENTION_REDUCE,
     PAGED_ATTENTION_PREFILL,

@@ -375,10 +375,11 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
         v = v.view(num_tokens, self.num_kv_heads, d)
         if layer.q_norm is not None and layer.k_norm is not None:
             q, k = self._norm(q, layer.q_norm), self._norm(k, layer.k_norm)
-        ops.rotary_embedding(batch.positions, q, k, layer.rope, is_neox=True)
         key_cache, value_cache = kv_cache
         tables, slots = batch.kv_tables(layer.group)
-        ops.reshape_and_cache(k, v, key_cache, value_cache, slots)
+        ops.rotary_embedding_and_cache(
+            batch.positions, q, k, v, layer.rope, key_cache, value_cache, slots, is_neox=True
+        )
         window, cap = layer.window, self.gemma.attn_soft_cap
         if batch.is_decode:
             out = ops.paged_attention_decode(

@@ -415,10 +415,12 @@ class LlamaForCausalLM:
         k = k.view(num_tokens, self.num_kv_heads, d)
         v = v.view(num_tokens, self.num_kv_heads, d)
         q, k = self._qk_norm(layer, q, k)
-        ops.rotary_embedding(batch.positions, q, k, self.cos_sin_cache, is_neox=True)
         key_cache, value_cache = kv_cache
         tables, slots = batch.kv_tables(layer.group)
-        ops.reshape_and_cache(k, v, key_cache, value_cache, slots)
+        ops.rotary_embedding_and_cache(
+            batch.positions, q, k, v, self.cos_sin_cache, key_cache, value_cache, slots,
+            is_neox=True,
+        )  # fmt: skip
         if batch.is_decode:
             out = ops.paged_attention_decode(
                 q, key_cache, value_cache, tables, batch.seq_lens, self.scale,

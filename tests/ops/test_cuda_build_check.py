@@ -39,4 +39,4 @@ def test_instantiations_cover_every_kernel_dtype_and_head_size() -> None:
         for dtype in SCALAR_TYPES:
             for expr in kernel.name_expressions(dtype):
                 assert f"(void*)&{expr}," in source
-    assert source.count("(void*)&") == 50  # 42 + the tensor-core prefill: 2 dtypes x 4 head sizes
+    assert source.count("(void*)&") == 53  # 42 + tensor-core prefill (8) + fused rotary/cache (3)

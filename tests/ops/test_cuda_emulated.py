@@ -145,6 +145,40 @@ def test_rotary_and_cache_write(emulated: None, dtype: torch.dtype, is_neox: boo
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+def test_rotary_embedding_and_cache_in_one_launch(
+    emulated: None, dtype: torch.dtype, is_neox: bool
+) -> None:
+    """The fused kernel gives the bits of the two kernels in sequence: q and k of
+    one qkv tensor rotated in place (partial rotary, GQA), the rotated key and the
+    value in their slots, a padding slot (-1) rotated and not cached."""
+    n, heads, kv_heads, d, rot = 5, 4, 2, 80, 32
+    cache = build_rope_cache(rope_inv_freq(rot, 10000.0), 64)
+    positions, slots = torch.tensor([0, 7, 63, 1, 30]), torch.tensor([5, -1, 31, 16, 17])
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * d).to(dtype)
+    runs = []
+    for fused in (True, False):
+        t = qkv.clone()
+        q = t[:, : heads * d].view(n, heads, d)
+        k, v = t[:, heads * d :].view(n, 2, kv_heads, d).unbind(1)
+        caches = [torch.full((2, 16, kv_heads, d), 7.0, dtype=dtype) for _ in range(2)]
+        if fused:
+            ops.cuda.rotary_embedding_and_cache(positions, q, k, v, cache, *caches, slots, is_neox)
+        else:
+            ops.cuda.rotary_embedding(positions, q, k, cache, is_neox)
+            ops.cuda.reshape_and_cache(k, v, *caches, slots)
+        runs.append((t, *caches))
+    for got, want in zip(*runs, strict=True):
+        assert torch.equal(got, want)
+    rotated, key_cache, _ = runs[0]
+    want = qkv.clone()
+    q, k = want[:, : heads * d].view(n, heads, d), want[:, heads * d :][:, : kv_heads * d]
+    ops.rotary_embedding(positions, q, k.view(n, kv_heads, d), cache, is_neox)
+    _close(rotated, want, dtype)
+    assert (key_cache.view(32, -1) != 7.0).any(-1).nonzero().flatten().tolist() == [5, 16, 17, 31]
+
+
 # (dtype, head size, split-K, query heads, kv heads, window, soft cap): every
 # dtype, both head sizes, both paths, GQA groups of 1, 3, 6 (two blocks: 4 + 2
 # heads) and 8; windows of one token, inside a block (8 tokens), across blocks and

@@ -29,7 +29,7 @@ from ops.cuda.attention import (
 )
 from ops.cuda.kv_cache import plan_reshape_and_cache
 from ops.cuda.norm import plan_fused_add_rms_norm, plan_rms_norm
-from ops.cuda.rotary import plan_rotary_embedding
+from ops.cuda.rotary import plan_rotary_embedding, plan_rotary_embedding_and_cache
 
 KERNELS_DIR = Path(ops.__file__).parent / "cuda" / "kernels"
 _GLOBAL = re.compile(
@@ -118,6 +118,14 @@ def test_elementwise_plans(dtype: torch.dtype) -> None:
     assert launch.values["query_stride"] == 8 * 64 and launch.values["is_neox"] == 0
     caches = torch.zeros(4, 16, 2, 64, dtype=dtype), torch.zeros(4, 16, 2, 64, dtype=dtype)
     _check(plan_reshape_and_cache(k, k, *caches, torch.tensor([3, 0, 9, 1, 2, 5, 6])))
+    v = qkv[:, 6 * 64 :].view(7, 2, 64)
+    slots = torch.tensor([3, 0, 9, 1, -1, 5, 6])
+    launch = plan_rotary_embedding_and_cache(
+        positions, q, k, v, torch.randn(16, 32), *caches, slots, True
+    )
+    _check(launch)
+    assert launch.values["value_stride"] == 8 * 64 and launch.values["kv_head_dim"] == 64
+    assert launch.grid == (7, 1, 1) and launch.values["rot_dim"] == 32
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

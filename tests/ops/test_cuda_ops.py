@@ -89,6 +89,54 @@ def test_reshape_and_cache(dtype: torch.dtype) -> None:
         assert torch.equal(got.cpu(), want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize(("heads", "kv_heads", "d", "rot"), [(9, 3, 64, 64), (8, 2, 128, 64)])
+def test_rotary_embedding_and_cache(
+    dtype: torch.dtype, is_neox: bool, heads: int, kv_heads: int, d: int, rot: int
+) -> None:
+    """The one-launch op against the two CUDA kernels (bit for bit) and the torch
+    reference on the CPU; strided views of one qkv tensor, a padding slot."""
+    n = 13
+    cache = build_rope_cache(rope_inv_freq(rot, 10000.0), 256)
+    positions = torch.randint(0, 256, (n,))
+    slots = torch.randperm(4 * 16)[:n]
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * d).to(dtype)
+    runs = []
+    for device, fused in ((CUDA, True), (CUDA, False), (torch.device("cpu"), True)):
+        t = qkv.to(device)
+        q = t[:, : heads * d].view(n, heads, d)
+        k, v = t[:, heads * d :].view(n, 2, kv_heads, d).unbind(1)
+        caches = [torch.zeros(4, 16, kv_heads, d, dtype=dtype, device=device) for _ in range(2)]
+        args = (positions.to(device), q, k, v, cache.to(device), *caches, slots.to(device))
+        if fused:
+            ops.rotary_embedding_and_cache(*args, is_neox=is_neox)
+        else:
+            ops.rotary_embedding(*args[:3], args[4], is_neox=is_neox)
+            ops.reshape_and_cache(k, v, *caches, slots.to(device))
+        torch.cuda.synchronize()
+        runs.append([x.cpu() for x in (t, *caches)])
+    for got, want in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(got, want)
+    for got, want in zip(runs[0], runs[2], strict=True):
+        _close(got, want, dtype)
+    padded = slots.to(CUDA).clone()
+    padded[3] = -1  # a padding token: rotated, not cached
+    kc, vc = (
+        torch.zeros(4, 16, kv_heads, d, dtype=dtype, device=CUDA),
+        torch.zeros(4, 16, kv_heads, d, dtype=dtype, device=CUDA),
+    )
+    t = qkv.to(CUDA)
+    q = t[:, : heads * d].view(n, heads, d)
+    k, v = t[:, heads * d :].view(n, 2, kv_heads, d).unbind(1)
+    ops.cuda.rotary_embedding_and_cache(positions.to(CUDA), q, k, v, cache.to(CUDA), kc, vc, padded)
+    assert torch.equal(t.cpu(), runs[0][0])
+    written = (kc.view(64, -1) != 0).any(-1).cpu()
+    assert written.nonzero().flatten().tolist() == sorted(
+        slots[[i for i in range(n) if i != 3]].tolist()
+    )
+
+
 def _to_cuda(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.to(CUDA) for t in tensors]
 

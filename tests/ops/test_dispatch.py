@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import ops
-from ops import cpu, cuda, dispatch
+from ops import cpu, cuda, dispatch, rotary_cache
 from ops.cpu import _build
 from ops.cuda import _module
 from ops.dispatch import TORCH, Backend, Impl, Op
@@ -56,6 +56,10 @@ def _args(name: str, dtype: torch.dtype) -> tuple[Any, ...]:
         k, v = torch.randn(3, 2, 16, dtype=dtype), torch.randn(3, 2, 16, dtype=dtype)
         kc, vc = torch.zeros(2, 8, 2, 16, dtype=dtype), torch.zeros(2, 8, 2, 16, dtype=dtype)
         return k, v, kc, vc, torch.tensor([0, 9, 4])
+    if name == "rotary_embedding_and_cache":
+        positions, q, k, cos_sin = _args("rotary_embedding", dtype)
+        kc, vc = torch.zeros(2, 8, 2, 64, dtype=dtype), torch.zeros(2, 8, 2, 64, dtype=dtype)
+        return positions, q, k, torch.randn_like(k), cos_sin, kc, vc, torch.tensor([0, 9, 4])
     q, kc, vc, tables, lens = _attention(dtype)
     if name == "paged_attention_decode":
         return q, kc, vc, tables, lens, 0.125
@@ -78,7 +82,12 @@ def fresh_choices() -> Iterator[None]:
 
 
 # The ops that write or read the KV cache take 16-bit caches beside float32 activations.
-KV_CACHE_OPS = ("reshape_and_cache", "paged_attention_decode", "paged_attention_prefill")
+KV_CACHE_OPS = (
+    "reshape_and_cache",
+    "rotary_embedding_and_cache",
+    "paged_attention_decode",
+    "paged_attention_prefill",
+)
 
 
 def _cpu_backend(name: str) -> dispatch.Backend:
@@ -92,7 +101,9 @@ def test_every_public_op_has_one_signature(name: str) -> None:
     signature = inspect.signature(op.reference)
     assert inspect.signature(op) == signature and op.__doc__ == op.reference.__doc__
     backends = [impl.backend for impl in op.kernels]
-    assert backends == [cuda.BACKEND, _cpu_backend(name)]
+    assert backends[:2] == [cuda.BACKEND, _cpu_backend(name)]
+    # the fused op's last resort before its reference: the two ops it fuses
+    assert backends[2:] == ([rotary_cache.SPLIT] if name == "rotary_embedding_and_cache" else [])
     for impl in op.kernels:
         assert inspect.signature(impl.fn) == signature, impl
     assert getattr(cpu, name) is op.kernels[1].fn and getattr(cuda, name) is op.kernels[0].fn
@@ -251,8 +262,8 @@ def test_supports_is_asked_per_call_and_the_reference_comes_last() -> None:
 
 # --- validation ---------------------------------------------------------------------
 
-VALIDATED = ["reshape_and_cache", "rotary_embedding", "paged_attention_decode",
-             "paged_attention_prefill"]  # fmt: skip
+VALIDATED = ["reshape_and_cache", "rotary_embedding", "rotary_embedding_and_cache",
+             "paged_attention_decode", "paged_attention_prefill"]  # fmt: skip
 
 
 def _modes() -> list[str]:

@@ -15,26 +15,6 @@
 
 #include "vec.h"
 
-/* n float32 values into a cache slot of kv_dtype elements. */
-static void write_slot(void *dst, const float *src, int64_t n, int kv_dtype) {
-    if (kv_dtype == KV_F32) {
-        memcpy(dst, src, n * sizeof(float));
-        return;
-    }
-    uint16_t *out = dst;
-    int64_t i = 0;
-    for (; i + W <= n; i += W) {
-        const vh h = kv_dtype == KV_F16 ? to_f16(load(src + i)) : to_bf16(load(src + i));
-        memcpy(out + i, &h, sizeof h);
-    }
-    if (i < n) { /* the tail, through a vector padded with zeros */
-        vf x = splat(0.0f);
-        memcpy(&x, src + i, (n - i) * sizeof(float));
-        const vh h = kv_dtype == KV_F16 ? to_f16(x) : to_bf16(x);
-        memcpy(out + i, &h, (n - i) * sizeof(uint16_t));
-    }
-}
-
 int llmcore_reshape_and_cache_f32(const float *key, int64_t key_stride, const float *value,
                                   int64_t value_stride, void *key_cache, void *value_cache,
                                   const int64_t *slot_mapping, int64_t num_tokens,
@@ -47,10 +27,10 @@ int llmcore_reshape_and_cache_f32(const float *key, int64_t key_stride, const fl
     for (int64_t t = 0; t < num_tokens; t++) {
         const int64_t slot = slot_mapping[t];
         if (slot < 0) continue;
-        write_slot((char *)key_cache + slot * slot_size * elem, key + t * key_stride, slot_size,
-                   kv_dtype);
-        write_slot((char *)value_cache + slot * slot_size * elem, value + t * value_stride,
-                   slot_size, kv_dtype);
+        write_kv((char *)key_cache + slot * slot_size * elem, key + t * key_stride, slot_size,
+                 kv_dtype);
+        write_kv((char *)value_cache + slot * slot_size * elem, value + t * value_stride,
+                 slot_size, kv_dtype);
     }
     return 0;
 }

@@ -196,3 +196,22 @@ static inline vh to_bf16(vf x) {
     return __builtin_convertvector(vselect_u(nan, (u >> 16) | 0x40u, rounded), vh);
 }
 
+/* n float32 values into a cache slot of kv_dtype elements (rounded as above). */
+static inline void write_kv(void *dst, const float *src, int64_t n, int kv_dtype) {
+    if (kv_dtype == KV_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    uint16_t *out = dst;
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+        const vh h = kv_dtype == KV_F16 ? to_f16(load(src + i)) : to_bf16(load(src + i));
+        memcpy(out + i, &h, sizeof h);
+    }
+    if (i < n) { /* the tail, through a vector padded with zeros */
+        vf x = splat(0.0f);
+        memcpy(&x, src + i, (n - i) * sizeof(float));
+        const vh h = kv_dtype == KV_F16 ? to_f16(x) : to_bf16(x);
+        memcpy(out + i, &h, (n - i) * sizeof(uint16_t));
+    }
+}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import llmcore
+import ops
 from tests.plugins.models import parity, tiny_models
 
 
@@ -74,3 +75,26 @@ def test_config_json_round_trip(tiny: tuple[str, Path, Any, Any]) -> None:
         assert loaded.config.rope_scaling is not None
         assert loaded.config.rope_scaling["rope_type"] == "llama3"
         assert loaded.config.rope_theta == 500000.0
+
+
+def test_rotary_and_the_cache_write_are_one_op_per_layer(
+    tiny: tuple[str, Path, Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each attention layer calls `rotary_embedding_and_cache` once (one CUDA
+    launch, one C call), never the two ops it fuses."""
+    _, _, _, loaded = tiny
+    fused, calls = ops.rotary_embedding_and_cache, []
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        fused(*args, **kwargs)
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("rotary and the cache write run as one op")
+
+    monkeypatch.setattr(ops, "rotary_embedding_and_cache", counted)
+    monkeypatch.setattr(ops, "rotary_embedding", refused)
+    monkeypatch.setattr(ops, "reshape_and_cache", refused)
+    runner = llmcore.ModelRunner(loaded, num_blocks=4, block_size=16)
+    runner.execute([llmcore.SequenceChunk(list(range(3, 12)), 0, [0])])
+    assert len(calls) == loaded.config.num_hidden_layers
