@@ -1,6 +1,6 @@
 """The tensor-core prefill kernel (kernels/attention_prefill.cu) on the CPU
 emulator, through `ops.cuda.paged_attention_prefill`, against the torch
-reference: float16 and bfloat16, head sizes 64 and 80, GQA groups of 1, 3 and 4,
+reference: float16 and bfloat16, head sizes 64, 80 and 128, GQA groups of 1, 3 and 4,
 prompts with and without cached context, sequences of 0 and 1 new tokens,
 lengths off the 32-token tile and the 8-token cache block, sliding windows (one
 token, inside a block, across tiles) with the blocks before each window freed
@@ -61,6 +61,7 @@ def _run(
         (torch.float16, 80, 3, 1),
         (torch.bfloat16, 64, 4, 1),
         (torch.bfloat16, 80, 2, 2),
+        (torch.bfloat16, 128, 8, 2),
     ],
 )
 def test_prefill_tensor_cores(dtype: torch.dtype, d: int, heads: int, kv_heads: int) -> None:
