@@ -113,6 +113,7 @@ async def _serve(args: argparse.Namespace, config: HTTPConfig, argv: Sequence[st
     import anyio
     import anyio.to_thread
 
+    from llmcore.engine.gc_freeze import freeze_startup_objects
     from llmcore.openai.stats_log import log_engine_statistics
     from transports.http import HTTPServer, open_listeners
 
@@ -130,6 +131,7 @@ async def _serve(args: argparse.Namespace, config: HTTPConfig, argv: Sequence[st
             async with anyio.create_task_group() as tg:
                 urls = await server.start(tg)
                 log.info("llmcore serving %s at %s", loaded.description, " ".join(urls))
+                freeze_startup_objects()
                 if not args.disable_log_stats:
                     tg.start_soon(log_engine_statistics, loaded.service.models)
                 if args.ray_attach is not None:

@@ -35,6 +35,7 @@ import msgspec
 
 from llmcore.engine import ipc
 from llmcore.engine.core import EngineCore, EngineStatistics
+from llmcore.engine.gc_freeze import freeze_startup_objects
 from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import LLMCoreError
 from llmcore.outputs import RequestOutput
@@ -278,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         core = _start(sock)
         if core is None:
             return 1
+        freeze_startup_objects()  # the model, tokenizer and modules: out of the GC's walks
         return CoreServer(core, sock).run()
     except ConnectionError:  # the API process went away during start-up
         return 1
