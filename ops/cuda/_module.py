@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import importlib.util
+import logging
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from ops.cuda._kernels import ALL_KERNELS, COMPILE_OPTIONS
 from ops.cuda._launch import Launch, build_args
 
 _INCLUDE = '#include "common.cuh"'
+log = logging.getLogger("llmcore.ops")
 
 
 @functools.cache
@@ -58,6 +60,25 @@ def _function(source: str, dtype: torch.dtype, expression: str, device_index: in
 
     with cupy.cuda.Device(device_index):
         return _module(source, dtype, device_index).get_function(expression)
+
+
+def compiles(launch: Launch) -> bool:
+    """Whether the launch's kernel builds on its device (once per instantiation and
+    device; a failure is logged once). For a kernel that has a fallback: the
+    tensor-core prefill needs `mma.h`, which a machine's CUDA headers may lack."""
+    device = next(v.device for v in launch.values.values() if isinstance(v, torch.Tensor))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _compiles(launch.kernel.source, launch.dtype, launch.name_expression, index)
+
+
+@functools.cache
+def _compiles(source: str, dtype: torch.dtype, expression: str, device_index: int) -> bool:
+    try:
+        _function(source, dtype, expression, device_index)
+    except Exception as exc:  # NVRTC's error, a missing header: the caller falls back
+        log.warning("CUDA kernel %s does not build here (%s); using its fallback", expression, exc)
+        return False
+    return True
 
 
 def run(launch: Launch) -> None:

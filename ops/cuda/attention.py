@@ -37,6 +37,7 @@ from ops.cuda._kernels import (
     PAGED_ATTENTION_REDUCE,
 )
 from ops.cuda._launch import Launch
+from ops.cuda._module import compiles as kernel_compiles
 from ops.cuda._module import run
 from ops.layout import with_contiguous_heads
 
@@ -203,14 +204,18 @@ def plan_paged_attention_prefill(
     scale: float,
     sliding_window: int | None = None,
     soft_cap: float | None = None,
+    *,
+    tensor_cores: bool = True,
 ) -> tuple[torch.Tensor, Launch]:
+    """The output `[T, Hq, D]` and its launch: the tensor-core kernel where
+    `use_tensor_cores` allows it (and `tensor_cores`), else the scalar one."""
     query = with_contiguous_heads(query)
     num_tokens, num_heads, head_size = query.shape
     out = torch.empty((num_tokens, num_heads, head_size), dtype=query.dtype, device=query.device)
     tables = _int32(block_tables)
     key_cache, value_cache = key_cache.contiguous(), value_cache.contiguous()
     num_seqs = seq_lens.shape[0]
-    if use_tensor_cores(query, key_cache, value_cache):
+    if tensor_cores and use_tensor_cores(query, key_cache, value_cache):
         kernel, threads = PAGED_ATTENTION_PREFILL_TC, PREFILL_THREADS
         grid = (num_seqs + num_tokens // PREFILL_TILE, num_heads, 1)
     else:
@@ -253,10 +258,11 @@ def paged_attention_prefill(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
 ) -> torch.Tensor:
-    out, launch = plan_paged_attention_prefill(
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
-        sliding_window, soft_cap,
-    )  # fmt: skip
+    args = (query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
+            sliding_window, soft_cap)  # fmt: skip
+    out, launch = plan_paged_attention_prefill(*args)
+    if launch.kernel is PAGED_ATTENTION_PREFILL_TC and not kernel_compiles(launch):
+        out, launch = plan_paged_attention_prefill(*args, tensor_cores=False)
     if out.numel():
         run(launch)
     return out

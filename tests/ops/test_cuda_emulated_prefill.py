@@ -107,6 +107,26 @@ def test_scalar_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_a_tensor_core_kernel_that_does_not_build_falls_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where NVRTC cannot build the WMMA kernel (no `mma.h` among a machine's CUDA
+    headers), prefill launches the scalar kernel instead, with the same results."""
+    monkeypatch.setattr(attention, "kernel_compiles", lambda launch: False)
+    launched: list[str] = []
+    emulated_run = attention.run
+    monkeypatch.setattr(
+        attention, "run", lambda launch: launched.append(launch.kernel.name) or emulated_run(launch)
+    )
+    q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
+        LENS[:4], Q_LENS[:4], 2, 1, 64, 8, torch.bfloat16, seed=6
+    )
+    args = (q, kc, vc, tables, starts, seq_lens, 0.125)
+    got = ops.cuda.paged_attention_prefill(*args)
+    assert launched == ["paged_attention_prefill"]
+    _close(got, ops.paged_attention_prefill.reference(*args), torch.bfloat16)
+
+
 def test_dispatch_rules() -> None:
     """float32 and rows the kernel cannot load 16 bytes at a time take the scalar
     kernel; the tile grid covers every sequence without reading a device value."""

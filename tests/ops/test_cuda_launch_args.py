@@ -227,3 +227,26 @@ def test_cpu_tensors_take_the_torch_path() -> None:
     assert ops.rms_norm.select(x, torch.ones(64), 1e-6).backend is not ops.cuda.BACKEND
     kc = torch.zeros(2, 16, 1, 72)
     assert not ops.cuda.attention.supports(torch.randn(1, 1, 72), kc, kc)  # head size 72
+
+
+def test_a_kernel_that_does_not_build_is_reported_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def failing(source: str, dtype: torch.dtype, expression: str, device_index: int) -> None:
+        calls.append(expression)
+        raise RuntimeError("catastrophic error: cannot open source file mma.h")
+
+    monkeypatch.setattr(_module, "_function", failing)
+    _module._compiles.cache_clear()
+    q, kc = torch.randn(5, 2, 64).to(torch.bfloat16), torch.zeros(4, 8, 1, 64, dtype=torch.bfloat16)
+    starts, lens = torch.tensor([0, 5]), torch.tensor([5])
+    _, launch = plan_paged_attention_prefill(q, kc, kc, torch.zeros(1, 1), starts, lens, 0.1)
+    assert launch.kernel.name == "paged_attention_prefill_tc"
+    key = (launch.kernel.source, launch.dtype, launch.name_expression, 0)  # CUDA device 0
+    try:
+        assert not _module._compiles(*key) and not _module._compiles(*key)
+    finally:
+        _module._compiles.cache_clear()
+    assert len(calls) == 1 and "does not build here" in caplog.text
