@@ -75,6 +75,7 @@ inline float __int_as_float(unsigned bits) {
   return f;
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
 using std::max;
 using std::min;
 

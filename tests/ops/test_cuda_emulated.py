@@ -233,6 +233,22 @@ def test_paged_decode(
     _close(got, want, dtype)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_paged_decode_block_size_not_a_power_of_two(
+    emulated: None, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
+    """Blocks of 12 tokens take the kernel's division path (a power of two shifts)."""
+    monkeypatch.setattr(attention, "num_partitions", lambda *_: 3 if split else 1)
+    monkeypatch.setattr(attention, "MIN_PARTITION", 4)
+    lens = [1, 11, 12, 13, 40]
+    q, kc, vc, tables, _, seq_lens, _, _ = _paged_setup(
+        lens, [1] * len(lens), 4, 2, 64, 12, torch.float16, seed=12
+    )
+    args = (q, kc, vc, tables, seq_lens, 0.125)
+    _close(ops.cuda.paged_attention_decode(*args), ops.paged_attention_decode.reference(*args),
+           torch.float16)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("dtype", "window", "cap"),
     [
