@@ -38,9 +38,10 @@ def _run(
     cap: float | None = None,
     lens: list[int] = LENS,
     q_lens: list[int] = Q_LENS,
+    block_size: int = 8,
 ) -> None:
     q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
-        lens, q_lens, heads, kv_heads, d, 8, dtype, seed=d + heads + (window or 0)
+        lens, q_lens, heads, kv_heads, d, block_size, dtype, seed=d + heads + (window or 0)
     )
     _drop_out_of_window_blocks(kc, vc, tables, starts, seq_lens, window)
     args = (q, kc, vc, tables, starts, seq_lens, d**-0.5)
@@ -89,6 +90,11 @@ def test_prefill_tensor_cores_one_long_prompt() -> None:
     """One sequence, no prefix: three tiles (the last partial) and causal key
     tiles skipped past each tile's last row."""
     _run(torch.bfloat16, 64, 3, 1, lens=[75], q_lens=[75])
+
+
+def test_prefill_tensor_cores_block_size_not_a_power_of_two() -> None:
+    """Blocks of 12 tokens take the gather's division path (a power of two shifts)."""
+    _run(torch.float16, 64, 4, 2, window=20, block_size=12)
 
 
 def test_scalar_fallback(monkeypatch: pytest.MonkeyPatch) -> None:

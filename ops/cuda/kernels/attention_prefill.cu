@@ -101,6 +101,7 @@ __global__ void __launch_bounds__(PF_THREADS, 16) paged_attention_prefill_tc(
   float m = LLMCORE_NEG_INF, l = 0.0f;
   const int* table = block_tables + (long long)seq * max_blocks_per_seq;
   const long long kv_row = (long long)num_kv_heads * HEAD_SIZE;
+  const int shift = (block_size & (block_size - 1)) == 0 ? __ffs(block_size) - 1 : -1;
 
   for (int k0 = key_begin; k0 < key_end; k0 += PF_TILE_K) {
     __syncthreads();  // the previous tile's K/V are read (and, first time, Q/O written)
@@ -108,7 +109,8 @@ __global__ void __launch_bounds__(PF_THREADS, 16) paged_attention_prefill_tc(
       const int r = i / VECS, c = (i % VECS) * PF_VEC, t = k0 + r;
       uint4 kv = zero, vv = zero;
       if (t < key_end) {
-        const long long slot = (long long)table[t / block_size] * block_size + t % block_size;
+        const int blk = shift >= 0 ? t >> shift : t / block_size;  // no division if we can
+        const long long slot = (long long)table[blk] * block_size + (t - blk * block_size);
         const long long off = slot * kv_row + (long long)kv_head * HEAD_SIZE + c;
         kv = *reinterpret_cast<const uint4*>(key_cache + off);
         vv = *reinterpret_cast<const uint4*>(value_cache + off);
