@@ -12,7 +12,10 @@ import torch
 
 from ops.cuda._launch import Kernel, kernel
 
-HEAD_SIZES = (64, 80, 96, 128)
+HEAD_SIZES = (64, 80, 96, 128, 256)  # 256: Gemma 2 and 3
+# The tensor-core prefill keeps a tile's output in static shared memory (48 KB):
+# up to 128; a 256 head takes the scalar prefill.
+TENSOR_CORE_HEAD_SIZES = (64, 80, 96, 128)
 # Options of both compilers (NVRTC at run time, nvcc in the build check). The
 # conversion switches decouple cuda_fp16.h from cuda_bf16.h (CuPy bundles its own
 # fp16 header, which may be older than the toolkit's bf16 one); the kernels
@@ -173,7 +176,7 @@ PAGED_ATTENTION_PREFILL_TC = kernel(
     "attention_prefill.cu",
     "paged_attention_prefill_tc",
     *(f"{a.ctype} {a.name}" for a in PAGED_ATTENTION_PREFILL.args),
-    head_sizes=HEAD_SIZES,
+    head_sizes=TENSOR_CORE_HEAD_SIZES,
     dtypes=(torch.float16, torch.bfloat16),
 )
 

@@ -183,10 +183,12 @@ def paged_attention_decode(
 def use_tensor_cores(
     query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
 ) -> bool:
-    """Whether prefill can take the WMMA kernel: a 16-bit float dtype, an sm_80+
-    device (CPU tensors: plans and the emulator), and rows the kernel may load 16
-    bytes at a time (head offsets are, since head sizes are multiples of 16)."""
-    if query.dtype not in PAGED_ATTENTION_PREFILL_TC.dtypes:
+    """Whether prefill can take the WMMA kernel: a 16-bit float dtype, a head size
+    it is built for (up to 128), an sm_80+ device (CPU tensors: plans and the
+    emulator), and rows the kernel may load 16 bytes at a time (head offsets are,
+    since head sizes are multiples of 16)."""
+    tc = PAGED_ATTENTION_PREFILL_TC
+    if query.dtype not in tc.dtypes or query.shape[-1] not in tc.head_sizes:
         return False
     if query.is_cuda and torch.cuda.get_device_capability(query.device) < (8, 0):
         return False

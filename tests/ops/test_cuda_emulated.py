@@ -31,7 +31,7 @@ from ops.rotary import build_rope_cache, rope_inv_freq
 from tests.ops.test_reference_ops import _drop_out_of_window_blocks, _paged_setup
 
 HERE = Path(__file__).resolve().parent
-HEAD_SIZES = (64, 80, 128)  # 80 leaves lanes idle in the last slice of a head
+HEAD_SIZES = (64, 80, 128, 256)  # 80 leaves lanes idle in the last slice of a head
 EXPRESSIONS = [
     (kernel, dtype, expr)
     for kernel in ALL_KERNELS
@@ -200,6 +200,8 @@ DECODE_CASES = [
     (torch.float16, 80, False, 2, 2, 11, None),
     (torch.bfloat16, 128, True, 8, 2, None, None),  # slots of 16 threads, no idle lane
     (torch.float32, 128, True, 4, 1, 13, None),  # slots of a whole warp
+    (torch.bfloat16, 256, True, 8, 2, None, 30.0),  # Gemma's head: slots of a warp
+    (torch.float32, 256, False, 2, 1, 9, None),  # two 16-byte loads a thread a row
 ]
 
 

@@ -97,6 +97,20 @@ def test_prefill_tensor_cores_block_size_not_a_power_of_two() -> None:
     _run(torch.float16, 64, 4, 2, window=20, block_size=12)
 
 
+def test_head_size_256_takes_the_scalar_prefill() -> None:
+    """Gemma's 256-wide heads: the scalar kernel (the tensor-core tile's output
+    would not fit static shared memory), with a window and a soft cap."""
+    q, kc, vc, tables, starts, seq_lens, _, _ = _paged_setup(
+        [9, 20], [9, 6], 4, 2, 256, 8, torch.bfloat16, seed=256
+    )
+    args = (q, kc, vc, tables, starts, seq_lens, 0.0625)
+    options: dict[str, Any] = {"sliding_window": 7, "soft_cap": 50.0}
+    _, launch = attention.plan_paged_attention_prefill(*args, **options)
+    assert launch.kernel.name == "paged_attention_prefill"
+    _close(ops.cuda.paged_attention_prefill(*args, **options),
+           ops.paged_attention_prefill.reference(*args, **options), torch.bfloat16)  # fmt: skip
+
+
 def test_scalar_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     """16-bit queries the WMMA kernel cannot take run the scalar kernel (same results)."""
     monkeypatch.setattr(attention, "use_tensor_cores", lambda *_: False)
