@@ -55,7 +55,8 @@ second)
 from pathlib import Path; p = Path('/tmp/llmcore-135m'); p.mkdir(exist_ok=True); \
 bench_gpu.build_model('135m', p, torch.bfloat16)" >"$OUT/build_135m.txt" 2>&1
   part serving 300 python tests/bench/bench_serving.py --side-by-side --model /tmp/llmcore-135m \
-    --llmcore-variants "--device cuda" --levels 1,64,256 --no-ceilings --rounds 1
+    --llmcore-variants "--device cuda --kv-cache-memory 8GiB" --levels 1,64,256 --no-ceilings \
+    --rounds 1
   ;;
 esac
 cat "$OUT/status.txt"
