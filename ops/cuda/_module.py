@@ -62,12 +62,17 @@ def _function(source: str, dtype: torch.dtype, expression: str, device_index: in
         return _module(source, dtype, device_index).get_function(expression)
 
 
+def _device_index(launch: Launch) -> int:
+    """The CUDA device of the launch's tensors."""
+    device = next(v.device for v in launch.values.values() if isinstance(v, torch.Tensor))
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def compiles(launch: Launch) -> bool:
     """Whether the launch's kernel builds on its device (once per instantiation and
     device; a failure is logged once). For a kernel that has a fallback: the
     tensor-core prefill needs `mma.h`, which a machine's CUDA headers may lack."""
-    device = next(v.device for v in launch.values.values() if isinstance(v, torch.Tensor))
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(launch)
     return _compiles(launch.kernel.source, launch.dtype, launch.name_expression, index)
 
 
@@ -86,8 +91,7 @@ def run(launch: Launch) -> None:
     import cupy
 
     args = build_args(launch)
-    device = next(v.device for v in launch.values.values() if isinstance(v, torch.Tensor))
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(launch)
     fn = _function(launch.kernel.source, launch.dtype, launch.name_expression, index)
     stream = torch.cuda.current_stream(index).cuda_stream
     with cupy.cuda.Device(index), cupy.cuda.ExternalStream(stream, index):

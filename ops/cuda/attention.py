@@ -55,10 +55,14 @@ def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Te
     """The dispatch test of both attention ops: a head size the kernels are
     instantiated for, and query rows and caches the kernels can read 16 bytes at a
     time (always so for tensors torch allocated; a view at an odd offset is not)."""
-    return (
-        query.shape[-1] in HEAD_SIZES
-        and (query.data_ptr() | key_cache.data_ptr() | value_cache.data_ptr()) % 16 == 0
-        and query.stride(0) * query.element_size() % 16 == 0
+    return query.shape[-1] in HEAD_SIZES and _rows_aligned(query, key_cache, value_cache)
+
+
+def _rows_aligned(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
+    """Whether every query row and cache row starts on 16 bytes (head offsets do:
+    head sizes are multiples of 16)."""
+    return (query.data_ptr() | key_cache.data_ptr() | value_cache.data_ptr()) % 16 == 0 and (
+        query.stride(0) * query.element_size() % 16 == 0
     )
 
 
@@ -67,10 +71,13 @@ def _int32(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _sm_count(device: torch.device) -> int:
+def _device(device: torch.device) -> tuple[int, tuple[int, int]]:
+    """(SM count, compute capability) of a device, asked once; for CPU tensors (plans,
+    the emulator) an H100's."""
     if device.type != "cuda":
-        return DEFAULT_SMS
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+        return DEFAULT_SMS, (9, 0)
+    props = torch.cuda.get_device_properties(device)
+    return int(props.multi_processor_count), (props.major, props.minor)
 
 
 def num_partitions(num_seqs: int, num_heads: int, num_kv_heads: int, max_seq_len: int,
@@ -104,7 +111,7 @@ def plan_paged_attention_decode(
     out = torch.empty((num_seqs, num_heads, head_size), dtype=query.dtype, device=query.device)
     tables = _int32(block_tables)
     partitions = num_partitions(
-        num_seqs, num_heads, num_kv_heads, max_seq_len, _sm_count(query.device)
+        num_seqs, num_heads, num_kv_heads, max_seq_len, _device(query.device)[0]
     )
     split = partitions > 1
     # Split-K scratch in float32 (empty, never read, for a single pass).
@@ -185,15 +192,11 @@ def use_tensor_cores(
 ) -> bool:
     """Whether prefill can take the WMMA kernel: a 16-bit float dtype, a head size
     it is built for (up to 128), an sm_80+ device (CPU tensors: plans and the
-    emulator), and rows the kernel may load 16 bytes at a time (head offsets are,
-    since head sizes are multiples of 16)."""
+    emulator), and rows it may load 16 bytes at a time."""
     tc = PAGED_ATTENTION_PREFILL_TC
     if query.dtype not in tc.dtypes or query.shape[-1] not in tc.head_sizes:
         return False
-    if query.is_cuda and torch.cuda.get_device_capability(query.device) < (8, 0):
-        return False
-    aligned = all(t.data_ptr() % 16 == 0 for t in (query, key_cache, value_cache))
-    return aligned and query.stride(0) % 8 == 0
+    return _device(query.device)[1] >= (8, 0) and _rows_aligned(query, key_cache, value_cache)
 
 
 def plan_paged_attention_prefill(
