@@ -313,6 +313,7 @@ def build_core(
     dtype: str = "auto",
     device: str = "cpu",
     quantization: str | None = None,
+    detokenize: bool = True,
     **engine_options: Any,
 ) -> EngineCore:
     """Load model and tokenizer and build an `EngineCore` (blocking)."""
@@ -323,4 +324,4 @@ def build_core(
     with shared_parses():  # a GGUF is parsed once for both, and its parse let go after
         loaded = load_model(model, dtype=dtype, device=device, quantization=quantization)
         tok = load_tokenizer(tokenizer if tokenizer is not None else loaded.path)
-    return EngineCore(loaded, tok, EngineConfig(**engine_options))
+    return EngineCore(loaded, tok, EngineConfig(**engine_options), detokenize=detokenize)

@@ -61,7 +61,16 @@ class EngineStatistics:
 
 
 class EngineCore:
-    def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        tokenizer: Tokenizer,
+        config: EngineConfig,
+        *,
+        detokenize: bool = True,
+    ) -> None:
+        """`detokenize=False`: outputs carry token ids only, and stop strings are
+        left to the caller (see `OutputProcessor`)."""
         self.loaded, self.tokenizer, self.config = loaded, tokenizer, config
         self.task = resolve_task(loaded, config.task)
         sizing = size_engine(loaded, config, self.task)
@@ -119,7 +128,7 @@ class EngineCore:
             max_logprobs=config.max_logprobs,
             pooling_config=self.pooling_config,
         )
-        self.output_processor = OutputProcessor(tokenizer)
+        self.output_processor = OutputProcessor(tokenizer, detokenize=detokenize)
         self.eos_token_ids = self.input_processor.eos_token_ids
         self.structured = self.input_processor.structured
         self._inbox = Inbox()
@@ -164,9 +173,10 @@ class EngineCore:
         """Queue an encode request (from `make_encode_request`) for the next step."""
         self._inbox.put(AddEncode(request))
 
-    def abort(self, request_id: str) -> None:
-        """Queue the abort of a caller request (all its completions) or encode request."""
-        self._inbox.put(Abort(request_id))
+    def abort(self, request_id: str, index: int | None = None) -> None:
+        """Queue the abort of a caller request (all its completions, or only its
+        completion `index`) or encode request."""
+        self._inbox.put(Abort(request_id, index))
 
     # ---- the step (the engine thread only) -----------------------------------------------
 
@@ -200,15 +210,20 @@ class EngineCore:
                         self.scheduler.add(request)
                 case AddEncode(request):
                     self.scheduler.add_encode(request)
-                case Abort(request_id):
+                case Abort(request_id, index):
                     if self.scheduler.abort_encode(request_id):
                         continue
-                    aborted.extend(self._abort(request_id))
+                    aborted.extend(self._abort(request_id, index))
         return aborted
 
-    def _abort(self, group_id: str) -> list[RequestOutput]:
-        """Finish a group's requests; its final output (none for an unknown group)."""
-        children = self.output_processor.requests_of(group_id)
+    def _abort(self, group_id: str, index: int | None) -> list[RequestOutput]:
+        """Finish a group's requests (or its request `index`); the group's output
+        (none for an unknown group or completion)."""
+        children = [
+            child
+            for child in self.output_processor.requests_of(group_id)
+            if (index is None or child.index == index) and not child.is_finished
+        ]
         if not children:
             return []
         for child in children:

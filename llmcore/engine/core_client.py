@@ -1,11 +1,16 @@
 """`ProcessEngine`: llmcore's `Engine` with the engine core in its own process.
 
-The API process (transports, the OpenAI service, templates, tokenization) keeps
-this object; the model, KV cache, scheduler, sampling, detokenization and stop
-strings run in a child (`python -m llmcore.engine.core_process`, a fresh
+The API process (transports, the OpenAI service, templates, tokenization,
+detokenization and stop strings) keeps this object; the model, KV cache,
+scheduler and sampling run in a child (`python -m llmcore.engine.core_process`, a fresh
 interpreter: nothing holding torch threads is forked) connected by a Unix socket
 pair carrying msgspec frames (llmcore/engine/ipc.py). One reader task demultiplexes
-each step's outputs into per-request asyncio queues, as `AsyncEngine` does.
+each step's outputs into per-request asyncio queues, as `AsyncEngine` does. The
+core sends token ids only; the reader detokenizes each completion here
+(`CompletionText`, as the in-process core does) and, where a stop string ends one,
+finishes it here and tells the core to abort it (the core may run it a step or two
+more; those late tokens are dropped), as vLLM's front end does. So the core's
+step loop, on the critical path of a GPU, spends nothing on text.
 
 Invariants: if the core process dies (or its step loop fails) every waiting
 request gets an `EngineDeadError` as soon as the socket reaches EOF, new requests
@@ -25,19 +30,20 @@ import os
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from llmcore.engine import ipc
 from llmcore.engine.async_engine import IterationTokens
+from llmcore.engine.completion_text import CompletionText
 from llmcore.engine.core import EngineStatistics
 from llmcore.engine.core_launch import how_it_ended, kill_process, launch_core, stop_process
 from llmcore.engine.output_queues import OutputQueues
 from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import EngineDeadError
-from llmcore.outputs import Logprob, RequestOutput
+from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.tokenizer import Tokenizer
@@ -50,11 +56,16 @@ READ_LIMIT = 4 << 20  # bytes the connection buffers before it waits for the rea
 
 
 @dataclass(slots=True, eq=False)
-class _Prompt:
-    """What every output delta of a request in flight carries (sent once each)."""
+class _InFlight:
+    """A request in flight: what every output delta carries (its prompt ids and
+    prompt logprobs, sent once each) and, for a generate request, its
+    completions' text and which of them have ended."""
 
     token_ids: list[int]
+    params: SamplingParams | None = None  # None: an encode request
     logprobs: list[Logprob | None] | None = None
+    texts: dict[int, CompletionText] = field(default_factory=dict)
+    ended: set[int] = field(default_factory=set)
 
 
 class ProcessEngine:
@@ -74,7 +85,7 @@ class ProcessEngine:
         self._sock = sock
         self._statistics = statistics
         self._outputs = OutputQueues(self._abort)
-        self._prompts: dict[str, _Prompt] = {}  # by engine id, of the requests in flight
+        self._flights: dict[str, _InFlight] = {}  # by engine id
         self._calls: dict[int, asyncio.Future[bool | EngineStatistics | None]] = {}
         self._call_ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,6 +129,7 @@ class ProcessEngine:
             quantization,
             engine_options,
             logging.getLogger("llmcore").getEffectiveLevel(),
+            detokenize=False,
         )
         process, sock, ready = launch_core(start)
         try:
@@ -145,7 +157,7 @@ class ProcessEngine:
         """Stream output deltas of one request; cancelling the iteration aborts it."""
         raw = msgspec.Raw(ipc.encode_params(params))
         prompt = list(prompt_token_ids)
-        engine_id = await self._open(request_id, prompt)
+        engine_id = await self._open(request_id, _InFlight(prompt, params))
         try:
             await self._send(ipc.Add(engine_id, prompt, raw, priority, cache_salt))
             async with contextlib.aclosing(self._outputs.stream(request_id)) as outputs:
@@ -165,7 +177,7 @@ class ProcessEngine:
         """Pool one input; cancelling the call aborts the request."""
         raw = msgspec.Raw(ipc.encode_params(params))
         prompt = list(prompt_token_ids)
-        engine_id = await self._open(request_id, prompt)
+        engine_id = await self._open(request_id, _InFlight(prompt))
         try:
             await self._send(ipc.AddEncode(engine_id, prompt, raw, priority))
             return await self._outputs.result(request_id)
@@ -179,9 +191,9 @@ class ProcessEngine:
         if engine_id is not None:
             self._abort(engine_id)
 
-    def _abort(self, engine_id: str) -> None:
+    def _abort(self, engine_id: str, index: int | None = None) -> None:
         if not (self._lost or self._closed) and self._writer is not None:
-            self._write(ipc.Abort(engine_id))
+            self._write(ipc.Abort(engine_id, index))
 
     async def check_health(self) -> None:
         """Raise EngineDeadError if the core process is gone, its step loop failed,
@@ -248,20 +260,20 @@ class ProcessEngine:
         if self._lost:
             raise EngineDeadError("the engine core process is gone")
 
-    async def _open(self, request_id: str, prompt: list[int]) -> str:
+    async def _open(self, request_id: str, flight: _InFlight) -> str:
         """Make the request's queue (after checking the engine and the id); its
         engine id (see `OutputQueues`)."""
         self._check_alive()
         await self._connect()
         self._check_alive()
         engine_id = self._outputs.open(request_id)
-        self._prompts[engine_id] = _Prompt(prompt)
+        self._flights[engine_id] = flight
         return engine_id
 
     def _close(self, request_id: str, engine_id: str) -> None:
         """The request has left (its queue is gone too, or was never read: the send
         failed)."""
-        self._prompts.pop(engine_id, None)
+        self._flights.pop(engine_id, None)
         if self._outputs.engine_id(request_id) == engine_id:
             self._outputs.discard(request_id)
 
@@ -349,23 +361,64 @@ class ProcessEngine:
                 log.warning("engine core sent an unexpected %s", type(message).__name__)
 
     def _deliver(self, out: ipc.WireOutput | ipc.WirePooling) -> None:
-        prompt = self._prompts.get(out.request_id)
-        if prompt is None:
-            return  # it has left (aborted here)
+        flight = self._flights.get(out.request_id)
+        if flight is None:
+            return  # it has left (aborted here, or finished by a stop string)
         if isinstance(out, ipc.WirePooling):
-            self._outputs.put(out.request_id, ipc.pooling_of(out, prompt.token_ids))
+            self._outputs.put(out.request_id, ipc.pooling_of(out, flight.token_ids))
             return
+        assert flight.params is not None
         if out.prompt_logprobs is not None:
-            prompt.logprobs = out.prompt_logprobs
+            flight.logprobs = out.prompt_logprobs
+        completions = []
+        for c in out.outputs:
+            if c.index not in flight.ended:  # else: late tokens of one a stop string ended
+                completions.append(self._detokenized(out.request_id, flight, c))
+        finished = len(flight.ended) == flight.params.n
+        if not completions and not finished:
+            return
+        if finished:  # nothing more is delivered (the core's late outputs included)
+            del self._flights[out.request_id]
         output = RequestOutput(
             request_id=out.request_id,
-            prompt_token_ids=prompt.token_ids,
-            outputs=[ipc.completion_of(c) for c in out.outputs],
-            finished=out.finished,
-            prompt_logprobs=prompt.logprobs,
+            prompt_token_ids=flight.token_ids,
+            outputs=completions,
+            finished=finished,
+            prompt_logprobs=flight.logprobs,
             num_cached_tokens=out.num_cached_tokens,
         )
         self._outputs.put(out.request_id, output)
+
+    def _detokenized(
+        self, engine_id: str, flight: _InFlight, c: ipc.WireCompletion
+    ) -> CompletionOutput:
+        """The completion's delta with its text; a stop string found in it ends the
+        completion here (tokens after it dropped) and is aborted in the core."""
+        assert flight.params is not None
+        text = flight.texts.get(c.index)
+        if text is None:
+            text = flight.texts[c.index] = CompletionText(
+                self.tokenizer, flight.token_ids, flight.params
+            )
+        token_ids, logprobs = c.token_ids, c.logprobs
+        finish_reason, stop_reason = c.finish_reason, c.stop_reason
+        last = len(token_ids) - 1
+        for k, token in enumerate(token_ids):
+            final = k == last and finish_reason is not None
+            stop = text.add(token, final=final, stop_token=final and c.stop_token)
+            if stop is not None:
+                token_ids = token_ids[: k + 1]
+                logprobs = None if logprobs is None else logprobs[: k + 1]
+                if finish_reason is None:
+                    self._abort(engine_id, c.index)
+                finish_reason, stop_reason = "stop", stop
+                break
+        finished = finish_reason is not None
+        if finished:
+            flight.ended.add(c.index)
+        return CompletionOutput(
+            c.index, text.take(finished), token_ids, finish_reason, stop_reason, logprobs
+        )
 
     async def _die(self, reason: str) -> None:
         """The core is gone: fail everyone (naming its exit status if it is out within

@@ -155,12 +155,14 @@ class CoreServer:
                 self._add(message)
             case ipc.AddEncode():
                 self._add_encode(message)
-            case ipc.Abort(request_id):
+            case ipc.Abort(request_id, None):
                 with self._compiling_lock:
                     if request_id in self._compiling:
                         self._compiling[request_id] = True
                         return True
                 self.core.abort(request_id)
+            case ipc.Abort(request_id, index):  # one completion: it has output already
+                self.core.abort(request_id, index)
             case ipc.Control(call_id, "health"):  # alive, and reading: answered now
                 self.send(ipc.Reply(call_id, True))
                 return True
@@ -253,6 +255,7 @@ def _start(sock: socket.socket) -> EngineCore | None:
             dtype=start.dtype,
             device=start.device,
             quantization=start.quantization,
+            detokenize=start.detokenize,
             **start.engine_options,
         )
     except Exception as exc:

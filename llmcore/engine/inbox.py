@@ -32,9 +32,11 @@ class AddEncode:
 
 @dataclass(slots=True, frozen=True)
 class Abort:
-    """Abort a caller request (all its completions) or an encode request by id."""
+    """Abort a caller request (all its completions, or only completion `index`) or
+    an encode request by id."""
 
     request_id: str
+    index: int | None = None
 
 
 InboxMessage = AddRequests | AddEncode | Abort

@@ -26,6 +26,7 @@ import torch
 
 from llmcore import errors
 from llmcore.engine.core import EngineStatistics
+from llmcore.engine.output_processor import TokenDelta
 from llmcore.engine.protocol import EngineInfo
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput
@@ -51,6 +52,7 @@ class Start(msgspec.Struct, tag=True, array_like=True):
     quantization: str | None
     engine_options: dict[str, Any]  # EngineConfig's fields
     log_level: int
+    detokenize: bool = True  # False: outputs carry token ids only (the API detokenizes)
 
 
 class Add(msgspec.Struct, tag=True, array_like=True):
@@ -70,6 +72,7 @@ class AddEncode(msgspec.Struct, tag=True, array_like=True):
 
 class Abort(msgspec.Struct, tag=True, array_like=True):
     request_id: str
+    index: int | None = None  # only this completion (the API side found its stop string)
 
 
 ControlOp = Literal["statistics", "reset_prefix_cache", "health"]
@@ -106,6 +109,7 @@ class WireCompletion(msgspec.Struct, array_like=True):
     finish_reason: str | None
     stop_reason: str | int | None
     logprobs: list[Logprob] | None
+    stop_token: bool = False  # its last token is the stop token that ends it (TokenDelta)
 
 
 class WireOutput(msgspec.Struct, tag=True, array_like=True):
@@ -252,7 +256,15 @@ class PromptLogprobsSent:
         if out.finished:
             self._sent.discard(out.request_id)
         completions = [
-            WireCompletion(c.index, c.text, c.token_ids, c.finish_reason, c.stop_reason, c.logprobs)
+            WireCompletion(
+                c.index,
+                c.text,
+                c.token_ids,
+                c.finish_reason,
+                c.stop_reason,
+                c.logprobs,
+                isinstance(c, TokenDelta) and c.stop_token,
+            )
             for c in out.outputs
         ]
         return WireOutput(

@@ -1,18 +1,20 @@
 """`OutputProcessor`: sampled tokens in, what the caller sees out.
 
 It owns everything about a completion that the scheduler does not need: one
-`RequestState` per engine request (its `IncrementalDetokenizer`, its text with
-stop strings applied, what was already handed out, logprobs not yet handed out)
+`RequestState` per engine request (its `CompletionText`: the detokenized text with
+stop strings applied; what was already handed out; logprobs not yet handed out)
 and one group per caller request (its n completions and prompt logprobs). Each
 step the core hands it every sampled token (`process_token`), which it
 detokenizes and searches for stop strings, reporting the stop string it found so
 the core finishes that request in the same step; then `outputs` builds one
-`RequestOutput` delta per group that progressed. Tool-call and reasoning parsers
-will run here, on each `RequestState`'s new text.
+`RequestOutput` delta per group that progressed.
 
-Invariants: the text handed out is never taken back: while a request runs, the
-last `longest stop string - 1` characters are held back (they might begin a stop
-string); a request's finishing delta is handed out exactly once, and then its
+A core whose caller detokenizes (the engine-core process: `ProcessEngine` keeps
+the `CompletionText`s in the API process) builds it with `detokenize=False`: the
+deltas then carry token ids and empty text, as `TokenDelta`s that say whether
+their last token is a hidden stop token.
+
+Invariants: a request's finishing delta is handed out exactly once, and then its
 group is forgotten once all its completions have finished.
 """
 
@@ -23,11 +25,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmcore.engine.completion_text import CompletionText
 from llmcore.engine.logprobs import TokenLogprobs, logprobs_of
 from llmcore.engine.request import FinishReason, Request
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
-from llmcore.tokenization.detokenizer import IncrementalDetokenizer
 from llmcore.tokenization.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class TokenDelta(CompletionOutput):
+    """A completion delta of a core that does not detokenize (`text` is empty)."""
+
+    stop_token: bool = False  # its last token is the stop token that ends it
 
 
 @dataclass(slots=True, eq=False)
@@ -35,10 +44,8 @@ class RequestState:
     """What the caller has been shown of one completion, and what comes next."""
 
     request: Request
-    detokenizer: IncrementalDetokenizer
-    hold: int  # characters held back while running: the longest stop string's - 1
-    text: str = ""  # detokenized output, stop strings applied
-    emitted_chars: int = 0  # how much of `text` has been handed out
+    text: CompletionText | None  # None where the caller detokenizes
+    stop_token: bool = False  # the last token is the stop token that ends it
     emitted_tokens: int = 0  # how many output tokens have been handed out
     emitted_finish: bool = False  # the finishing output has been handed out
     logprobs: list[Logprob] | None = None  # of the tokens not yet handed out
@@ -56,8 +63,9 @@ class _GroupState:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, detokenize: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.detokenize = detokenize
         self._groups: dict[str, _GroupState] = {}
         self._states: dict[str, RequestState] = {}
 
@@ -70,15 +78,9 @@ class OutputProcessor:
             self._states[state.request.request_id] = state
 
     def _new_state(self, r: Request) -> RequestState:
-        detokenizer = IncrementalDetokenizer(
-            self.tokenizer,
-            r.prompt_token_ids,
-            skip_special_tokens=r.params.skip_special_tokens,
-            spaces_between_special_tokens=r.params.spaces_between_special_tokens,
-        )
-        stops = r.params.stop
-        hold = max(len(s) for s in stops) - 1 if stops else 0
-        return RequestState(r, detokenizer, hold)
+        if not self.detokenize:
+            return RequestState(r, None)
+        return RequestState(r, CompletionText(self.tokenizer, r.prompt_token_ids, r.params))
 
     def requests_of(self, group_id: str) -> list[Request]:
         """The requests of a group still followed (none once its last output is out)."""
@@ -134,12 +136,10 @@ class OutputProcessor:
             if state.logprobs is None:
                 state.logprobs = []
             state.logprobs.append(to_logprob(lp))
-        hide_token = stop_token and not r.params.include_stop_str_in_output
-        delta = "" if hide_token else state.detokenizer.step([token])
-        if reason is not None:
-            delta += state.detokenizer.finish()
-        state.text += delta
-        return _cut_at_stop_string(state, len(delta))
+        if state.text is None:
+            state.stop_token = stop_token
+            return None
+        return state.text.add(token, final=reason is not None, stop_token=stop_token)
 
     # ---- outputs -------------------------------------------------------------------------
 
@@ -170,48 +170,25 @@ class OutputProcessor:
         return outputs
 
 
-def _cut_at_stop_string(state: RequestState, new_chars: int) -> str | None:
-    """Cut `state.text` at the first stop string that the new text completes."""
-    r = state.request
-    stops = r.params.stop
-    if not stops or not new_chars:
-        return None
-    search_from = max(0, len(state.text) - new_chars - state.hold)
-    best: tuple[int, str] | None = None
-    for stop in stops:
-        at = state.text.find(stop, search_from)
-        if at != -1 and (best is None or at < best[0]):
-            best = (at, stop)
-    if best is None:
-        return None
-    at, stop = best
-    keep = at + len(stop) if r.params.include_stop_str_in_output else at
-    state.text = state.text[:keep]
-    return stop
-
-
 def _delta(state: RequestState) -> CompletionOutput | None:
     """What the completion produced since its last output (None if nothing)."""
     r = state.request
-    hold = 0 if r.is_finished else state.hold  # might be a stop string's start
-    text_end = max(state.emitted_chars, len(state.text) - hold)
+    finished = r.is_finished
     tokens = r.output_token_ids[state.emitted_tokens :]
-    text = state.text[state.emitted_chars : text_end]
+    text = "" if state.text is None else state.text.take(finished)
     logprobs, state.logprobs = state.logprobs, None
-    if not tokens and not text and not r.is_finished:
+    if not tokens and not text and not finished:
         return None
-    if r.is_finished and state.emitted_finish:
+    if finished and state.emitted_finish:
         return None
-    state.emitted_chars, state.emitted_tokens = text_end, len(r.output_token_ids)
-    state.emitted_finish = r.is_finished
-    return CompletionOutput(
-        index=r.index,
-        text=text,
-        token_ids=tokens,
-        finish_reason=r.finish_reason.value if r.finish_reason else None,
-        stop_reason=r.stop_reason,
-        logprobs=logprobs,
-    )
+    state.emitted_tokens = len(r.output_token_ids)
+    state.emitted_finish = finished
+    finish_reason = r.finish_reason.value if r.finish_reason else None
+    if state.text is None:
+        return TokenDelta(
+            r.index, "", tokens, finish_reason, r.stop_reason, logprobs, stop_token=state.stop_token
+        )
+    return CompletionOutput(r.index, text, tokens, finish_reason, r.stop_reason, logprobs)
 
 
 def to_logprob(lp: TokenLogprobs) -> Logprob:

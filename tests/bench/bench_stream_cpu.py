@@ -9,8 +9,11 @@ prompts, `--max-tokens` each with ignore_eos, twice as many requests as streams)
 and the CPU time of the API process and of the engine-core process (or the one
 process, with `--engine-process off`) is divided by the tokens streamed. The
 reference, in the same run: `LLM.generate` of the same prompts in this process,
-its CPU time per token. Every process runs torch on `--threads` threads (default
-1: on a shared CPU, idle intra-op threads spin, and that is not host work).
+its CPU time per token; beside it the engine core's step loop alone, detokenizing
+(as in-process) and sending ids only (as in the core process, whose caller
+detokenizes), so that the share of detokenization in the core shows. Every
+process runs torch on `--threads` threads (default 1: on a shared CPU, idle
+intra-op threads spin, and that is not host work).
 
     python tests/bench/bench_stream_cpu.py [--concurrency 256] [--max-tokens 128]
         [--modes on,off] [--device cpu] [--model FOLDER] [--threads 1]
@@ -100,6 +103,33 @@ def offline(model: Path, device: str, concurrency: int, tokens: int) -> dict[str
     return {"tokens": count, "wall": wall, "cpu": cpu}
 
 
+def core_steps(model: Path, device: str, concurrency: int, tokens: int, detokenize: bool
+               ) -> dict[str, float]:  # fmt: skip
+    """The engine core's step loop alone, in this process: `detokenize=False` is the
+    core process's (ids only: the API process detokenizes and finds stop strings)."""
+    from llmcore import SamplingParams
+    from llmcore.engine.async_engine import build_core
+
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    core = build_core(model, device=device, max_num_seqs=concurrency, detokenize=detokenize)
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+
+    def run(batch: list[list[int]], tag: str) -> int:
+        for i, prompt in enumerate(batch):
+            core.add(core.make_requests(prompt, params, f"{tag}{i}"))
+        count = 0
+        while core.has_work():
+            for out in core.step():
+                count += sum(len(c.token_ids) for c in getattr(out, "outputs", ()))
+        return count
+
+    run(prompts(4, vocab, 0), "warm")
+    batch = prompts(2 * concurrency, vocab, 1)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    count = run(batch, "r")
+    return {"tokens": count, "wall": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=256)
@@ -132,6 +162,11 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|---:|")
         print(f"| offline `LLM.generate` | {ref['tokens'] / ref['wall']:.0f} | | | "
               f"{ref_us:.1f} | 1.00x | |")  # fmt: skip
+        for detokenize, name in ((True, "detokenizing"), (False, "ids only, as in its process")):
+            r = core_steps(model, args.device, args.concurrency, args.max_tokens, detokenize)
+            us = r["cpu"] / r["tokens"] * 1e6
+            print(f"| engine core steps, {name} | {r['tokens'] / r['wall']:.0f} | | | "
+                  f"{us:.1f} | {us / ref_us:.2f}x | |")  # fmt: skip
         for mode in args.modes.split(","):
             r = served(model, mode, args.device, args.concurrency, args.max_tokens)
             n = r["tokens"]

@@ -1,15 +1,18 @@
 """A FAKE engine core, for testing `ProcessEngine`'s transport without a model:
 `python -m tests.llmcore.engine.fake_core --fd N` speaks llmcore/engine/ipc.py's
 protocol. Every 10 ms while requests run ("a step"), each running completion
-emits its next token: completion i of a request echoes the prompt's ids plus i,
-text `<id>`, finishing ("length") after `max_tokens` tokens; all of a step's
+emits its next token: completion i of a request echoes the prompt's ids plus i
+(token ids only, as the real core sends them to `ProcessEngine`: the API side
+detokenizes), finishing ("length") after `max_tokens` tokens; all of a step's
 outputs go in one `StepOutputs` frame, as the real core sends them.
 
 Special requests: `stop=["REJECT"]` is refused (InvalidRequestError, param
 "stop"); `stop=["DIE"]` makes the fake send `Died` and exit 1 (a step loop
 failure); `prompt_logprobs` gets logprob -1.0 for each prompt token after the
 first (sent once, as the real core sends them). Encode requests pool to their
-prompt ids as float32. `Abort` ends a request with an "abort" delta.
+prompt ids as float32. `Abort` ends a request (or, with an index, that one
+completion) with an "abort" delta; `aborted` in the statistics counts completions
+so ended (the real core's statistics have no such count: `num_waiting` carries it).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import select
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import torch
@@ -41,10 +44,11 @@ class _Fake:
     params: SamplingParams
     emitted: int = 0
     sent_first: bool = False
+    ended: set[int] = field(default_factory=set)  # completions aborted one by one
 
 
-def _stats(running: int, generated: int, steps: int) -> EngineStatistics:
-    return EngineStatistics(running, 0, 8, 8, 0.0, 0, 0, 0, generated, 0, steps)
+def _stats(running: int, generated: int, steps: int, aborted: int = 0) -> EngineStatistics:
+    return EngineStatistics(running, aborted, 8, 8, 0.0, 0, 0, 0, generated, 0, steps)
 
 
 class FakeCore:
@@ -55,6 +59,7 @@ class FakeCore:
         self.prompt_logprobs = ipc.PromptLogprobsSent()
         self.generated = 0
         self.steps = 0
+        self.aborted = 0
 
     def serve(self) -> int:
         payload = ipc.recv_frame(self.sock)
@@ -92,17 +97,24 @@ class FakeCore:
             case ipc.AddEncode(request_id, prompt):
                 data = torch.tensor(prompt, dtype=torch.float32)
                 self.pending.append(ipc.wire_pooling(PoolingOutput(request_id, prompt, data)))
-            case ipc.Abort(request_id):
-                fake = self.running.pop(request_id, None)
+            case ipc.Abort(request_id, index):
+                fake = self.running.get(request_id)
                 if fake is not None:
-                    out = RequestOutput(request_id, fake.prompt, [], finished=True)
-                    for i in range(fake.params.n):
+                    live = set(range(fake.params.n)) - fake.ended
+                    ending = live if index is None else live & {index}
+                    fake.ended |= ending
+                    self.aborted += len(ending)
+                    finished = fake.ended == set(range(fake.params.n))
+                    if finished:
+                        del self.running[request_id]
+                    out = RequestOutput(request_id, fake.prompt, [], finished=finished)
+                    for i in sorted(ending):
                         out.outputs.append(CompletionOutput(i, "", [], finish_reason="abort"))
                     self.pending.append(self.prompt_logprobs.wire_output(out))
             case ipc.Control(call_id, op):
                 value: bool | EngineStatistics = True
                 if op == "statistics":
-                    value = _stats(len(self.running), self.generated, self.steps)
+                    value = _stats(len(self.running), self.generated, self.steps, self.aborted)
                 elif op == "reset_prefix_cache":
                     value = not self.running
                 ipc.send_frame(self.sock, ipc.Reply(call_id, value))
@@ -118,7 +130,9 @@ class FakeCore:
             outputs.append(self.prompt_logprobs.wire_output(self._advance(fake)))
         ipc.send_frame(
             self.sock,
-            ipc.StepOutputs(outputs, _stats(len(self.running), self.generated, self.steps)),
+            ipc.StepOutputs(
+                outputs, _stats(len(self.running), self.generated, self.steps, self.aborted)
+            ),
         )
 
     def _advance(self, fake: _Fake) -> RequestOutput:
@@ -129,14 +143,15 @@ class FakeCore:
         completions = [
             CompletionOutput(
                 i,
-                f"<{token + i}>",
+                "",
                 [token + i],
                 finish_reason="length" if done else None,
                 logprobs=None if p.logprobs is None else [Logprob(token + i, -0.5, 1)],
             )
             for i in range(p.n)
+            if i not in fake.ended
         ]
-        self.generated += p.n
+        self.generated += len(completions)
         prompt_logprobs = None
         if p.prompt_logprobs is not None:
             prompt_logprobs = [None, *(Logprob(t, -1.0, 1) for t in fake.prompt[1:])]

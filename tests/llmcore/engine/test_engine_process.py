@@ -122,6 +122,47 @@ def test_outputs_equal_the_in_process_engine(
     assert len(differ) <= 1, differ
 
 
+def test_text_made_in_the_api_process_equals_the_in_process_engine(
+    runner: asyncio.Runner, engine: ProcessEngine, reference: AsyncEngine
+) -> None:
+    """The core process sends ids only and the API process detokenizes: stop strings
+    (kept or not, one completion of n ending early, the stop string completed by a
+    request's last allowed token), stop tokens (hidden or shown), special tokens
+    shown and the held-back tail must give the deltas the in-process core gives."""
+    encode = engine.tokenizer.encode
+    comma = encode(",", add_special_tokens=False)
+    assert len(comma) == 1
+    greedy = {"temperature": 0.0, "max_tokens": 24}
+    sampled = {"temperature": 1.0, "seed": 3, "max_tokens": 24}
+    work = [
+        (encode("Once upon a time"), SamplingParams(**greedy, stop_token_ids=comma)),
+        (
+            encode("Once upon a time"),
+            SamplingParams(**greedy, stop_token_ids=comma, include_stop_str_in_output=True),
+        ),
+        (encode("Name a fruit:"), SamplingParams(**sampled, n=4, stop=[" a", "e"])),
+        (
+            encode("Name a fruit:"),
+            SamplingParams(**sampled, n=3, stop=["an", " "], include_stop_str_in_output=True),
+        ),
+        (
+            encode("Say hello."),
+            SamplingParams(**greedy, skip_special_tokens=False, stop=["<|im_end|>x"]),
+        ),
+    ]
+
+    async def one_at_a_time(eng: Any) -> list[list[RequestOutput]]:
+        return [await collect(eng, p, params, f"t{i}") for i, (p, params) in enumerate(work)]
+
+    ours, theirs = runner.run(one_at_a_time(engine)), runner.run(one_at_a_time(reference))
+    assert ours == theirs
+    finals = [c for outs in theirs for o in outs for c in o.outputs if c.finished]
+    reasons = {type(c.stop_reason) for c in finals if c.finish_reason == "stop"}
+    assert {int, str} <= reasons  # stop tokens and stop strings both ended some
+    ends = [{k for k, o in enumerate(outs) for c in o.outputs if c.finished} for outs in theirs]
+    assert len(ends[2]) > 1  # one of the n completions ended before another
+
+
 def test_aborts_free_every_block(runner: asyncio.Runner, engine: ProcessEngine) -> None:
     async def scenario() -> None:
         total = engine.statistics().num_kv_blocks

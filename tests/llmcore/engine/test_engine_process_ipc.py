@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import cast
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -26,7 +26,7 @@ from llmcore.errors import ContextLengthExceededError, EngineDeadError, InvalidR
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
-from llmcore.tokenization.tokenizer import Tokenizer
+from llmcore.tokenization.tokenizer import Tokenizer, load_tokenizer
 from tests.llmcore.engine.engine_process_checks import kill_core_mid_stream
 
 FAKE = "tests.llmcore.engine.fake_core"
@@ -104,10 +104,17 @@ def _stats() -> EngineStatistics:
 # ---- ProcessEngine against the fake core -------------------------------------------------
 
 
-def start_fake() -> ProcessEngine:
-    start = ipc.Start(None, None, "auto", "cpu", None, {}, logging.WARNING)
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir: Path) -> Tokenizer:
+    """A real tokenizer for the API side's detokenizing (WordPiece, 30522 ids: the
+    fake's token ids are words of it)."""
+    return load_tokenizer(minilm_dir)
+
+
+def start_fake(tokenizer: Tokenizer) -> ProcessEngine:
+    start = ipc.Start(None, None, "auto", "cpu", None, {}, logging.WARNING, detokenize=False)
     process, sock, ready = launch_core(start, FAKE)
-    return ProcessEngine(process, sock, ready.info, cast(Tokenizer, None), ready.statistics)
+    return ProcessEngine(process, sock, ready.info, tokenizer, ready.statistics)
 
 
 async def collect(engine: ProcessEngine, prompt: list[int], params: SamplingParams, rid: str
@@ -115,9 +122,9 @@ async def collect(engine: ProcessEngine, prompt: list[int], params: SamplingPara
     return [out async for out in engine.generate(prompt, params, rid)]
 
 
-def test_streams_are_demultiplexed_and_requests_answered() -> None:
+def test_streams_are_demultiplexed_and_requests_answered(tokenizer: Tokenizer) -> None:
     async def scenario() -> None:
-        engine = start_fake()
+        engine = start_fake(tokenizer)
         prompts = {f"r{i}": [100 * i + j for j in range(1, 2 + i % 5)] for i in range(24)}
         params = {
             rid: SamplingParams(
@@ -196,6 +203,52 @@ def test_streams_are_demultiplexed_and_requests_answered() -> None:
     asyncio.run(scenario())
 
 
+def test_stop_strings_end_completions_here_and_abort_them_in_the_core(
+    tokenizer: Tokenizer,
+) -> None:
+    """The core sends ids only: the API side detokenizes, and a stop string it finds
+    ends that completion at once (the core's later tokens dropped, the ids and
+    logprobs cut after the token that completed it) and aborts that completion, and
+    only it, in the core."""
+    prompt = tokenizer.encode("the cat sat down", add_special_tokens=False)
+    assert len(prompt) == 4
+
+    def texts(outs: list[RequestOutput], index: int) -> tuple[str, list[int], int]:
+        mine = [c for o in outs for c in o.outputs if c.index == index]
+        lps = sum(len(c.logprobs or []) for c in mine)
+        return "".join(c.text for c in mine), [t for c in mine for t in c.token_ids], lps
+
+    async def scenario() -> None:
+        engine = start_fake(tokenizer)
+        # n=2: completion 0 echoes the prompt and meets "sat"; completion 1 echoes
+        # the ids after the prompt's, which spell no "sat", and runs to max_tokens.
+        other = tokenizer.decode([t + 1 for t in prompt])
+        assert "sat" not in other
+        params = SamplingParams(max_tokens=8, n=2, stop=["sat"], logprobs=0)
+        outs = await collect(engine, prompt, params, "two")
+        assert outs[-1].finished and sum(o.finished for o in outs) == 1
+        text0, ids0, lps0 = texts(outs, 0)
+        assert ids0 == prompt[:3] and lps0 == 3
+        assert text0.strip() == "the cat"
+        last0 = [c for o in outs for c in o.outputs if c.index == 0][-1]
+        assert (last0.finish_reason, last0.stop_reason) == ("stop", "sat")
+        text1, ids1, lps1 = texts(outs, 1)
+        assert len(ids1) == lps1 == 8 and "sat" not in text1
+        assert outs[-1].outputs[-1].finish_reason == "length"
+        assert all(c.finish_reason != "abort" for o in outs for c in o.outputs)
+        assert await _eventually(engine, lambda s: s.num_waiting == 1)  # one aborted
+
+        # n=1: the request ends with its stop string, though the core would run on.
+        keep = SamplingParams(max_tokens=100_000, stop=["sat"], include_stop_str_in_output=True)
+        outs = await collect(engine, prompt, keep, "one")
+        text, ids, _ = texts(outs, 0)
+        assert ids == prompt[:3] and text.strip() == "the cat sat"
+        assert await _eventually(engine, lambda s: s.num_running == 0 and s.num_waiting == 2)
+        await engine.aclose()
+
+    asyncio.run(scenario())
+
+
 async def _eventually(engine: ProcessEngine, check: object, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,9 +258,9 @@ async def _eventually(engine: ProcessEngine, check: object, timeout: float = 5.0
     return False
 
 
-def test_a_killed_core_fails_every_stream_at_once() -> None:
+def test_a_killed_core_fails_every_stream_at_once(tokenizer: Tokenizer) -> None:
     async def scenario() -> None:
-        engine = start_fake()
+        engine = start_fake(tokenizer)
         params = SamplingParams(max_tokens=100_000)
         await kill_core_mid_stream(engine, [[1], [2], [3]], params, within=3.0)
         with pytest.raises(EngineDeadError):
@@ -216,9 +269,9 @@ def test_a_killed_core_fails_every_stream_at_once() -> None:
     asyncio.run(scenario())
 
 
-def test_a_core_killed_while_idle_is_seen_by_health() -> None:
+def test_a_core_killed_while_idle_is_seen_by_health(tokenizer: Tokenizer) -> None:
     async def scenario() -> None:
-        engine = start_fake()
+        engine = start_fake(tokenizer)
         engine.process.kill()
         engine.process.wait()
         with pytest.raises(EngineDeadError, match="exited"):
@@ -230,9 +283,9 @@ def test_a_core_killed_while_idle_is_seen_by_health() -> None:
     asyncio.run(scenario())
 
 
-def test_a_failed_step_loop_names_its_error() -> None:
+def test_a_failed_step_loop_names_its_error(tokenizer: Tokenizer) -> None:
     async def scenario() -> None:
-        engine = start_fake()
+        engine = start_fake(tokenizer)
         running = engine.generate([1], SamplingParams(max_tokens=100_000), "running")
         await anext(running)
         with pytest.raises(EngineDeadError, match="fake step failure"):
