@@ -27,7 +27,6 @@ replay can overwrite it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from llmcore.model_api import ForwardBatch
+from llmcore.ragged import scatter_rows
 
 if TYPE_CHECKING:
     from llmcore.model_runner import ModelRunner, SequenceChunk
@@ -233,12 +233,9 @@ class DecodeGraphs:
             scratch = self.scratch[group]
             lists = [c.block_table if c.group_tables is None else c.group_tables[group]
                      for c in chunks]  # fmt: skip
-            lengths = np.fromiter(map(len, lists), np.int64, n)
-            flat = np.fromiter(itertools.chain.from_iterable(lists), np.int32, int(lengths.sum()))
-            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
             block = tables[:size]
             block.fill(scratch)
-            block[np.repeat(rows, lengths), np.arange(flat.size) - starts] = flat
+            scatter_rows(block, lists)
             slots[:n] = block[rows, cached // bs].astype(np.int64) * bs + cached % bs
             slots[n:size] = scratch * bs
         for host, device in h.pairs(b):

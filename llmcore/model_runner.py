@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from llmcore.decode_graphs import DecodeGraphs, GraphBackend
 from llmcore.errors import ContextLengthExceededError
 from llmcore.model_api import ForwardBatch, KVCache, kv_cache_groups
 from llmcore.model_loader import LoadedModel
+from llmcore.ragged import concatenated, scatter_rows
 
 
 @dataclass(slots=True)
@@ -98,52 +100,56 @@ class ModelRunner:
         return self.graphs
 
     def build_batch(self, chunks: Sequence[SequenceChunk]) -> ForwardBatch:
-        ids: list[int] = []
-        positions: list[int] = []
-        starts = [0]
-        seq_lens: list[int] = []
-        for chunk in chunks:
-            end = chunk.num_cached + len(chunk.token_ids)
-            ids.extend(chunk.token_ids)
-            positions.extend(range(chunk.num_cached, end))
-            starts.append(len(ids))
-            seq_lens.append(end)
+        """The step's flat batch, laid out in numpy (a Python list per step costs
+        more than the forward pass of a small model on a GPU) and copied over."""
+        n = len(chunks)
+        lens = np.fromiter((len(c.token_ids) for c in chunks), np.int64, n)
+        cached = np.fromiter((c.num_cached for c in chunks), np.int64, n)
+        starts = np.zeros(n + 1, np.int64)
+        np.cumsum(lens, out=starts[1:])
+        rows = np.repeat(np.arange(n), lens)
+        positions = np.arange(int(starts[-1])) + (cached - starts[:-1])[rows]
+        sample = np.fromiter((c.sample for c in chunks), np.bool_, n)
+        ends = cached + lens
+        tables = [
+            self._group_tables(chunks, g, rows, positions, ends)
+            for g in range(len(self.group_windows))
+        ]
         dev = self.loaded.device
-        tables = [self._group_tables(chunks, g) for g in range(len(self.group_windows))]
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(dev)
+
         return ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            slot_mapping=tables[0][1],
-            block_tables=tables[0][0],
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            logits_indices=torch.tensor(
-                [end - 1 for end, c in zip(starts[1:], chunks, strict=True) if c.sample],
-                dtype=torch.int64,
-                device=dev,
-            ),
-            is_decode=all(len(c.token_ids) == 1 for c in chunks),
-            group_tables=tables if len(tables) > 1 else None,
+            input_ids=tensor(concatenated([c.token_ids for c in chunks])),
+            positions=tensor(positions),
+            slot_mapping=tensor(tables[0][1]),
+            block_tables=tensor(tables[0][0]),
+            query_start_loc=tensor(starts.astype(np.int32)),
+            seq_lens=tensor(ends.astype(np.int32)),
+            logits_indices=tensor(starts[1:][sample] - 1),
+            is_decode=bool((lens == 1).all()),
+            group_tables=([(tensor(t), tensor(s)) for t, s in tables] if len(tables) > 1 else None),
         )
 
     def _group_tables(
-        self, chunks: Sequence[SequenceChunk], group: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block tables `[B, width]` and slot mapping `[T]` of one KV cache group."""
+        self,
+        chunks: Sequence[SequenceChunk],
+        group: int,
+        rows: np.ndarray,
+        positions: np.ndarray,
+        ends: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Block tables `[B, width]` (padded with block 0) and slot mapping `[T]` of
+        one KV cache group; `rows` and `positions` are each new token's chunk and
+        position, `ends` each chunk's length after the step."""
         bs = self.block_size
         lists = [c.block_table if c.group_tables is None else c.group_tables[group] for c in chunks]
-        slots: list[int] = []
-        for chunk, table in zip(chunks, lists, strict=True):
-            end = chunk.num_cached + len(chunk.token_ids)
-            assert len(table) * bs >= end, "block table too short"
-            slots.extend(table[p // bs] * bs + p % bs for p in range(chunk.num_cached, end))
-        width = max(len(t) for t in lists)
-        padded = [t + [0] * (width - len(t)) for t in lists]
-        dev = self.loaded.device
-        return (
-            torch.tensor(padded, dtype=torch.int32, device=dev),
-            torch.tensor(slots, dtype=torch.int64, device=dev),
-        )
+        table = np.zeros((len(lists), max(map(len, lists))), np.int32)
+        lengths = scatter_rows(table, lists)
+        assert (lengths * bs >= ends).all(), "block table too short"
+        slots = table[rows, positions // bs].astype(np.int64) * bs + positions % bs
+        return table, slots
 
     @torch.inference_mode()
     def execute(self, chunks: Sequence[SequenceChunk]) -> torch.Tensor:
