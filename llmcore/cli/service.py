@@ -146,8 +146,10 @@ def engine_info(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-# `--engine-process auto` on the CPU: off until measured otherwise (docs/server.md
-# says how to measure: tests/bench/bench_serving.py with both variants).
+# `--engine-process auto` on the CPU: off, as measured (docs/benchmarks.md, session
+# 10): on the CPU the forward pass takes every core, so a second process serves no
+# faster at 8 or 32 streams (427 vs 428, 440 vs 442 tok/s) and costs ~260 MiB and
+# 3 s of start-up. docs/server.md says how to measure again.
 ENGINE_PROCESS_ON_CPU = False
 
 
