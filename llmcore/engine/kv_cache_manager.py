@@ -102,6 +102,10 @@ class _Group:
     window: int | None
     pool: BlockPool
     tables: dict[str, list[KVBlock | None]] = field(default_factory=dict)
+    # Each table as block ids (holes as 0), kept in step with it: a step reads every
+    # running request's table, and rebuilding the lists from the blocks cost ~1 ms
+    # a step at 256 sequences of 128 blocks.
+    ids: dict[str, list[int]] = field(default_factory=dict)
     num_cached: dict[str, int] = field(default_factory=dict)  # leading blocks registered
 
     def first_visible(self, position: int, block_size: int) -> int:
@@ -160,7 +164,8 @@ class KVCacheManager:
 
     @staticmethod
     def _ids(group: _Group, request_id: str) -> list[int]:
-        return [0 if b is None else b.block_id for b in group.tables.get(request_id, ())]
+        ids = group.ids.get(request_id)
+        return [] if ids is None else ids.copy()
 
     def can_fit(self, num_tokens: int) -> bool:
         """Whether a new request of `num_tokens` tokens fits in the free blocks now
@@ -301,6 +306,9 @@ class KVCacheManager:
             table.extend(visible_hit)
             table.extend([None] * (start - len(table)))
             table.extend(new_blocks)
+            ids = group.ids.setdefault(rid, [])
+            ids[: min(first, len(ids))] = [0] * min(first, len(ids))
+            ids.extend(0 if b is None else b.block_id for b in table[len(ids) :])
             if group is self.groups[0]:
                 new_first = new_blocks
             if self.enable_prefix_caching:
@@ -312,6 +320,7 @@ class KVCacheManager:
         """Release the request's blocks, tail first, and forget it. Idempotent."""
         for group in self.groups:
             table = group.tables.pop(request.request_id, None)
+            group.ids.pop(request.request_id, None)
             group.num_cached.pop(request.request_id, None)
             if table is not None:
                 group.pool.free_blocks(b for b in reversed(table) if b is not None)

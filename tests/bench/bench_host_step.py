@@ -1,11 +1,13 @@
-"""The host side of one step's batch: `ModelRunner.build_batch` (every eager step:
+"""The host side of one step's batch: reading the running requests' block tables
+(`KVCacheManager.block_ids`), `ModelRunner.build_batch` (every eager step:
 prefill, mixed, and decode where graphs are off or on the CPU) and the decode
 graphs' `_fill` (a replayed step), at 64 and 256 sequences of 161 and 2,048
 tokens (11 and 128 blocks of 16). On a GPU this time is on the step's critical
 path: the kernels cannot start before their inputs are there.
 
-The reference, in the same run: the batch built from Python lists with
-`torch.tensor`, as `build_batch` did before it was laid out in numpy.
+The references, in the same run: the tables rebuilt from their blocks (as
+`block_ids` did before the manager kept them as ids), and the batch built from
+Python lists with `torch.tensor` (as `build_batch` did before numpy).
 
     python tests/bench/bench_host_step.py [--repeat 200]
 """
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llmcore.decode_graphs import DecodeGraphs
+from llmcore.engine.kv_cache_manager import KVCacheManager
 from llmcore.model_runner import ModelRunner, SequenceChunk
 
 
@@ -54,6 +58,37 @@ def lists_reference(runner: ModelRunner, chunks: Sequence[SequenceChunk]) -> lis
         torch.tensor(seq_lens, dtype=torch.int32),
         torch.tensor([s - 1 for s in starts[1:]], dtype=torch.int64),
     ]
+
+
+@dataclass
+class _Request:
+    """What `KVCacheManager` reads of a request."""
+
+    request_id: str
+    all_token_ids: list[int]
+    num_computed_tokens: int = 0
+    cache_salt: str | None = None
+    block_hashes: list[bytes] = field(default_factory=list)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+
+def tables_of(batch: int, width: int) -> tuple[KVCacheManager, list[str]]:
+    """A manager whose `batch` requests hold `width` blocks each."""
+    mgr = KVCacheManager(batch * width, 16, enable_prefix_caching=False)
+    rids = []
+    for i in range(batch):
+        r = _Request(f"r{i}", [1] * (width * 16))
+        assert mgr.allocate_slots(r, width * 16) is not None
+        rids.append(r.request_id)
+    return mgr, rids
+
+
+def rebuilt(mgr: KVCacheManager, rid: str) -> list[int]:
+    """A table rebuilt from its blocks (the former `block_ids`)."""
+    return [0 if b is None else b.block_id for b in mgr.groups[0].tables[rid]]
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -85,21 +120,26 @@ def main() -> None:
     runner = core.runner
     # The graphs' host buffers (no graph is captured: `_fill` is the host side).
     graphs = DecodeGraphs(runner, 256, 128, [runner.num_blocks - 1], backend=None)  # type: ignore[arg-type]
-    print("\n| sequences x blocks | lists + torch.tensor (ms) | build_batch (ms) | ratio "
-          "| decode graphs' _fill (ms) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "\n| sequences x blocks | tables rebuilt (ms) | block_ids (ms) | ratio "
+        "| lists + torch.tensor (ms) | build_batch (ms) | ratio | decode graphs' _fill (ms) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for batch in (64, 256):
         for width in (11, 128):
             chunks = [SequenceChunk([5 + i % 100], width * 16 - 3,
                                     list(range(i * width, (i + 1) * width)))
                       for i in range(batch)]  # fmt: skip
+            mgr, rids = tables_of(batch, width)
+            old = timed(lambda m=mgr, r=rids: [rebuilt(m, x) for x in r], args.repeat)
+            new = timed(lambda m=mgr, r=rids: [m.block_ids(x) for x in r], args.repeat)
             size = graphs.bucket(chunks)
             assert size is not None
             ref = timed(lambda c=chunks: lists_reference(runner, c), args.repeat)
             ours = timed(lambda c=chunks: runner.build_batch(c), args.repeat)
             fill = timed(lambda c=chunks, n=size: graphs._fill(c, n), args.repeat)
-            print(f"| {batch} x {width} | {ref:.3f} | {ours:.3f} | {ref / ours:.2f}x "
-                  f"| {fill:.3f} |")  # fmt: skip
+            print(f"| {batch} x {width} | {old:.3f} | {new:.3f} | {old / new:.2f}x | {ref:.3f} "
+                  f"| {ours:.3f} | {ref / ours:.2f}x | {fill:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

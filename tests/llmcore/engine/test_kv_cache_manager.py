@@ -32,6 +32,16 @@ class FakeRequest:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.all_token_ids)
 
 
+def assert_ids_follow_tables(mgr: KVCacheManager) -> None:
+    """`block_ids` (kept in step with the tables, not rebuilt) equals each table's
+    block ids, holes as 0, in every group."""
+    for g, group in enumerate(mgr.groups):
+        assert group.ids.keys() == group.tables.keys()
+        for rid, table in group.tables.items():
+            want = [0 if b is None else b.block_id for b in table]
+            assert mgr.group_block_ids(rid)[g] == want
+
+
 def _as_protocol(request: FakeRequest) -> KVRequest:
     return request  # mypy checks that FakeRequest satisfies the protocol
 
@@ -406,6 +416,10 @@ class KVCacheMachine(RuleBasedStateMachine):
     # -- invariants --
 
     @invariant()
+    def block_ids_follow_the_tables(self) -> None:
+        assert_ids_follow_tables(self.mgr)
+
+    @invariant()
     def ref_counts_match_owners(self) -> None:
         owners: Counter[int] = Counter()
         for rid, req in self.running.items():
@@ -487,6 +501,7 @@ def test_sliding_group_holds_only_the_window() -> None:
         (8, 10, len(live)),
     ]
     assert stats.num_used_blocks == 50 + len(live) and stats.num_blocks == 70
+    assert_ids_follow_tables(mgr)
     mgr.free(req)
     assert mgr.num_free_blocks == 70
 
@@ -508,6 +523,7 @@ def test_sliding_prefix_hit_needs_only_the_window() -> None:
     assert sliding_hit[:8] == [None] * 8 and all(x is not None for x in sliding_hit[8:])
     assert mgr.allocate_slots(b, 1, hits) is not None
     assert mgr.group_block_ids("b")[0][:10] == ids(full_hit)
+    assert_ids_follow_tables(mgr)
 
 
 def test_sliding_hit_shrinks_when_the_window_was_evicted() -> None:
@@ -534,6 +550,7 @@ def test_sliding_hit_shrinks_when_the_window_was_evicted() -> None:
     assert (num_hit == 32) == cached[7] and cached[7] != (num_hit < 32)
     assert num_hit < 32, "the test meant block 7 to be evicted"
     assert mgr.allocate_slots(b, 8, hits) is not None  # a chunk the pool holds
+    assert_ids_follow_tables(mgr)
 
 
 def test_all_sliding_model_and_all_or_nothing() -> None:
@@ -544,6 +561,7 @@ def test_all_sliding_model_and_all_or_nothing() -> None:
     admit(mgr, req)
     _decode_to(mgr, req, 100)
     assert sum(1 for b in mgr.groups[0].tables["r"] if b is not None) <= 3
+    assert_ids_follow_tables(mgr)
     before = snapshot(mgr, "r")
     assert mgr.allocate_slots(req, 40) is None  # 40 new tokens need 10 blocks
     assert snapshot(mgr, "r") == before
