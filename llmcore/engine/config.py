@@ -28,6 +28,9 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     # No CUDA graphs for decode steps (`llmcore.decode_graphs`; CUDA devices only)
     enforce_eager: bool = False
+    # Build a step's output deltas while the next step runs on the GPU (None: on
+    # for CUDA devices; see `EngineCore.step`)
+    overlap_steps: bool | None = None
 
     def kv_bytes_per_token(self, model: ModelConfig, dtype_size: int) -> int:
         return 2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim * dtype_size

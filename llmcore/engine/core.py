@@ -29,7 +29,7 @@ from llmcore.engine.kv_cache_manager import KVCacheManager, KVGroupStatistics
 from llmcore.engine.output_processor import OutputProcessor
 from llmcore.engine.pooling_runner import PoolingRunner
 from llmcore.engine.request import EncodeRequest, FinishReason, Request, RequestStatus
-from llmcore.engine.sampler import Sampler, SamplerOutput, SamplingRow
+from llmcore.engine.sampler import PendingSample, Sampler, SamplerOutput, SamplingRow
 from llmcore.engine.scheduler import ScheduledRequest, Scheduler
 from llmcore.engine.sizing import kv_cache_dtype, size_engine, step_token_budget
 from llmcore.engine.task import Task, resolve_task
@@ -41,6 +41,15 @@ from llmcore.sampling_params import SamplingParams
 from llmcore.tokenization.tokenizer import Tokenizer
 
 log = logging.getLogger("llmcore.engine")
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A launched step whose sampled tokens are not yet appended."""
+
+    group_ids: list[str]  # of every request it ran
+    sampling: list[Request]  # those it samples a token for, in row order
+    sampled: PendingSample | None  # None: it samples nothing (a prefill chunk)
 
 
 @dataclass(slots=True)
@@ -132,6 +141,11 @@ class EngineCore:
         self.eos_token_ids = self.input_processor.eos_token_ids
         self.structured = self.input_processor.structured
         self._inbox = Inbox()
+        # Overlapped steps: a step's deltas are built after the next step's launch,
+        # while the GPU runs it (on the CPU the launch runs the model, so no gain).
+        overlap = config.overlap_steps
+        self.overlap_steps = loaded.device.type == "cuda" if overlap is None else overlap
+        self._in_flight: _InFlight | None = None
         self._num_prompt_tokens = 0
         self._num_generated = 0
         self._num_steps = 0
@@ -181,17 +195,25 @@ class EngineCore:
     # ---- the step (the engine thread only) -----------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self._inbox) or self.scheduler.has_unfinished()
+        return bool(self._inbox) or self.scheduler.has_unfinished() or self._in_flight is not None
 
     def step(self) -> list[RequestOutput | PoolingOutput]:
+        """One step: take the tokens of the step in flight, if any (overlapped steps),
+        drain the inbox, schedule, launch the model and sampling, take their tokens
+        (unless overlapped) and build the output deltas of the step whose tokens were
+        taken."""
         outputs: list[RequestOutput | PoolingOutput] = []
+        ran = self._finish_in_flight()
         outputs.extend(self._drain_inbox())
         plan = self.scheduler.schedule()
         if plan.scheduled:
             self._num_steps += 1
-            self._run(plan.scheduled)
-        group_ids = [s.request.group_id for s in plan.scheduled]
-        outputs.extend(self.output_processor.outputs(group_ids))
+            self._in_flight = self._launch(plan.scheduled)
+            if not self.overlap_steps:
+                ran = self._finish_in_flight()
+        # Overlapped, these are the previous step's deltas, built while the GPU runs
+        # this one (the launch returned without waiting for it).
+        outputs.extend(self.output_processor.outputs(ran))
         if plan.encode:
             assert self.pooler is not None
             if not plan.scheduled:
@@ -230,7 +252,19 @@ class EngineCore:
             self.scheduler.finish(child, FinishReason.ABORT)
         return self.output_processor.outputs([group_id])
 
-    def _run(self, scheduled: list[ScheduledRequest]) -> None:
+    def _finish_in_flight(self) -> list[str]:
+        """Wait for the launched step's tokens and append them (finishing the
+        requests that stop); the ids of the groups that step ran."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return []
+        if in_flight.sampled is not None:
+            self._append_sampled(in_flight.sampling, in_flight.sampled.result())
+        return in_flight.group_ids
+
+    def _launch(self, scheduled: list[ScheduledRequest]) -> _InFlight:
+        """Run the model over the scheduled chunks and launch the sampling of the
+        requests whose tokens are all computed (on a GPU neither is waited for)."""
         wants_prompt_logprobs = self.output_processor.wants_prompt_logprobs
         chunks = []
         for s in scheduled:
@@ -265,6 +299,7 @@ class EngineCore:
             if r.num_computed_tokens < r.num_prompt_tokens:
                 self._num_prompt_tokens += s.num_new_tokens
             r.num_computed_tokens += s.num_new_tokens
+        sampled: PendingSample | None = None
         if sampling:
             masks = None if pending is None else pending.wait()
             rows = [
@@ -279,8 +314,8 @@ class EngineCore:
                 for r in sampling
             ]
             grammar_rows = pending.rows if pending is not None else []
-            sampled = self.sampler(logits.last, rows, masks, grammar_rows)
-            self._append_sampled(sampling, sampled)
+            sampled = self.sampler.sample(logits.last, rows, masks, grammar_rows)
+        return _InFlight([s.request.group_id for s in scheduled], sampling, sampled)
 
     def _append_sampled(self, sampling: list[Request], sampled: SamplerOutput) -> None:
         """Append each request's token and finish those that stop: by token here, by

@@ -52,6 +52,29 @@ class SamplerOutput:
     logprobs: list[TokenLogprobs | None]  # per row; None unless params.logprobs is set
 
 
+class PendingSample:
+    """A step's sampled token ids on their way to the host: on a GPU, copied into
+    pinned memory behind the step's kernels, with an event to wait for."""
+
+    __slots__ = ("_event", "_tokens", "logprobs")
+
+    def __init__(self, token_ids: torch.Tensor, logprobs: list[TokenLogprobs | None]) -> None:
+        self.logprobs = logprobs
+        self._event: torch.cuda.Event | None = None
+        self._tokens = token_ids
+        if token_ids.device.type == "cuda":
+            self._tokens = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+            self._tokens.copy_(token_ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def result(self) -> SamplerOutput:
+        """The tokens (waiting for the GPU, if they come from one)."""
+        if self._event is not None:
+            self._event.synchronize()
+        return SamplerOutput(self._tokens.tolist(), self.logprobs)
+
+
 class Sampler:
     def __init__(self, vocab_size: int, seed: int | None = None) -> None:
         self.vocab_size = vocab_size
@@ -67,6 +90,17 @@ class Sampler:
         grammar_rows: Sequence[int] = (),
     ) -> SamplerOutput:
         """`grammar_bitmask` row `j` holds the tokens allowed in row `grammar_rows[j]`."""
+        return self.sample(logits, rows, grammar_bitmask, grammar_rows).result()
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[SamplingRow],
+        grammar_bitmask: torch.Tensor | None = None,
+        grammar_rows: Sequence[int] = (),
+    ) -> PendingSample:
+        """As calling the sampler, without waiting for a GPU's tokens: `result()`
+        waits (logprobs, where a row asks for them, are taken at once)."""
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         assert logits.shape[1] >= self.vocab_size, (logits.shape, self.vocab_size)
         raw = logits[:, : self.vocab_size].float()  # drop padded vocabulary columns, if any
@@ -75,7 +109,7 @@ class Sampler:
             allowed = raw.clone(memory_format=torch.contiguous_format)
             apply_bitmask(allowed, grammar_bitmask, grammar_rows)
         token_ids = self._pick(processed_logits(allowed, rows), rows)
-        return SamplerOutput(token_ids.tolist(), sampled_logprobs(raw, token_ids, rows))
+        return PendingSample(token_ids, sampled_logprobs(raw, token_ids, rows))
 
     def _shared_generator(self, device: torch.device) -> torch.Generator:
         generator = self._generators.get(device)

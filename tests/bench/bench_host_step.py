@@ -9,6 +9,13 @@ The references, in the same run: the tables rebuilt from their blocks (as
 `block_ids` did before the manager kept them as ids), and the batch built from
 Python lists with `torch.tensor` (as `build_batch` did before numpy).
 
+Then the host time of a whole step, by phase, per token: the engine core (ids
+only, as in its process) stepping 512 requests of 128 tokens, 256 at a time, on
+the tiny random model: what runs while the GPU would wait (schedule, batch,
+sampling's host side, append) and what overlapped steps build while it runs (the
+output deltas). The model's forward pass is listed apart: on a GPU it is the
+GPU's time, not the host's.
+
     python tests/bench/bench_host_step.py [--repeat 200]
 """
 
@@ -103,6 +110,45 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return sorted(times)[len(times) // 2] * 1e3
 
 
+def step_phases(model: Path) -> dict[str, float]:
+    """Microseconds per generated token of each phase of `EngineCore.step`."""
+    import collections
+
+    from bench_stream_cpu import prompts, step_to_the_end
+
+    from llmcore import SamplingParams
+    from llmcore.engine.async_engine import build_core
+
+    core = build_core(model, max_num_seqs=256, detokenize=False)
+    spent: collections.Counter[str] = collections.Counter()
+
+    def timing(owner: object, name: str, phase: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed_call(*args: object, **kwargs: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[phase] += time.perf_counter() - t0
+
+        setattr(owner, name, timed_call)
+
+    timing(core, "step", "step")
+    timing(core.scheduler, "schedule", "schedule")
+    timing(core.runner, "build_batch", "build_batch")
+    timing(core.runner.model, "forward", "forward")
+    timing(core.runner.model, "compute_logits", "forward")
+    timing(core.sampler, "sample", "sample")
+    timing(core, "_append_sampled", "append")
+    timing(core.output_processor, "outputs", "outputs")
+    params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
+    step_to_the_end(core, prompts(4, 512, 0), params, "warm")
+    spent.clear()
+    count = step_to_the_end(core, prompts(512, 512, 1), params, "r")
+    return {phase: seconds / count * 1e6 for phase, seconds in spent.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=200)
@@ -117,6 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmcore-tiny-") as tmp:
         bench_gpu.build_model("tiny", Path(tmp), torch.float32)
         core = build_core(tmp, max_num_seqs=256, kv_cache_memory=1 << 30)
+        phases = step_phases(Path(tmp))
     runner = core.runner
     # The graphs' host buffers (no graph is captured: `_fill` is the host side).
     graphs = DecodeGraphs(runner, 256, 128, [runner.num_blocks - 1], backend=None)  # type: ignore[arg-type]
@@ -140,6 +187,20 @@ def main() -> None:
             fill = timed(lambda c=chunks, n=size: graphs._fill(c, n), args.repeat)
             print(f"| {batch} x {width} | {old:.3f} | {new:.3f} | {old / new:.2f}x | {ref:.3f} "
                   f"| {ours:.3f} | {ref / ours:.2f}x | {fill:.3f} |")  # fmt: skip
+    step = phases.pop("step")
+    forward = phases.pop("forward")
+    host = step - forward
+    print("\nOne step's host time by phase (tiny model, 256 running, ids only), us per token:")
+    print("\n| phase | us/token | share of the host's |\n|---|---:|---:|")
+    for phase, us in sorted(phases.items(), key=lambda kv: -kv[1]):
+        print(f"| {phase} | {us:.2f} | {us / host:.0%} |")
+    rest = host - sum(phases.values())
+    print(
+        f"| the rest: chunks, sampling rows, inbox, tensors outside the model | {rest:.2f} "
+        f"| {rest / host:.0%} |"
+    )
+    print(f"| all host work | {host:.2f} | 100% |")
+    print(f"| (the forward pass and logits: the GPU's, on a GPU) | {forward:.2f} | |")
 
 
 if __name__ == "__main__":

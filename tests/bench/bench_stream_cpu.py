@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,6 +104,18 @@ def offline(model: Path, device: str, concurrency: int, tokens: int) -> dict[str
     return {"tokens": count, "wall": wall, "cpu": cpu}
 
 
+def step_to_the_end(core: Any, batch: list[list[int]], params: Any, tag: str) -> int:
+    """Add the prompts to an `EngineCore` and step it until it is idle; the tokens
+    it generated."""
+    for i, prompt in enumerate(batch):
+        core.add(core.make_requests(prompt, params, f"{tag}{i}"))
+    count = 0
+    while core.has_work():
+        for out in core.step():
+            count += sum(len(c.token_ids) for c in getattr(out, "outputs", ()))
+    return count
+
+
 def core_steps(model: Path, device: str, concurrency: int, tokens: int, detokenize: bool
                ) -> dict[str, float]:  # fmt: skip
     """The engine core's step loop alone, in this process: `detokenize=False` is the
@@ -113,20 +126,10 @@ def core_steps(model: Path, device: str, concurrency: int, tokens: int, detokeni
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     core = build_core(model, device=device, max_num_seqs=concurrency, detokenize=detokenize)
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
-
-    def run(batch: list[list[int]], tag: str) -> int:
-        for i, prompt in enumerate(batch):
-            core.add(core.make_requests(prompt, params, f"{tag}{i}"))
-        count = 0
-        while core.has_work():
-            for out in core.step():
-                count += sum(len(c.token_ids) for c in getattr(out, "outputs", ()))
-        return count
-
-    run(prompts(4, vocab, 0), "warm")
+    step_to_the_end(core, prompts(4, vocab, 0), params, "warm")
     batch = prompts(2 * concurrency, vocab, 1)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    count = run(batch, "r")
+    count = step_to_the_end(core, batch, params, "r")
     return {"tokens": count, "wall": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
 
 

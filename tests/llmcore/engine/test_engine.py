@@ -68,6 +68,44 @@ def prompts_of(tokenizer: Tokenizer, n: int, seed: int = 0) -> list[list[int]]:
     return out
 
 
+# ---- overlapped steps ---------------------------------------------------------------------
+
+
+def test_overlapped_steps_give_the_same_outputs(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    """`overlap_steps` (on for CUDA; forced here) builds a step's deltas after the
+    next step's launch: the same tokens, text, stops, logprobs and prompt logprobs,
+    through chunked prefill and preemption (a small cache), n > 1 and seeds."""
+    prompts = prompts_of(tokenizer, 12, seed=3)
+    params = [
+        GREEDY,
+        SamplingParams(temperature=0.9, seed=5, max_tokens=20, n=3),
+        SamplingParams(temperature=0.0, max_tokens=30, stop=[" the", "."]),
+        SamplingParams(temperature=0.0, max_tokens=12, logprobs=2, prompt_logprobs=1),
+        SamplingParams(temperature=0.0, max_tokens=16, min_tokens=8, stop_token_ids=[13]),
+        SamplingParams(temperature=0.7, seed=9, max_tokens=40, presence_penalty=0.5),
+    ] * 2
+    options: dict[str, Any] = {"kv_cache_memory": 8 << 20, "max_num_batched_tokens": 64}
+    plain = make_core(smollm2, tokenizer, **options)
+    overlapped = make_core(smollm2, tokenizer, overlap_steps=True, **options)
+    assert not plain.overlap_steps and overlapped.overlap_steps
+    in_flight_after_step = 0
+    original = overlapped.step
+
+    def counting_step() -> list[Any]:
+        nonlocal in_flight_after_step
+        outputs = original()
+        in_flight_after_step += overlapped._in_flight is not None
+        return outputs
+
+    overlapped.step = counting_step  # type: ignore[method-assign]
+    assert run(overlapped, prompts, params) == run(plain, prompts, params)
+    assert in_flight_after_step > 50  # steps really were left in flight
+    assert overlapped.statistics().num_preemptions > 0  # not vacuous: preemption ran
+    assert overlapped.kv_cache.statistics().num_free_blocks == plain.kv_cache.num_free_blocks
+
+
 # ---- batching ----------------------------------------------------------------------------
 
 
@@ -290,9 +328,13 @@ def test_invalid_requests_are_refused_naming_the_field(
 # ---- the asyncio front -------------------------------------------------------------------
 
 
-def test_async_abort_leaks_no_blocks(smollm2: llmcore.LoadedModel, tokenizer: Tokenizer) -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["steps", "overlapped-steps"])
+def test_async_abort_leaks_no_blocks(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer, overlap: bool
+) -> None:
     async def scenario() -> None:
-        engine = AsyncEngine(make_core(smollm2, tokenizer, kv_cache_memory=256 << 20))
+        core = make_core(smollm2, tokenizer, kv_cache_memory=256 << 20, overlap_steps=overlap)
+        engine = AsyncEngine(core)
         total = engine.statistics().num_kv_blocks
         rng = random.Random(0)
         prompts = prompts_of(tokenizer, 200, seed=1)

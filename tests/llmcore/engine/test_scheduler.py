@@ -59,7 +59,7 @@ def request(
 
 def step(sched: Scheduler) -> SchedulerOutput:
     """Schedule one step and play the model: compute every chunk, sample one token
-    for each chunk that reaches the end of its sequence (as `EngineCore._run` does)."""
+    for each chunk that reaches the end of its sequence (as `EngineCore._launch` does)."""
     out = sched.schedule()
     for s in out.scheduled:
         completes = s.completes_sequence
