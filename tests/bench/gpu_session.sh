@@ -47,7 +47,7 @@ first)
   part tests 200 python -m pytest -q -p no:cacheprovider tests/ops/test_cuda_ops.py \
     "tests/llmcore/test_decode_graphs.py::test_cuda_graphs_replay_the_eager_steps"
   part attention 100 python tests/bench/bench_gpu.py --attention-only
-  part bench_135m 160 python tests/bench/bench_gpu.py --shape 135m
+  part bench_135m 200 python tests/bench/bench_gpu.py --shape 135m
   ;;
 second)
   part bench_1b 220 python tests/bench/bench_gpu.py --shape 1b
