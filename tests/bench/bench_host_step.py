@@ -134,14 +134,12 @@ def step_phases(model: Path) -> dict[str, float]:
 
         setattr(owner, name, timed_call)
 
-    timing(core, "step", "step")
-    timing(core.scheduler, "schedule", "schedule")
-    timing(core.runner, "build_batch", "build_batch")
-    timing(core.runner.model, "forward", "forward")
-    timing(core.runner.model, "compute_logits", "forward")
-    timing(core.sampler, "sample", "sample")
-    timing(core, "_append_sampled", "append")
-    timing(core.output_processor, "outputs", "outputs")
+    for owner, name in ((core, "step"), (core, "_launch"), (core.runner, "execute_detailed"),
+                        (core.runner, "build_batch"), (core.runner.model, "forward"),
+                        (core.runner.model, "compute_logits"), (core.sampler, "sample"),
+                        (core, "_finish_in_flight"), (core.output_processor, "outputs"),
+                        (core.scheduler, "schedule")):  # fmt: skip
+        timing(owner, name, name)
     params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
     step_to_the_end(core, prompts(4, 512, 0), params, "warm")
     spent.clear()
@@ -162,8 +160,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="llmcore-tiny-") as tmp:
         bench_gpu.build_model("tiny", Path(tmp), torch.float32)
-        core = build_core(tmp, max_num_seqs=256, kv_cache_memory=1 << 30)
         phases = step_phases(Path(tmp))
+        core = build_core(tmp, max_num_seqs=256, kv_cache_memory=1 << 30)
     runner = core.runner
     # The graphs' host buffers (no graph is captured: `_fill` is the host side).
     graphs = DecodeGraphs(runner, 256, 128, [runner.num_blocks - 1], backend=None)  # type: ignore[arg-type]
@@ -187,20 +185,28 @@ def main() -> None:
             fill = timed(lambda c=chunks, n=size: graphs._fill(c, n), args.repeat)
             print(f"| {batch} x {width} | {old:.3f} | {new:.3f} | {old / new:.2f}x | {ref:.3f} "
                   f"| {ours:.3f} | {ref / ours:.2f}x | {fill:.3f} |")  # fmt: skip
-    step = phases.pop("step")
-    forward = phases.pop("forward")
-    host = step - forward
+    model = phases["forward"] + phases["compute_logits"]
+    host = phases["step"] - model
+    rows = {
+        "schedule": phases["schedule"],
+        "launch: the chunks and sampling rows": (
+            phases["_launch"] - phases["execute_detailed"] - phases["sample"]
+        ),
+        "launch: `build_batch`": phases["build_batch"],
+        "launch: the runner's other tensors": (
+            phases["execute_detailed"] - phases["build_batch"] - model
+        ),
+        "launch: sampling (host side and the CPU's kernels)": phases["sample"],
+        "finish: append, stop checks": phases["_finish_in_flight"],
+        "output deltas (`OutputProcessor.outputs`)": phases["outputs"],
+    }
+    rows["the rest (inbox, loop)"] = host - sum(rows.values())
     print("\nOne step's host time by phase (tiny model, 256 running, ids only), us per token:")
     print("\n| phase | us/token | share of the host's |\n|---|---:|---:|")
-    for phase, us in sorted(phases.items(), key=lambda kv: -kv[1]):
+    for phase, us in rows.items():
         print(f"| {phase} | {us:.2f} | {us / host:.0%} |")
-    rest = host - sum(phases.values())
-    print(
-        f"| the rest: chunks, sampling rows, inbox, tensors outside the model | {rest:.2f} "
-        f"| {rest / host:.0%} |"
-    )
     print(f"| all host work | {host:.2f} | 100% |")
-    print(f"| (the forward pass and logits: the GPU's, on a GPU) | {forward:.2f} | |")
+    print(f"| (the forward pass and logits: the GPU's, on a GPU) | {model:.2f} | |")
 
 
 if __name__ == "__main__":
