@@ -266,25 +266,27 @@ class EngineCore:
         """Run the model over the scheduled chunks and launch the sampling of the
         requests whose tokens are all computed (on a GPU neither is waited for)."""
         wants_prompt_logprobs = self.output_processor.wants_prompt_logprobs
+        block_ids = self.kv_cache.block_ids
+        group_block_ids = self.kv_cache.group_block_ids if self._grouped else None
         chunks = []
+        sampling = []
         for s in scheduled:
             r = s.request
             start = r.num_computed_tokens
+            end = start + s.num_new_tokens
+            sample = end == len(r.all_token_ids)  # the chunk completes the sequence
+            if sample:
+                sampling.append(r)
             chunks.append(
                 SequenceChunk(
-                    r.all_token_ids[start : start + s.num_new_tokens],
+                    r.all_token_ids[start:end],
                     start,
-                    self.kv_cache.block_ids(r.request_id),
-                    group_tables=(
-                        self.kv_cache.group_block_ids(r.request_id) if self._grouped else None
-                    ),
-                    sample=s.completes_sequence,
-                    all_logits=(
-                        r.params.prompt_logprobs is not None and wants_prompt_logprobs(r, start)
-                    ),
+                    block_ids(r.request_id),
+                    sample,
+                    r.params.prompt_logprobs is not None and wants_prompt_logprobs(r, start),
+                    None if group_block_ids is None else group_block_ids(r.request_id),
                 )
             )
-        sampling = [s.request for s in scheduled if s.completes_sequence]
         # Grammar masks are computed on a worker while the model runs.
         pending = self.structured.start_masks(
             [r.grammar if r.grammar_after is None else None for r in sampling]
@@ -302,17 +304,7 @@ class EngineCore:
         sampled: PendingSample | None = None
         if sampling:
             masks = None if pending is None else pending.wait()
-            rows = [
-                SamplingRow(
-                    params=r.params,
-                    prompt_token_ids=r.prompt_token_ids,
-                    output_token_ids=r.output_token_ids,
-                    generator=r.generator,
-                    stop_token_ids=r.stop_token_ids,
-                    bad_words_token_ids=r.bad_words_token_ids,
-                )
-                for r in sampling
-            ]
+            rows = [r.sampling_row or _sampling_row(r) for r in sampling]
             grammar_rows = pending.rows if pending is not None else []
             sampled = self.sampler.sample(logits.last, rows, masks, grammar_rows)
         return _InFlight([s.request.group_id for s in scheduled], sampling, sampled)
@@ -378,6 +370,20 @@ class EngineCore:
             num_steps=self._num_steps,
             kv_groups=kv.groups,
         )
+
+
+def _sampling_row(r: Request) -> SamplingRow:
+    """What the sampler reads of `r`, built once (its fields are `r`'s own, the
+    output ids a live reference)."""
+    r.sampling_row = SamplingRow(
+        params=r.params,
+        prompt_token_ids=r.prompt_token_ids,
+        output_token_ids=r.output_token_ids,
+        generator=r.generator,
+        stop_token_ids=r.stop_token_ids,
+        bad_words_token_ids=r.bad_words_token_ids,
+    )
+    return r.sampling_row
 
 
 def _ends_with(ids: list[int], tail: tuple[int, ...]) -> bool:

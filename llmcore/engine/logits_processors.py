@@ -29,6 +29,8 @@ def processed_logits(raw: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Te
 
     One copy, then edits of the (row, token) cells concerned, never whole-batch passes.
     """
+    if not any(r.edits for r in rows):  # the common batch: nothing to look at per row
+        return raw
     allowed = [i for i, r in enumerate(rows) if r.params.allowed_token_ids is not None]
     banned = _banned_cells(rows)
     biases = [(i, t, b) for i, r in enumerate(rows) for t, b in (r.params.logit_bias or {}).items()]
@@ -86,6 +88,17 @@ def _bad_word_tokens(output: Sequence[int], words: list[list[int]]) -> list[int]
         ):
             banned.append(word[-1])
     return banned
+
+
+def may_edit(p: SamplingParams, bad_words_token_ids: list[list[int]]) -> bool:
+    """Whether any processor here may edit a row with these parameters (at some step)."""
+    return bool(
+        p.allowed_token_ids is not None
+        or bad_words_token_ids
+        or p.min_tokens > 0
+        or p.logit_bias
+        or _has_penalties(p)
+    )
 
 
 def _has_penalties(p: SamplingParams) -> bool:

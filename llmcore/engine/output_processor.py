@@ -27,7 +27,7 @@ import torch
 
 from llmcore.engine.completion_text import CompletionText
 from llmcore.engine.logprobs import TokenLogprobs, logprobs_of
-from llmcore.engine.request import FinishReason, Request
+from llmcore.engine.request import FinishReason, Request, RequestStatus
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.tokenization.tokenizer import Tokenizer
 
@@ -150,17 +150,22 @@ class OutputProcessor:
             group = self._groups.get(group_id)
             if group is None:
                 continue
-            completions = [c for s in group.states if (c := _delta(s)) is not None]
-            finished = all(s.request.is_finished for s in group.states)
+            completions = []
+            finished = True
+            for state in group.states:
+                completion = _delta(state)
+                if completion is not None:
+                    completions.append(completion)
+                finished = finished and state.request.status is RequestStatus.FINISHED
             if completions or finished:
                 outputs.append(
                     RequestOutput(
-                        request_id=group_id,
-                        prompt_token_ids=group.prompt_token_ids,
-                        outputs=completions,
-                        finished=finished,
-                        prompt_logprobs=group.prompt_logprobs,
-                        num_cached_tokens=group.states[0].request.num_cached_tokens or 0,
+                        group_id,
+                        group.prompt_token_ids,
+                        completions,
+                        finished,
+                        group.prompt_logprobs,
+                        group.states[0].request.num_cached_tokens or 0,
                     )
                 )
             if finished:
@@ -173,7 +178,7 @@ class OutputProcessor:
 def _delta(state: RequestState) -> CompletionOutput | None:
     """What the completion produced since its last output (None if nothing)."""
     r = state.request
-    finished = r.is_finished
+    finished = r.status is RequestStatus.FINISHED
     tokens = r.output_token_ids[state.emitted_tokens :]
     text = "" if state.text is None else state.text.take(finished)
     logprobs, state.logprobs = state.logprobs, None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from llmcore.engine.block_pool import BlockHash
 from llmcore.pooling import PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.structured_outputs.backend import GrammarMatcher
+
+if TYPE_CHECKING:
+    from llmcore.engine.sampler import SamplingRow
 
 
 class RequestStatus(enum.Enum):
@@ -65,6 +69,7 @@ class Request:
     stop_reason: str | int | None = None  # the stop token or stop string that ended it
     num_preemptions: int = 0
     num_cached_tokens: int | None = None  # prefix-cache hits when first scheduled
+    sampling_row: SamplingRow | None = None  # what the sampler reads, built once by the core
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:

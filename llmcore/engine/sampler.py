@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from llmcore.engine.logits_processors import processed_logits
+from llmcore.engine.logits_processors import may_edit, processed_logits
 from llmcore.engine.logits_rows import index_tensor, on_rows, take_rows
 from llmcore.engine.logprobs import TokenLogprobs, sampled_logprobs
 from llmcore.sampling_params import SamplingParams
@@ -44,6 +44,11 @@ class SamplingRow:
     generator: torch.Generator | None  # a seeded request's own; None = the shared one
     stop_token_ids: frozenset[int]  # EOS + params.stop_token_ids, banned under min_tokens
     bad_words_token_ids: list[list[int]]  # params.bad_words, tokenized by the engine
+    # Whether a logits processor may edit this row (see `logits_processors`)
+    edits: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.edits = may_edit(self.params, self.bad_words_token_ids)
 
 
 @dataclass(slots=True)
