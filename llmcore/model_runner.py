@@ -21,17 +21,21 @@ from llmcore.model_api import ForwardBatch, KVCache, kv_cache_groups
 from llmcore.model_loader import LoadedModel
 from llmcore.ragged import concatenated, scatter_rows
 
+BlockTable = Sequence[int] | np.ndarray  # block ids: a list, or int32 numpy
+
 
 @dataclass(slots=True)
 class SequenceChunk:
     token_ids: list[int]  # the new tokens to run (a whole prompt, a chunk, or one)
     num_cached: int  # tokens of this sequence already in the KV cache
-    block_table: list[int]  # its blocks, enough for num_cached + len(token_ids)
+    # Its blocks, enough for num_cached + len(token_ids): a list, or the KV cache
+    # manager's int32 numpy view (read within the step)
+    block_table: BlockTable
     sample: bool = True  # logits of the last new token are wanted
     all_logits: bool = False  # logits of every new token are wanted (prompt logprobs)
     # Its table in each KV cache group (a model with sliding-window layers); None:
     # `block_table` serves every group.
-    group_tables: list[list[int]] | None = None
+    group_tables: Sequence[BlockTable] | None = None
 
 
 @dataclass(slots=True)

@@ -266,8 +266,8 @@ class EngineCore:
         """Run the model over the scheduled chunks and launch the sampling of the
         requests whose tokens are all computed (on a GPU neither is waited for)."""
         wants_prompt_logprobs = self.output_processor.wants_prompt_logprobs
-        block_ids = self.kv_cache.block_ids
-        group_block_ids = self.kv_cache.group_block_ids if self._grouped else None
+        block_table = self.kv_cache.block_table
+        group_tables = self.kv_cache.group_block_tables if self._grouped else None
         chunks = []
         sampling = []
         for s in scheduled:
@@ -281,10 +281,10 @@ class EngineCore:
                 SequenceChunk(
                     r.all_token_ids[start:end],
                     start,
-                    block_ids(r.request_id),
+                    block_table(r.request_id),
                     sample,
                     r.params.prompt_logprobs is not None and wants_prompt_logprobs(r, start),
-                    None if group_block_ids is None else group_block_ids(r.request_id),
+                    None if group_tables is None else group_tables(r.request_id),
                 )
             )
         # Grammar masks are computed on a worker while the model runs.

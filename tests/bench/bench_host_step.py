@@ -1,13 +1,13 @@
 """The host side of one step's batch: reading the running requests' block tables
-(`KVCacheManager.block_ids`), `ModelRunner.build_batch` (every eager step:
+(`KVCacheManager.block_table`: numpy views), `ModelRunner.build_batch` (every eager step:
 prefill, mixed, and decode where graphs are off or on the CPU) and the decode
 graphs' `_fill` (a replayed step), at 64 and 256 sequences of 161 and 2,048
 tokens (11 and 128 blocks of 16). On a GPU this time is on the step's critical
 path: the kernels cannot start before their inputs are there.
 
-The references, in the same run: the tables rebuilt from their blocks (as
-`block_ids` did before the manager kept them as ids), and the batch built from
-Python lists with `torch.tensor` (as `build_batch` did before numpy).
+The references, in the same run: the tables rebuilt from their blocks as lists (as
+`block_ids` did before the manager kept them as numpy ids), and the batch built
+from those lists with `torch.tensor` (as `build_batch` did before numpy).
 
 Then the host time of a whole step, by phase, per token: the engine core (ids
 only, as in its process) stepping 512 requests of 128 tokens, 256 at a time, on
@@ -42,7 +42,8 @@ from llmcore.model_runner import ModelRunner, SequenceChunk
 
 
 def lists_reference(runner: ModelRunner, chunks: Sequence[SequenceChunk]) -> list[torch.Tensor]:
-    """The batch's tensors built from Python lists (the former `build_batch`)."""
+    """The batch's tensors built from Python lists (the former `build_batch`; the
+    chunks' tables are lists)."""
     bs = runner.block_size
     ids: list[int] = []
     positions: list[int] = []
@@ -55,7 +56,7 @@ def lists_reference(runner: ModelRunner, chunks: Sequence[SequenceChunk]) -> lis
         seq_lens.append(end)
         slots.extend(c.block_table[p // bs] * bs + p % bs for p in range(c.num_cached, end))
     width = max(len(c.block_table) for c in chunks)
-    padded = [c.block_table + [0] * (width - len(c.block_table)) for c in chunks]
+    padded = [list(c.block_table) + [0] * (width - len(c.block_table)) for c in chunks]
     return [
         torch.tensor(ids, dtype=torch.int64),
         torch.tensor(positions, dtype=torch.int64),
@@ -166,23 +167,25 @@ def main() -> None:
     # The graphs' host buffers (no graph is captured: `_fill` is the host side).
     graphs = DecodeGraphs(runner, 256, 128, [runner.num_blocks - 1], backend=None)  # type: ignore[arg-type]
     print(
-        "\n| sequences x blocks | tables rebuilt (ms) | block_ids (ms) | ratio "
-        "| lists + torch.tensor (ms) | build_batch (ms) | ratio | decode graphs' _fill (ms) |"
+        "\n| sequences x blocks | tables rebuilt as lists (ms) | `block_table` views (ms) "
+        "| ratio | lists + torch.tensor (ms) | build_batch from the views (ms) | ratio "
+        "| decode graphs' _fill (ms) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for batch in (64, 256):
         for width in (11, 128):
-            chunks = [SequenceChunk([5 + i % 100], width * 16 - 3,
-                                    list(range(i * width, (i + 1) * width)))
-                      for i in range(batch)]  # fmt: skip
             mgr, rids = tables_of(batch, width)
             old = timed(lambda m=mgr, r=rids: [rebuilt(m, x) for x in r], args.repeat)
-            new = timed(lambda m=mgr, r=rids: [m.block_ids(x) for x in r], args.repeat)
-            size = graphs.bucket(chunks)
+            new = timed(lambda m=mgr, r=rids: [m.block_table(x) for x in r], args.repeat)
+            lists = [SequenceChunk([5 + i % 100], width * 16 - 3, rebuilt(mgr, rid))
+                     for i, rid in enumerate(rids)]  # fmt: skip
+            views = [SequenceChunk([5 + i % 100], width * 16 - 3, mgr.block_table(rid))
+                     for i, rid in enumerate(rids)]  # fmt: skip
+            size = graphs.bucket(views)
             assert size is not None
-            ref = timed(lambda c=chunks: lists_reference(runner, c), args.repeat)
-            ours = timed(lambda c=chunks: runner.build_batch(c), args.repeat)
-            fill = timed(lambda c=chunks, n=size: graphs._fill(c, n), args.repeat)
+            ref = timed(lambda c=lists: lists_reference(runner, c), args.repeat)
+            ours = timed(lambda c=views: runner.build_batch(c), args.repeat)
+            fill = timed(lambda c=views, n=size: graphs._fill(c, n), args.repeat)
             print(f"| {batch} x {width} | {old:.3f} | {new:.3f} | {old / new:.2f}x | {ref:.3f} "
                   f"| {ours:.3f} | {ref / ours:.2f}x | {fill:.3f} |")  # fmt: skip
     model = phases["forward"] + phases["compute_logits"]
