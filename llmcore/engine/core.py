@@ -6,12 +6,16 @@ every request whose known tokens are now all computed, appends it, and finishes
 the requests that stop (stop tokens, EOS unless `ignore_eos`, `min_tokens`,
 `max_tokens`, the context, and the stop strings the output processor reports),
 all in that step; the output processor then builds one `RequestOutput` delta per
-request group that progressed. Encode requests scheduled in the same step run as
-one more forward pass of their own (`PoolingRunner`) and finish in that step.
+request group that progressed. With overlapped steps (on for CUDA) a step's tokens
+are taken at the start of the next `step()`, before its inbox and scheduling, and
+its deltas built after the next launch, while the GPU runs it. Encode requests
+scheduled in the same step run as one more forward pass of their own
+(`PoolingRunner`) and finish in that step.
 
 Around it: the `InputProcessor` validates requests on the caller's thread before
 they are queued; the `OutputProcessor` owns everything the caller sees
-(detokenizing, stop strings, logprob shaping, output deltas). Invariant:
+(detokenizing and stop strings, unless the caller does them: the engine-core
+process; logprob shaping, output deltas). Invariant:
 everything here runs on one thread (the engine's worker); other threads only
 build requests and touch the inbox, whose appends and pops are atomic.
 """
