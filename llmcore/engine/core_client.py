@@ -374,7 +374,7 @@ class ProcessEngine:
         for c in out.outputs:
             if c.index not in flight.ended:  # else: late tokens of one a stop string ended
                 completions.append(self._detokenized(out.request_id, flight, c))
-        finished = len(flight.ended) == flight.params.n
+        finished = out.finished or len(flight.ended) == flight.params.n
         if not completions and not finished:
             return
         if finished:  # nothing more is delivered (the core's late outputs included)
