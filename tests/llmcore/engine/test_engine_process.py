@@ -234,6 +234,28 @@ def test_refusals_keep_their_class(runner: asyncio.Runner, engine: ProcessEngine
     runner.run(scenario())
 
 
+def test_an_overlapping_core_process_equals_the_in_process_engine(
+    smollm2_path: Path, smollm2: llmcore.LoadedModel
+) -> None:
+    """The core process as it runs on CUDA: steps overlapped (forced here), ids only;
+    the same deltas as the in-process engine, stop strings and n > 1 included."""
+
+    async def scenario() -> None:
+        engine = await ProcessEngine.from_pretrained(
+            smollm2_path, dtype="float32", overlap_steps=True, **OPTIONS
+        )
+        tokenizer = llmcore.load_tokenizer(smollm2.path)
+        reference = AsyncEngine(EngineCore(smollm2, tokenizer, EngineConfig(**OPTIONS)))
+        work = cases(engine)[:3]  # greedy; n=3; a stop string
+        for i, (prompt, params) in enumerate(work):
+            ours = await collect(engine, prompt, params, f"o{i}")
+            assert ours == await collect(reference, prompt, params, f"o{i}")
+        await engine.aclose()
+        await reference.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_embeddings_equal_the_in_process_engine(minilm_dir: Path) -> None:
     """The encode path: pooled vectors cross as float32 bytes, unchanged."""
 
