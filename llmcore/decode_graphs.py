@@ -39,7 +39,7 @@ from llmcore.model_api import ForwardBatch
 from llmcore.ragged import scatter_rows
 
 if TYPE_CHECKING:
-    from llmcore.model_runner import ModelRunner, SequenceChunk
+    from llmcore.model_runner import ModelRunner, PreviousTokens, SequenceChunk
 
 log = logging.getLogger("llmcore.engine")
 
@@ -189,10 +189,13 @@ class DecodeGraphs:
                 return None
         return next(s for s in self.sizes if s >= len(chunks))
 
-    def run(self, chunks: Sequence[SequenceChunk], size: int) -> torch.Tensor | None:
+    def run(
+        self, chunks: Sequence[SequenceChunk], size: int, previous: PreviousTokens | None = None
+    ) -> torch.Tensor | None:
         """The step's last-token logits `[len(chunks), vocab]` through the bucket
-        `size`'s graph; None if graphs were switched off (run it eagerly)."""
-        self._fill(chunks, size)
+        `size`'s graph; None if graphs were switched off (run it eagerly).
+        `previous`: rows whose token is the previous step's, on the device."""
+        self._fill(chunks, size, previous)
         entry = self._graphs.get(size)
         if entry is None:
             try:
@@ -200,10 +203,10 @@ class DecodeGraphs:
             except Exception as exc:  # a kernel that cannot be captured
                 self._disable(f"capturing the batch-{size} graph failed: {exc!r}")
                 return None
-            self._fill(chunks, size)  # the warm-up and capture ran on these buffers
+            self._fill(chunks, size, previous)  # the warm-up and capture ran on these
             entry[0].replay()
             logits = entry[1][: len(chunks)].clone()
-            if not self._agrees(chunks, logits, size):
+            if not self._agrees(chunks, logits, size, previous):
                 return None
             self.stats.replays += 1
             return logits
@@ -213,8 +216,11 @@ class DecodeGraphs:
 
     # ---- inside -------------------------------------------------------------------------
 
-    def _fill(self, chunks: Sequence[SequenceChunk], size: int) -> None:
-        """Copy the step into the buffers' first `size` rows, padding after it.
+    def _fill(
+        self, chunks: Sequence[SequenceChunk], size: int, previous: PreviousTokens | None = None
+    ) -> None:
+        """Copy the step into the buffers' first `size` rows, padding after it;
+        then `previous`' tokens into their rows, on the device.
 
         Built in numpy from the real table entries only (a row's padding to the full
         width is one fill), so the cost grows with the blocks the batch holds, not
@@ -240,6 +246,8 @@ class DecodeGraphs:
             slots[n:size] = scratch * bs
         for host, device in h.pairs(b):
             device[:size].copy_(torch.from_numpy(host[:size]), non_blocking=True)
+        if previous is not None:
+            previous.write(b.input_ids, previous.chunks)
 
     def _forward(self, size: int) -> torch.Tensor:
         model = self.runner.model
@@ -256,9 +264,15 @@ class DecodeGraphs:
         log.info("CUDA graph captured for decode batches of %d", size)
         return graph, out
 
-    def _agrees(self, chunks: Sequence[SequenceChunk], logits: torch.Tensor, size: int) -> bool:
+    def _agrees(
+        self,
+        chunks: Sequence[SequenceChunk],
+        logits: torch.Tensor,
+        size: int,
+        previous: PreviousTokens | None,
+    ) -> bool:
         """The first replay of a bucket against the eager pass of the same step."""
-        self._fill(chunks, size)
+        self._fill(chunks, size, previous)
         eager = self._forward(size)[: len(chunks)].float()
         diff = (logits.float() - eager).abs().max().item()
         scale = max(eager.abs().max().item(), 1.0)

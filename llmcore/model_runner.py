@@ -39,6 +39,25 @@ class SequenceChunk:
 
 
 @dataclass(slots=True)
+class PreviousTokens:
+    """Input tokens still on the device (async scheduling): chunk `chunks[i]`'s one
+    new token is row `rows[i]` of the previous step's sampled ids `sampled`; its
+    `token_ids` hold a placeholder."""
+
+    sampled: torch.Tensor  # [rows] int64, on the model's device
+    chunks: list[int]
+    rows: list[int]
+
+    def write(self, input_ids: torch.Tensor, positions: np.ndarray | list[int]) -> None:
+        """Put the tokens at `positions[i]` (flat token index of `chunks[i]`) of
+        `input_ids`, on the device and without waiting for it."""
+        device = input_ids.device
+        dst = torch.as_tensor(positions, dtype=torch.int64).to(device, non_blocking=True)
+        src = torch.as_tensor(self.rows, dtype=torch.int64).to(device, non_blocking=True)
+        input_ids.index_copy_(0, dst, self.sampled.index_select(0, src))
+
+
+@dataclass(slots=True)
 class StepLogits:
     last: torch.Tensor  # [chunks with sample=True, vocab] float32, in chunk order
     all: dict[int, torch.Tensor]  # chunk index -> [len(token_ids), vocab] for all_logits chunks
@@ -103,9 +122,14 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self, max_batch, width, self.scratch_blocks, backend)
         return self.graphs
 
-    def build_batch(self, chunks: Sequence[SequenceChunk]) -> ForwardBatch:
+    def build_batch(
+        self, chunks: Sequence[SequenceChunk], previous: PreviousTokens | None = None
+    ) -> ForwardBatch:
         """The step's flat batch, laid out in numpy (a Python list per step costs
-        more than the forward pass of a small model on a GPU) and copied over."""
+        more than the forward pass of a small model on a GPU) and copied over
+        without waiting for the device (the arrays are pageable and fresh: a copy
+        has read its source when it returns); `previous`' tokens are written in on
+        the device."""
         n = len(chunks)
         lens = np.fromiter((len(c.token_ids) for c in chunks), np.int64, n)
         cached = np.fromiter((c.num_cached for c in chunks), np.int64, n)
@@ -122,10 +146,13 @@ class ModelRunner:
         dev = self.loaded.device
 
         def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array).to(dev)
+            return torch.from_numpy(array).to(dev, non_blocking=True)
 
+        input_ids = tensor(concatenated([c.token_ids for c in chunks]))
+        if previous is not None:
+            previous.write(input_ids, starts[previous.chunks])
         return ForwardBatch(
-            input_ids=tensor(concatenated([c.token_ids for c in chunks])),
+            input_ids=input_ids,
             positions=tensor(positions),
             slot_mapping=tensor(tables[0][1]),
             block_tables=tensor(tables[0][0]),
@@ -161,16 +188,19 @@ class ModelRunner:
         return self.execute_detailed(chunks).last
 
     @torch.inference_mode()
-    def execute_detailed(self, chunks: Sequence[SequenceChunk]) -> StepLogits:
+    def execute_detailed(
+        self, chunks: Sequence[SequenceChunk], previous: PreviousTokens | None = None
+    ) -> StepLogits:
         """One forward pass; logits of the last token of `sample` chunks, and of
-        every token of `all_logits` chunks."""
+        every token of `all_logits` chunks. `previous`: chunks whose token is the
+        previous step's, still on the device (async scheduling)."""
         if self.graphs is not None:
             size = self.graphs.bucket(chunks)
             if size is not None:
-                logits = self.graphs.run(chunks, size)
+                logits = self.graphs.run(chunks, size, previous)
                 if logits is not None:
                     return StepLogits(logits, {})
-        batch = self.build_batch(chunks)
+        batch = self.build_batch(chunks, previous)
         hidden = self.model.forward(batch, self.kv_caches)
         last = self.model.compute_logits(hidden.index_select(0, batch.logits_indices))
         every: dict[int, torch.Tensor] = {}

@@ -31,6 +31,9 @@ class EngineConfig:
     # Build a step's output deltas while the next step runs on the GPU (None: on
     # for CUDA devices; see `EngineCore.step`)
     overlap_steps: bool | None = None
+    # Schedule and launch the next step before the last one's tokens are known
+    # (vLLM's async scheduling; None: on for CUDA devices; implies overlap_steps)
+    async_scheduling: bool | None = None
 
     def kv_bytes_per_token(self, model: ModelConfig, dtype_size: int) -> int:
         return 2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim * dtype_size

@@ -38,7 +38,7 @@ from llmcore.engine.scheduler import ScheduledRequest, Scheduler
 from llmcore.engine.sizing import kv_cache_dtype, size_engine, step_token_budget
 from llmcore.engine.task import Task, resolve_task
 from llmcore.model_loader import LoadedModel
-from llmcore.model_runner import ModelRunner, SequenceChunk
+from llmcore.model_runner import ModelRunner, PreviousTokens, SequenceChunk
 from llmcore.outputs import RequestOutput
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
@@ -149,6 +149,13 @@ class EngineCore:
         # while the GPU runs it (on the CPU the launch runs the model, so no gain).
         overlap = config.overlap_steps
         self.overlap_steps = loaded.device.type == "cuda" if overlap is None else overlap
+        # Async scheduling: the next step is scheduled and launched before the last
+        # one's tokens are known (its inputs read from them on the device), so the
+        # host's work runs while the GPU does; it implies overlapped steps.
+        ahead = config.async_scheduling
+        self.async_scheduling = loaded.device.type == "cuda" if ahead is None else ahead
+        self.overlap_steps = self.overlap_steps or self.async_scheduling
+        self._num_scheduled_ahead = 0
         self._in_flight: _InFlight | None = None
         self._num_prompt_tokens = 0
         self._num_generated = 0
@@ -203,18 +210,29 @@ class EngineCore:
 
     def step(self) -> list[RequestOutput | PoolingOutput]:
         """One step: take the tokens of the step in flight, if any (overlapped steps),
-        drain the inbox, schedule, launch the model and sampling, take their tokens
-        (unless overlapped) and build the output deltas of the step whose tokens were
-        taken."""
+        unless the next is scheduled ahead of them (async scheduling); drain the
+        inbox, schedule, launch the model and sampling; take the tokens of the step
+        in flight before it, or of this one (neither overlapped nor async), and
+        build the output deltas of the step whose tokens were taken."""
         outputs: list[RequestOutput | PoolingOutput] = []
-        ran = self._finish_in_flight()
+        previous = self._in_flight
+        ran: list[str] = []
+        if previous is not None and not (self.async_scheduling and _can_run_ahead(previous)):
+            ran, previous = self._finish(previous), None
+        self._in_flight = None
         outputs.extend(self._drain_inbox())
         plan = self.scheduler.schedule()
+        launched: _InFlight | None = None
         if plan.scheduled:
             self._num_steps += 1
-            self._in_flight = self._launch(plan.scheduled)
-            if not self.overlap_steps:
-                ran = self._finish_in_flight()
+            launched = self._launch(plan.scheduled, previous)
+        if previous is not None:  # scheduled ahead of: its tokens come now
+            self._num_scheduled_ahead += launched is not None
+            ran = self._finish(previous)
+        if launched is not None and not self.overlap_steps:
+            ran = self._finish(launched)
+        else:
+            self._in_flight = launched
         # Overlapped, these are the previous step's deltas, built while the GPU runs
         # this one (the launch returned without waiting for it).
         outputs.extend(self.output_processor.outputs(ran))
@@ -256,34 +274,45 @@ class EngineCore:
             self.scheduler.finish(child, FinishReason.ABORT)
         return self.output_processor.outputs([group_id])
 
-    def _finish_in_flight(self) -> list[str]:
-        """Wait for the launched step's tokens and append them (finishing the
+    def _finish(self, in_flight: _InFlight) -> list[str]:
+        """Wait for a launched step's tokens and append them (finishing the
         requests that stop); the ids of the groups that step ran."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return []
         if in_flight.sampled is not None:
             self._append_sampled(in_flight.sampling, in_flight.sampled.result())
         return in_flight.group_ids
 
-    def _launch(self, scheduled: list[ScheduledRequest]) -> _InFlight:
+    def _launch(self, scheduled: list[ScheduledRequest], previous: _InFlight | None) -> _InFlight:
         """Run the model over the scheduled chunks and launch the sampling of the
-        requests whose tokens are all computed (on a GPU neither is waited for)."""
+        requests whose tokens are all computed (on a GPU neither is waited for).
+        `previous`: the step in flight, scheduled ahead of; a request with a token
+        pending there runs it from its sampled ids on the device."""
         wants_prompt_logprobs = self.output_processor.wants_prompt_logprobs
         block_table = self.kv_cache.block_table
         group_tables = self.kv_cache.group_block_tables if self._grouped else None
-        chunks = []
-        sampling = []
+        chunks: list[SequenceChunk] = []
+        sampling: list[Request] = []
+        from_previous: list[int] = []  # chunks whose token is pending in `previous`
+        previous_rows: list[int] = []
         for s in scheduled:
             r = s.request
             start = r.num_computed_tokens
             end = start + s.num_new_tokens
-            sample = end == len(r.all_token_ids)  # the chunk completes the sequence
+            if r.num_pending:  # its one new token is on its way (the placeholder: 0)
+                assert previous is not None and s.num_new_tokens == 1, r.request_id
+                from_previous.append(len(chunks))
+                previous_rows.append(r.pending_row)
+                token_ids = [0]
+                sample = True
+            else:
+                token_ids = r.all_token_ids[start:end]
+                sample = end == len(r.all_token_ids)  # the chunk completes the sequence
             if sample:
+                r.num_pending += 1
+                r.pending_row = len(sampling)
                 sampling.append(r)
             chunks.append(
                 SequenceChunk(
-                    r.all_token_ids[start:end],
+                    token_ids,
                     start,
                     block_table(r.request_id),
                     sample,
@@ -291,11 +320,15 @@ class EngineCore:
                     None if group_tables is None else group_tables(r.request_id),
                 )
             )
+        tokens = None
+        if from_previous:
+            assert previous is not None and previous.sampled is not None
+            tokens = PreviousTokens(previous.sampled.token_ids, from_previous, previous_rows)
         # Grammar masks are computed on a worker while the model runs.
         pending = self.structured.start_masks(
             [r.grammar if r.grammar_after is None else None for r in sampling]
         )
-        logits = self.runner.execute_detailed(chunks)
+        logits = self.runner.execute_detailed(chunks, tokens)
         for i, s in enumerate(scheduled):
             r = s.request
             if i in logits.all:
@@ -315,10 +348,17 @@ class EngineCore:
 
     def _append_sampled(self, sampling: list[Request], sampled: SamplerOutput) -> None:
         """Append each request's token and finish those that stop: by token here, by
-        stop string as the output processor reports it."""
+        stop string as the output processor reports it. A request finished since
+        the step's launch (aborted, or stopped by the step before: async
+        scheduling) drops its token."""
         process_token = self.output_processor.process_token
         max_model_len = self.max_model_len
+        appended = 0
         for r, token, lp in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
+            r.num_pending -= 1
+            if r.status is RequestStatus.FINISHED:
+                continue
+            appended += 1
             r.append_token(token)
             n_out = len(r.output_token_ids)
             reason: FinishReason | None = None
@@ -339,7 +379,7 @@ class EngineCore:
             if reason is not None:
                 r.stop_reason = stop_reason
                 self.scheduler.finish(r, reason)
-        self._num_generated += len(sampling)
+        self._num_generated += appended
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix (the engine thread only); False, and nothing
@@ -388,6 +428,27 @@ def _sampling_row(r: Request) -> SamplingRow:
         bad_words_token_ids=r.bad_words_token_ids,
     )
     return r.sampling_row
+
+
+def _can_run_ahead(in_flight: _InFlight) -> bool:
+    """Whether the next step may be scheduled before `in_flight`'s tokens are known:
+    no request it samples for needs its own last token on the host to sample the
+    next (penalties, bad words, min_tokens still ahead, a grammar)."""
+    for r in in_flight.sampling:
+        row = r.sampling_row
+        if row is not None and row.edits and not r.is_finished:
+            p = r.params
+            if (
+                r.bad_words_token_ids
+                or len(r.output_token_ids) < p.min_tokens
+                or p.repetition_penalty != 1.0
+                or p.frequency_penalty != 0.0
+                or p.presence_penalty != 0.0
+            ):
+                return False
+        if r.grammar is not None and not r.is_finished:
+            return False
+    return True
 
 
 def _ends_with(ids: list[int], tail: tuple[int, ...]) -> bool:

@@ -6,7 +6,8 @@ caller sees of it (text, stop strings, what was already handed out) lives in the
 output processor's `RequestState`.
 
 Invariants: `all_token_ids == prompt_token_ids + output_token_ids`;
-`num_computed_tokens <= len(all_token_ids)` counts tokens whose KV is in the cache
+`num_computed_tokens <= len(all_token_ids) + num_pending` counts tokens whose KV is
+in the cache or being written by a launched step
 (it drops to 0 when the request is preempted, and catches up again: prefill,
 chunked prefill, prefix-cache hits and resumption are the same arithmetic).
 A request with `n > 1` is several `Request`s (one per completion) sharing a
@@ -70,6 +71,10 @@ class Request:
     num_preemptions: int = 0
     num_cached_tokens: int | None = None  # prefix-cache hits when first scheduled
     sampling_row: SamplingRow | None = None  # what the sampler reads, built once by the core
+    # Async scheduling: tokens sampled by launched steps and not yet appended (the
+    # scheduler counts them as known), and the row of the latest in its step's sample
+    num_pending: int = 0
+    pending_row: int = -1
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:

@@ -59,11 +59,14 @@ class SamplerOutput:
 
 class PendingSample:
     """A step's sampled token ids on their way to the host: on a GPU, copied into
-    pinned memory behind the step's kernels, with an event to wait for."""
+    pinned memory behind the step's kernels, with an event to wait for. `token_ids`
+    stays on the device, where the next step may read its inputs from it (async
+    scheduling)."""
 
-    __slots__ = ("_event", "_tokens", "logprobs")
+    __slots__ = ("_event", "_tokens", "logprobs", "token_ids")
 
     def __init__(self, token_ids: torch.Tensor, logprobs: list[TokenLogprobs | None]) -> None:
+        self.token_ids = token_ids
         self.logprobs = logprobs
         self._event: torch.cuda.Event | None = None
         self._tokens = token_ids

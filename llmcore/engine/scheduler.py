@@ -13,6 +13,12 @@ Encode requests (pooling) wait in their own queue, in (priority, arrival) order,
 take what the step's token budget leaves after generation: each runs whole in one
 pass (no chunking, no KV blocks kept), at least one per step when nothing else runs.
 
+With async scheduling the next step is scheduled while the last one runs: a
+running request's tokens sampled there (`Request.num_pending`) count as known, so
+it is given its next decode position before its token is (the model runner takes
+the token from the previous step's sampled ids on the device). A request whose
+pending token is its last (`max_tokens`) is not scheduled again.
+
 Invariant: every running request holds blocks for all its computed tokens, and
 `waiting` and `running` stay sorted by `Request.sort_key`.
 """
@@ -37,7 +43,7 @@ class ScheduledRequest:
     def completes_sequence(self) -> bool:
         """Whether this chunk reaches the end of the known tokens (so a token is sampled)."""
         r = self.request
-        return r.num_computed_tokens + self.num_new_tokens == r.num_tokens
+        return r.num_computed_tokens + self.num_new_tokens == r.num_tokens + r.num_pending
 
 
 @dataclass(slots=True)
@@ -141,7 +147,11 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            pending = request.num_pending  # async scheduling: tokens on their way
+            if pending and len(request.output_token_ids) + pending >= request.max_tokens:
+                i += 1  # its last token is on its way: the request ends with it
+                continue
+            num_new = min(request.num_tokens + pending - request.num_computed_tokens, budget)
             while self.kv_cache.allocate_slots(request, num_new) is None:
                 victim = self.running[-1]  # lowest priority, latest arrival
                 self._preempt(victim)

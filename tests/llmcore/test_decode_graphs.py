@@ -18,7 +18,11 @@ import torch
 
 import llmcore
 from llmcore.decode_graphs import GraphBackend, capture_sizes
-from llmcore.model_runner import ModelRunner, SequenceChunk
+from llmcore.engine.config import EngineConfig
+from llmcore.engine.core import EngineCore
+from llmcore.model_runner import ModelRunner, PreviousTokens, SequenceChunk
+from llmcore.outputs import RequestOutput
+from llmcore.sampling_params import SamplingParams
 from tests.plugins.models import tiny_models
 
 pytestmark = pytest.mark.slow  # transformers builds the tiny models
@@ -87,19 +91,39 @@ class Sequences:
         runner.execute(chunks)
         self.cached = [len(t) for t in self.tokens]
 
-    def decode(self, runner: ModelRunner, which: list[int], next_ids: list[int]) -> torch.Tensor:
-        """One all-decode step of the sequences `which`, feeding `next_ids`."""
+    def decode(
+        self, runner: ModelRunner, which: list[int], next_ids: list[int], previous: bool = False
+    ) -> torch.Tensor:
+        """One all-decode step of the sequences `which`, feeding `next_ids`; with
+        `previous`, every other token comes from a "sampled" tensor on the runner's
+        device (rows reversed), as async scheduling feeds them, the chunk holding 0."""
         chunks = []
         for i, token in zip(which, next_ids, strict=True):
             self.tokens[i].append(token)
             chunks.append(SequenceChunk([token], self.cached[i], self.tables[i]))
             self.cached[i] += 1
-        return runner.execute(chunks)
+        if not previous:
+            return runner.execute(chunks)
+        return runner.execute_detailed(chunks, _from_previous(chunks, runner)).last
 
 
-def _lockstep(loaded: Any, backend: GraphBackend) -> tuple[ModelRunner, ModelRunner, list[float]]:
-    """The same steps on an eager runner and a graph runner; the largest logit
-    difference of each decode step (greedy tokens from the eager runner)."""
+def _from_previous(chunks: list[SequenceChunk], runner: ModelRunner) -> PreviousTokens:
+    """Move every other chunk's one token into a reversed "sampled" tensor."""
+    moved = list(range(0, len(chunks), 2))
+    sampled = [*[chunks[i].token_ids[0] for i in moved][::-1], 99]  # 99: a row no one reads
+    for i in moved:
+        chunks[i].token_ids = [0]
+    rows = [len(moved) - 1 - k for k in range(len(moved))]
+    device = runner.loaded.device
+    return PreviousTokens(torch.tensor(sampled, device=device), moved, rows)
+
+
+def _lockstep(
+    loaded: Any, backend: GraphBackend, previous: bool = False
+) -> tuple[ModelRunner, ModelRunner, list[float]]:
+    """The same steps on an eager runner and a graph runner (`previous`: some of
+    its tokens read from the device); the largest logit difference of each decode
+    step (greedy tokens from the eager runner)."""
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, tiny_models.VOCAB, (n,), generator=gen).tolist()
                for n in (5, 17, 30, 1, 44, 16, 23, 9, 60, 33, 2)]  # fmt: skip
@@ -113,7 +137,7 @@ def _lockstep(loaded: Any, backend: GraphBackend) -> tuple[ModelRunner, ModelRun
         which = [(step + k) % len(prompts) for k in range(size)]
         ids = [int(torch.randint(3, tiny_models.VOCAB, (1,), generator=gen)) for _ in which]
         want = a.decode(eager, which, ids)
-        got = b.decode(graphs, which, ids)
+        got = b.decode(graphs, which, ids, previous)
         diffs.append(float((want - got).abs().max()))
     return eager, graphs, diffs
 
@@ -139,6 +163,43 @@ def test_replays_give_the_eager_logits_and_leave_real_blocks_alone(tiny: Any) ->
         assert torch.allclose(k1, k2[:BLOCKS], atol=1e-5)
         assert torch.allclose(v1, v2[:BLOCKS], atol=1e-5)
         assert k2.shape[0] == BLOCKS + 1
+
+
+def test_replays_read_tokens_of_the_previous_step_from_the_device(tiny: Any) -> None:
+    """Async scheduling: rows whose token is still in the last step's sampled ids
+    get it on the device, in graph replays as in the eager pass."""
+    _, graphs, diffs = _lockstep(tiny, stand_in_backend(), previous=True)
+    assert max(diffs) < 1e-4, diffs
+    assert graphs.graphs is not None and graphs.graphs.stats.replays == 10
+
+
+def test_an_eager_step_reads_tokens_of_the_previous_step_from_the_device(tiny: Any) -> None:
+    """A mixed step (prefill chunks between decode rows) with the decode rows'
+    tokens on the device gives the logits of the same step with the tokens given."""
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, tiny_models.VOCAB, (n,), generator=gen).tolist()
+               for n in (7, 12, 3, 20)]  # fmt: skip
+    logits = []
+    for previous in (False, True):
+        runner = _runner(tiny, None)
+        seqs = Sequences(prompts)
+        seqs.prefill(runner)
+        tables = [list(range(k * SEQ_BLOCKS, (k + 1) * SEQ_BLOCKS)) for k in (4, 5)]
+        chunks = [
+            SequenceChunk([11], seqs.cached[0], seqs.tables[0]),
+            SequenceChunk([5, 6, 7], 0, tables[0]),
+            SequenceChunk([12], seqs.cached[1], seqs.tables[1]),
+            SequenceChunk([8, 9], 0, tables[1]),
+            SequenceChunk([13], seqs.cached[2], seqs.tables[2]),
+        ]
+        tokens = None
+        if previous:  # chunks 0, 2, 4 (flat positions 0, 4, 7) from the device
+            tokens = PreviousTokens(torch.tensor([13, 99, 12, 11]), [0, 2, 4], [3, 2, 0])
+            for i in (0, 2, 4):
+                chunks[i].token_ids = [0]
+        logits.append(runner.execute_detailed(chunks, tokens).last)
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
+    assert logits[0].shape[0] == 5
 
 
 def test_steps_that_are_not_all_decode_run_eagerly(tiny: Any) -> None:
@@ -217,3 +278,67 @@ def test_cuda_graphs_replay_the_eager_steps(
     for (k1, v1), (k2, v2) in zip(eager.kv_caches, graphs.kv_caches, strict=True):
         assert torch.allclose(k1.float(), k2[:BLOCKS].float(), atol=1e-2)
         assert torch.allclose(v1.float(), v2[:BLOCKS].float(), atol=1e-2)
+
+
+def _one_at_a_time_and_ahead(loaded: Any, tokenizer: Any) -> list[EngineCore]:
+    """Greedy requests of different lengths, joining a running batch, on an engine
+    stepping one at a time and on one scheduling ahead; the same tokens from each."""
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, tiny_models.VOCAB, (n,), generator=gen).tolist()
+               for n in (5, 17, 30, 1, 44, 16, 23, 9)]  # fmt: skip
+    results, cores = [], []
+    for ahead in (False, True):
+        config = EngineConfig(kv_cache_memory=64 << 20, max_num_seqs=8,
+                              async_scheduling=ahead, overlap_steps=ahead)  # fmt: skip
+        core = EngineCore(loaded, tokenizer, config)
+        tokens: dict[str, list[int]] = {}
+
+        def step(core: EngineCore = core, tokens: dict[str, list[int]] = tokens) -> None:
+            for out in core.step():
+                assert isinstance(out, RequestOutput)
+                tokens.setdefault(out.request_id, []).extend(out.outputs[0].token_ids)
+
+        for i, prompt in enumerate(prompts):
+            params = SamplingParams(temperature=0.0, max_tokens=8 + 5 * i, ignore_eos=True)
+            core.add(core.make_requests(prompt, params, f"r{i}"))
+            for _ in range(3):  # the next request joins a running batch
+                step()
+        while core.has_work():
+            step()
+        assert (core._num_scheduled_ahead > 20) == ahead
+        assert core.kv_cache.num_free_blocks == core.kv_cache.statistics().num_blocks
+        results.append(tokens)
+        cores.append(core)
+    assert results[0] == results[1]
+    lengths = [len(results[1][f"r{i}"]) for i in range(len(prompts))]
+    assert lengths == [8 + 5 * i for i in range(len(prompts))]
+    return cores
+
+
+def test_async_scheduling_gives_the_tokens_of_steps_one_at_a_time(tiny: Any) -> None:
+    _one_at_a_time_and_ahead(tiny, _word_tokenizer(tiny.path))
+
+
+@pytest.mark.skipif(not _cuda_ready(), reason="needs a CUDA device and CuPy")
+def test_cuda_async_scheduling_gives_the_tokens_of_steps_one_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """On CUDA (graphs on), steps scheduled ahead with their tokens read on the
+    device give the greedy tokens of steps run one at a time; decode steps are
+    replayed from graphs either way."""
+    spec = {"cls": "Llama", "config": {"hidden_size": 256, "intermediate_size": 320}}
+    tiny_models.build_spec("llama", spec, tmp_path)
+    loaded = llmcore.load_model(tmp_path, dtype="float32", device="cuda")
+    for core in _one_at_a_time_and_ahead(loaded, _word_tokenizer(tmp_path)):
+        assert core.runner.graphs is not None and core.runner.graphs.stats.disabled is None
+        assert core.runner.graphs.stats.replays > 20
+
+
+def _word_tokenizer(folder: Path) -> Any:
+    from tokenizers import Tokenizer, models
+
+    path = Path(folder) / "word-tokenizer.json"
+    Tokenizer(models.WordLevel({f"t{i}": i for i in range(tiny_models.VOCAB)}, "t0")).save(
+        str(path)
+    )
+    return llmcore.load_tokenizer(path)

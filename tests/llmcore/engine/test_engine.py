@@ -71,12 +71,18 @@ def prompts_of(tokenizer: Tokenizer, n: int, seed: int = 0) -> list[list[int]]:
 # ---- overlapped steps ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "mode", [{"overlap_steps": True}, {"async_scheduling": True}], ids=["overlapped", "async"]
+)
 def test_overlapped_steps_give_the_same_outputs(
-    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer, mode: dict[str, bool]
 ) -> None:
     """`overlap_steps` (on for CUDA; forced here) builds a step's deltas after the
-    next step's launch: the same tokens, text, stops, logprobs and prompt logprobs,
-    through chunked prefill and preemption (a small cache), n > 1 and seeds."""
+    next step's launch, and `async_scheduling` also schedules and launches the next
+    step before the last one's tokens are known (they are read on the device): the
+    same tokens, text, stops, logprobs and prompt logprobs, through chunked prefill
+    and preemption (a small cache), n > 1 and seeds; rows that need their last token
+    on the host (penalties, min_tokens) wait for it."""
     prompts = prompts_of(tokenizer, 12, seed=3)
     params = [
         GREEDY,
@@ -88,8 +94,9 @@ def test_overlapped_steps_give_the_same_outputs(
     ] * 2
     options: dict[str, Any] = {"kv_cache_memory": 8 << 20, "max_num_batched_tokens": 64}
     plain = make_core(smollm2, tokenizer, **options)
-    overlapped = make_core(smollm2, tokenizer, overlap_steps=True, **options)
+    overlapped = make_core(smollm2, tokenizer, **mode, **options)
     assert not plain.overlap_steps and overlapped.overlap_steps
+    assert overlapped.async_scheduling == mode.get("async_scheduling", False)
     in_flight_after_step = 0
     original = overlapped.step
 
@@ -100,10 +107,41 @@ def test_overlapped_steps_give_the_same_outputs(
         return outputs
 
     overlapped.step = counting_step  # type: ignore[method-assign]
-    assert run(overlapped, prompts, params) == run(plain, prompts, params)
+    got, want = run(overlapped, prompts, params), run(plain, prompts, params)
+    if overlapped.async_scheduling:
+        # Scheduled ahead, a step may hold a row whose token turns out to end it, and
+        # admits a request a step later: other batch shapes, so logprobs differ in
+        # the last float bits (tokens, text and the rest are equal)
+        assert _without_logprobs(got) == _without_logprobs(want)
+        for g, w in zip(_logprobs_of(got), _logprobs_of(want), strict=True):
+            assert (g.token_id, g.rank, [t for t, _ in g.top]) == (
+                w.token_id,
+                w.rank,
+                [t for t, _ in w.top],
+            )
+            assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+    else:
+        assert got == want
     assert in_flight_after_step > 50  # steps really were left in flight
     assert overlapped.statistics().num_preemptions > 0  # not vacuous: preemption ran
     assert overlapped.kv_cache.statistics().num_free_blocks == plain.kv_cache.num_free_blocks
+    if overlapped.async_scheduling:
+        assert overlapped._num_scheduled_ahead > 20  # steps really were scheduled ahead
+    assert all(r.num_pending == 0 for r in overlapped.scheduler.requests.values())
+
+
+def _without_logprobs(results: list[Any]) -> list[Any]:
+    return [[{k: v for k, v in c.items() if k not in ("lp", "prompt_lp")} for c in r]
+            for r in results]  # fmt: skip
+
+
+def _logprobs_of(results: list[Any]) -> list[Any]:
+    """Every sampled and prompt logprob, in order (None for a prompt's first token)."""
+    out = []
+    for r in results:
+        for c in r:
+            out += c["lp"] + [p for p in c.get("prompt_lp", []) if p is not None]
+    return out
 
 
 # ---- batching ----------------------------------------------------------------------------
@@ -328,12 +366,16 @@ def test_invalid_requests_are_refused_naming_the_field(
 # ---- the asyncio front -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["steps", "overlapped-steps"])
+@pytest.mark.parametrize(
+    "mode",
+    [{}, {"overlap_steps": True}, {"async_scheduling": True}],
+    ids=["steps", "overlapped-steps", "async-scheduling"],
+)
 def test_async_abort_leaks_no_blocks(
-    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer, overlap: bool
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer, mode: dict[str, bool]
 ) -> None:
     async def scenario() -> None:
-        core = make_core(smollm2, tokenizer, kv_cache_memory=256 << 20, overlap_steps=overlap)
+        core = make_core(smollm2, tokenizer, kv_cache_memory=256 << 20, **mode)
         engine = AsyncEngine(core)
         total = engine.statistics().num_kv_blocks
         rng = random.Random(0)

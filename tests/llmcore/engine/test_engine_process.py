@@ -237,12 +237,13 @@ def test_refusals_keep_their_class(runner: asyncio.Runner, engine: ProcessEngine
 def test_an_overlapping_core_process_equals_the_in_process_engine(
     smollm2_path: Path, smollm2: llmcore.LoadedModel
 ) -> None:
-    """The core process as it runs on CUDA: steps overlapped (forced here), ids only;
-    the same deltas as the in-process engine, stop strings and n > 1 included."""
+    """The core process as it runs on CUDA: steps scheduled ahead (async scheduling,
+    forced here), ids only; the same deltas as the in-process engine, stop strings
+    and n > 1 included."""
 
     async def scenario() -> None:
         engine = await ProcessEngine.from_pretrained(
-            smollm2_path, dtype="float32", overlap_steps=True, **OPTIONS
+            smollm2_path, dtype="float32", async_scheduling=True, **OPTIONS
         )
         tokenizer = llmcore.load_tokenizer(smollm2.path)
         reference = AsyncEngine(EngineCore(smollm2, tokenizer, EngineConfig(**OPTIONS)))

@@ -287,3 +287,25 @@ def test_siblings_without_prefix_caching_do_not_wait() -> None:
     for r in group:
         sched.add(r)
     assert plan(step(sched)) == [("g-0", 6), ("g-1", 6), ("g-2", 6)]
+
+
+# ---- async scheduling --------------------------------------------------------------------
+
+
+def test_a_pending_token_counts_as_known_and_a_last_one_is_not_scheduled_past() -> None:
+    """Scheduled ahead (async scheduling), a request whose token is on its way gets
+    its next position (one new token, blocks for it); one whose pending token is its
+    last (max_tokens) is left out."""
+    sched = scheduler()
+    a, b = request("a", 6, arrival=0), request("b", 6, arrival=1)
+    b.max_tokens = 2
+    for r in (a, b):
+        sched.add(r)
+    assert plan(step(sched)) == [("a", 6), ("b", 6)]  # b has its first token: 1 of 2
+    for r in (a, b):  # the next step samples a token for each, not yet appended
+        r.num_computed_tokens += 1
+        r.num_pending = 1
+    out = sched.schedule()
+    assert plan(out) == [("a", 1)]  # b's pending token is its last
+    assert out.scheduled[0].completes_sequence
+    assert len(sched.kv_cache.block_ids("a")) == 2  # 7 known tokens + the pending one
