@@ -218,6 +218,10 @@ def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
                    help="no CUDA graphs: every decode step launches its kernels one by one "
                    "(CUDA devices only; graphs replay all-decode steps by batch-size "
                    "bucket)")  # fmt: skip
+    g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
+                   help="schedule and launch each step before the last one's tokens are "
+                   "known, so the host's work runs while the GPU does (default: on for "
+                   "CUDA devices, off on the CPU)")  # fmt: skip
     g.add_argument("--no-prefix-caching", "--no-enable-prefix-caching", action="store_true",
                    help="disable prefix caching")  # fmt: skip
     g.add_argument("--enable-prefix-caching", action="store_false", dest="no_prefix_caching",

@@ -362,7 +362,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _no("--scheduler-cls", "llmcore has one scheduler"),
     _ok("--scheduler-reserve-full-isl", "blocks are allocated as prompts are computed", "bool"),
     _ok("--disable-hybrid-kv-cache-manager", "llmcore has one KV cache manager", "bool"),
-    _ok("--async-scheduling", "the engine schedules one step at a time", "bool"),
+    _same("--async-scheduling", "bool"),
     _ok("--stream-interval", "streams send every step's tokens"),
     _ok("--num-scheduler-steps", "the engine schedules one step at a time", accepts=("1",)),
     _ok("--preemption-mode", "preempted requests are recomputed", accepts=("recompute",)),
