@@ -158,15 +158,15 @@ def decode_step(
 
 
 def offline(
-    folder: Path, device: str, prompts: int, tokens: int, eager: bool, overlap: bool | None = None
+    folder: Path, device: str, prompts: int, tokens: int, eager: bool, **options: Any
 ) -> float:
     """Output tokens/s of `LLM.generate` over `prompts` random 64-token prompts
-    (`overlap`: `overlap_steps`, None for the default)."""
+    (`options`: more `EngineConfig` fields, as `async_scheduling=False`)."""
     from llmcore import LLM, SamplingParams
 
     kv = prompts * (64 + tokens + 32) * _kv_bytes(folder) + (64 << 20)
     llm = LLM(folder, device=device, max_num_seqs=prompts, enforce_eager=eager, kv_cache_memory=kv,
-              overlap_steps=overlap)  # fmt: skip
+              **options)  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     vocab = llm.core.loaded.config.vocab_size
     batch = [torch.randint(3, vocab, (64,), generator=gen).tolist() for _ in range(prompts)]
@@ -402,10 +402,16 @@ def main() -> None:
             row(f"LLM.generate {n_prompts} x {n_tokens}, {name}", f"{many:.0f}",
                 f"HF batch {min(64, n_prompts)}: {hf_batch:.0f}")  # fmt: skip
             row(f"single stream, {name}", f"{one:.1f}", f"HF batch 1: {hf_single:.1f}")
-        if device.type == "cuda":  # what overlapped steps (on by default on CUDA) give
-            plain = offline(folder, args.device, n_prompts, n_tokens, False, overlap=False)
-            row(f"LLM.generate {n_prompts} x {n_tokens}, graphs, steps not overlapped",
-                f"{plain:.0f}", f"HF batch {min(64, n_prompts)}: {hf_batch:.0f}")  # fmt: skip
+        if device.type == "cuda":  # what async scheduling and overlapped steps give
+            for name, options in (
+                ("not scheduled ahead", {"async_scheduling": False}),
+                ("steps not overlapped", {"async_scheduling": False, "overlap_steps": False}),
+            ):
+                many = offline(folder, args.device, n_prompts, n_tokens, False, **options)
+                one = offline(folder, args.device, 1, n_tokens, False, **options)
+                row(f"LLM.generate {n_prompts} x {n_tokens}, graphs, {name}", f"{many:.0f}",
+                    f"HF batch {min(64, n_prompts)}: {hf_batch:.0f}")  # fmt: skip
+                row(f"single stream, graphs, {name}", f"{one:.1f}", f"HF batch 1: {hf_single:.1f}")
         print(f"\nprefill {2 if big else 8} x {128 if big else 1024}: "
               f"{prefill(loaded, 2 if big else 8, 128 if big else 1024):.0f} tok/s")  # fmt: skip
         comparison("attention", "GB/s", attention, device, dtype, attention_shapes)

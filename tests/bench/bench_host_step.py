@@ -138,7 +138,7 @@ def step_phases(model: Path) -> dict[str, float]:
     for owner, name in ((core, "step"), (core, "_launch"), (core.runner, "execute_detailed"),
                         (core.runner, "build_batch"), (core.runner.model, "forward"),
                         (core.runner.model, "compute_logits"), (core.sampler, "sample"),
-                        (core, "_finish_in_flight"), (core.output_processor, "outputs"),
+                        (core, "_finish"), (core.output_processor, "outputs"),
                         (core.scheduler, "schedule")):  # fmt: skip
         timing(owner, name, name)
     params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
@@ -200,7 +200,7 @@ def main() -> None:
             phases["execute_detailed"] - phases["build_batch"] - model
         ),
         "launch: sampling (host side and the CPU's kernels)": phases["sample"],
-        "finish: append, stop checks": phases["_finish_in_flight"],
+        "finish: append, stop checks": phases["_finish"],
         "output deltas (`OutputProcessor.outputs`)": phases["outputs"],
     }
     rows["the rest (inbox, loop)"] = host - sum(rows.values())
