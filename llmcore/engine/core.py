@@ -353,12 +353,13 @@ class EngineCore:
         scheduling) drops its token."""
         process_token = self.output_processor.process_token
         max_model_len = self.max_model_len
-        appended = 0
+        finished = RequestStatus.FINISHED
+        dropped = 0
         for r, token, lp in zip(sampling, sampled.token_ids, sampled.logprobs, strict=True):
             r.num_pending -= 1
-            if r.status is RequestStatus.FINISHED:
+            if r.status is finished:
+                dropped += 1
                 continue
-            appended += 1
             r.append_token(token)
             n_out = len(r.output_token_ids)
             reason: FinishReason | None = None
@@ -379,7 +380,7 @@ class EngineCore:
             if reason is not None:
                 r.stop_reason = stop_reason
                 self.scheduler.finish(r, reason)
-        self._num_generated += appended
+        self._num_generated += len(sampling) - dropped
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix (the engine thread only); False, and nothing

@@ -299,20 +299,26 @@ class KVCacheManager:
         assert num_new_tokens >= 0
         rid, bs = request.request_id, self.block_size
         if self._one_full_group and not new_computed_blocks:
-            # Most decode steps: room already allocated, no block filled up. The
-            # general path below would release, touch, allocate and cache nothing.
+            # A running request in the one full-attention group: nothing to release
+            # or touch. Most decode steps need no block and fill none; the others
+            # take new blocks or register the block just filled.
             group = self.groups[0]
             table = group.tables.get(rid)
-            num_total = request.num_computed_tokens + num_new_tokens
-            if (
-                table is not None
-                and num_total <= len(table) * bs
-                and (
-                    not self.enable_prefix_caching
-                    or min(num_total, len(request.all_token_ids)) // bs <= group.num_cached[rid]
-                )
-            ):
-                return []
+            if table is not None:
+                num_total = request.num_computed_tokens + num_new_tokens
+                missing = _cdiv(num_total, bs) - len(table)
+                new_blocks: list[KVBlock] = []
+                if missing > 0:
+                    if missing > group.pool.num_free_blocks:
+                        return None
+                    new_blocks = group.pool.get_new_blocks(missing)
+                    table.extend(new_blocks)
+                    group.ids[rid].extend([b.block_id for b in new_blocks])
+                if self.enable_prefix_caching:
+                    num_full = min(num_total, len(request.all_token_ids)) // bs
+                    if num_full > group.num_cached[rid]:
+                        self._cache_full_blocks(request, group, table, num_full)
+                return new_blocks
         by_group = getattr(new_computed_blocks, "by_group", None)
         if by_group is None:
             by_group = [list(new_computed_blocks)] + [[] for _ in self.groups[1:]]
