@@ -6,6 +6,7 @@ sampling parameters (stops, lengths, logprobs) act."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
@@ -19,6 +20,7 @@ from llmcore.engine.core import EngineCore
 from llmcore.errors import ContextLengthExceededError, InvalidRequestError
 from llmcore.outputs import RequestOutput
 from llmcore.sampling_params import SamplingParams
+from llmcore.structured_outputs.params import StructuredOutputsParams
 from llmcore.tokenization.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.slow  # SmolLM2 (the smollm2 fixture)
@@ -69,6 +71,16 @@ def prompts_of(tokenizer: Tokenizer, n: int, seed: int = 0) -> list[list[int]]:
 
 
 # ---- overlapped steps ---------------------------------------------------------------------
+
+
+NAME_JSON = StructuredOutputsParams(
+    json={
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+)
 
 
 @pytest.mark.parametrize(
@@ -128,6 +140,37 @@ def test_overlapped_steps_give_the_same_outputs(
     if overlapped.async_scheduling:
         assert overlapped._num_scheduled_ahead > 20  # steps really were scheduled ahead
     assert all(r.num_pending == 0 for r in overlapped.scheduler.requests.values())
+
+
+@pytest.mark.parametrize(
+    "needs",
+    [
+        SamplingParams(temperature=0.0, max_tokens=30, repetition_penalty=1.3),
+        # prompt 2's greedy output is " code winter stone ...": " stone" may end
+        # it from the third token on (a stale count would ban it there)
+        SamplingParams(temperature=0.0, max_tokens=30, min_tokens=2, stop_token_ids=[5692]),
+        # two-token words: whether the second is banned depends on the last token
+        SamplingParams(
+            temperature=0.0, max_tokens=30, bad_words=[" the ocean", " stone stone", " moon moon"]
+        ),
+        SamplingParams(temperature=0.0, max_tokens=40, structured_outputs=NAME_JSON),
+    ],
+    ids=["penalty", "min-tokens", "bad-words", "grammar"],
+)
+def test_async_scheduling_waits_for_a_token_a_row_needs_on_the_host(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer, needs: SamplingParams
+) -> None:
+    """A request that needs its last token on the host to sample the next, among
+    greedy ones: the steps after its tokens wait for them (the greedy ones alone
+    would run ahead), and the outputs are those of steps one at a time."""
+    prompts = prompts_of(tokenizer, 6, seed=4)
+    params = [needs, SamplingParams(temperature=0.0, max_tokens=12)] * 3
+    plain = make_core(smollm2, tokenizer)
+    ahead = make_core(smollm2, tokenizer, async_scheduling=True)
+    got, want = run(ahead, prompts, params), run(plain, prompts, params)
+    assert _without_logprobs(got) == _without_logprobs(want)
+    if needs.structured_outputs is not None:
+        assert all(json.loads(r[0]["text"])["age"] >= 0 for r in want[::2])
 
 
 def _without_logprobs(results: list[Any]) -> list[Any]:
