@@ -61,6 +61,24 @@ PREFILL_SHAPES = [(8, 1024, 9, 3, 64), (4, 2048, 32, 8, 128)]
 BLOCK = 16
 
 
+def host_bench_start() -> None:
+    """What the host-side benchmarks do first: one torch thread, and the machine."""
+    import os
+    import platform
+
+    torch.set_num_threads(1)
+    print(f"machine: {os.cpu_count()} cpus ({platform.machine()}), python "
+          f"{platform.python_version()}, torch {torch.__version__}")  # fmt: skip
+
+
+@contextlib.contextmanager
+def tiny_model() -> Iterator[Path]:
+    """The tiny random model (float32) in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="llmcore-tiny-") as tmp:
+        build_model("tiny", Path(tmp), torch.float32)
+        yield Path(tmp)
+
+
 def build_model(shape: str, folder: Path, dtype: torch.dtype) -> Any:
     """A Llama with `shape`'s dimensions and random weights, saved to `folder`
     with a word-level tokenizer over its vocabulary; the HF model."""

@@ -22,10 +22,7 @@ GPU's time, not the host's.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,16 +149,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"machine: {os.cpu_count()} cpus ({platform.machine()}), python "
-          f"{platform.python_version()}, torch {torch.__version__}")  # fmt: skip
     import bench_gpu
 
     from llmcore.engine.async_engine import build_core
 
-    with tempfile.TemporaryDirectory(prefix="llmcore-tiny-") as tmp:
-        bench_gpu.build_model("tiny", Path(tmp), torch.float32)
-        phases = step_phases(Path(tmp))
+    bench_gpu.host_bench_start()
+    with bench_gpu.tiny_model() as tmp:
+        phases = step_phases(tmp)
         core = build_core(tmp, max_num_seqs=256, kv_cache_memory=1 << 30)
     runner = core.runner
     # The graphs' host buffers (no graph is captured: `_fill` is the host side).
