@@ -20,7 +20,7 @@ from llmcore.errors import InvalidRequestError
 from llmcore.openai.chat_output import ChoiceShape
 from llmcore.openai.options import ServiceOptions
 from llmcore.openai.tools import calls_parser, plan_tool_choice, tool_constraint
-from llmcore.outputs import CompletionOutput, RequestOutput
+from llmcore.outputs import CompletionOutput, RequestOutput, extend_output
 from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 
@@ -161,7 +161,7 @@ class LLM:
         while self.core.has_work():
             for delta in self.core.step():
                 assert isinstance(delta, RequestOutput)
-                _accumulate(results[delta.request_id], delta)
+                extend_output(results[delta.request_id], delta)
         return [results[i] for i in ids]
 
     def embed(
@@ -185,19 +185,6 @@ class LLM:
                 assert isinstance(out, PoolingOutput)
                 results[out.request_id] = out
         return [results[r.request_id] for r in requests]
-
-
-def _accumulate(total: RequestOutput, delta: RequestOutput) -> None:
-    total.finished = delta.finished
-    if delta.prompt_logprobs is not None:
-        total.prompt_logprobs = delta.prompt_logprobs
-    for d in delta.outputs:
-        c = total.outputs[d.index]
-        c.text += d.text
-        c.token_ids.extend(d.token_ids)
-        c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
-        if d.logprobs is not None:
-            c.logprobs = (c.logprobs or []) + d.logprobs
 
 
 def _as_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

@@ -6,9 +6,10 @@ A request runs in the core under an engine id, the caller's id made unique
 then never reach a new request that reuses its id at once.
 
 Invariants: a caller id has at most one queue; outputs handed out carry the
-caller's id; `stream` and `result` take the queue away on every way out
-(finished, failed, cancelled, closed early) and abort the request (by engine id)
-unless its last output came; `fail_all` reaches every waiting request.
+caller's id, and together every token in the order the engine gave them; `stream`
+and `result` take the queue away on every way out (finished, failed, cancelled,
+closed early) and abort the request (by engine id) unless its last output came;
+`fail_all` reaches every waiting request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from llmcore.errors import InvalidRequestError
-from llmcore.outputs import RequestOutput
+from llmcore.outputs import RequestOutput, extend_output
 from llmcore.pooling import PoolingOutput
 
 Item = RequestOutput | PoolingOutput | BaseException
@@ -78,15 +79,27 @@ class OutputQueues:
             waiting.queue.put_nowait(error)
 
     async def stream(self, request_id: str) -> AsyncGenerator[RequestOutput, None]:
-        """The request's outputs until the finished one (an error item is raised)."""
+        """The request's outputs until the finished one (an error item is raised).
+        Outputs that came while the reader was busy are handed out as one delta
+        (as vLLM's output collector merges them): a reader that falls behind the
+        engine catches up in fewer, larger steps."""
         waiting = self._by_request[request_id]
+        queue = waiting.queue
         finished = False
+        held: BaseException | None = None  # an error that came after outputs
         try:
             while not finished:
-                item = await waiting.queue.get()
+                item = held if held is not None else await queue.get()
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, RequestOutput)
+                while not item.finished and not queue.empty():
+                    later = queue.get_nowait()
+                    if isinstance(later, BaseException):
+                        held = later
+                        break
+                    assert isinstance(later, RequestOutput)
+                    extend_output(item, later)
                 finished = item.finished
                 yield item
         finally:

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from llmcore.openai.interface import ServedModel
 from llmcore.openai.metrics import LoadTracker, ServiceMetrics
@@ -26,6 +27,12 @@ from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.sampling_params import SamplingParams
 
 IndexedOutput = tuple[int, RequestOutput]  # (prompt index, engine output delta)
+
+
+class Observer(Protocol):
+    """A histogram (prometheus_client's, or a labelled child of one)."""
+
+    def observe(self, amount: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -124,6 +131,16 @@ async def engine_outputs(gen: Generation) -> AsyncGenerator[IndexedOutput, None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def observe_per_token(histogram: Observer, gap: float, new_tokens: int) -> None:
+    """An inter-token time per token: a delta of k > 1 tokens (a stream that fell
+    behind gets them merged) spreads its gap over them, as k observations."""
+    if new_tokens <= 1:
+        histogram.observe(gap)
+        return
+    for _ in range(new_tokens):
+        histogram.observe(gap / new_tokens)
+
+
 class MeteredAdmission:
     """Admits generations against the queue limit (`LoadTracker.admit`), logs them
     (`request_log`, when requests are logged) and records their metrics (prompt and
@@ -162,13 +179,13 @@ class MeteredAdmission:
             async with aclosing(engine_outputs(gen)) as outputs:
                 async for item in outputs:
                     now = time.monotonic()
+                    new_tokens = sum(len(c.token_ids) for c in item[1].outputs)
                     if not started:
                         started = True
                         self.load.started()
                         self.metrics.ttft.labels(name).observe(now - start)
                     else:
-                        itl.observe(now - last)
-                    new_tokens = sum(len(c.token_ids) for c in item[1].outputs)
+                        observe_per_token(itl, now - last, new_tokens)
                     generation_tokens.inc(new_tokens)
                     if vllm is not None:
                         vllm.output(item, now - start, now - last, new_tokens)
@@ -209,8 +226,8 @@ class _VLLMRequest:
             self.first[index] = elapsed
             m.ttft.observe(elapsed)
         elif new_tokens:
-            m.itl.observe(gap)
-            m.tpot.observe(gap)
+            observe_per_token(m.itl, gap, new_tokens)
+            observe_per_token(m.tpot, gap, new_tokens)
         for c in out.outputs:
             key = (index, c.index)
             self.tokens[key] = self.tokens.get(key, 0) + len(c.token_ids)
