@@ -9,7 +9,7 @@ once and trims each row to its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,36 +27,82 @@ class TokenLogprobs:
     top: list[tuple[int, float]]  # the top-k (token_id, logprob), best first
 
 
+@dataclass(slots=True)
+class LogprobTensors:
+    """`logprobs_of`'s figures as tensors, on the logits' device until `to_host`:
+    the chosen ids, their logprobs and ranks, the top-k ids and logprobs."""
+
+    token_ids: torch.Tensor  # [n]
+    chosen: torch.Tensor  # [n]
+    ranks: torch.Tensor  # [n]
+    top_ids: torch.Tensor  # [n, k]
+    top_values: torch.Tensor  # [n, k]
+
+    def to_host(self, copy: Callable[[torch.Tensor], torch.Tensor]) -> LogprobTensors:
+        """Each tensor through `copy` (a pinned, non-blocking copy on a GPU)."""
+        return LogprobTensors(*(copy(t) for t in (self.token_ids, self.chosen, self.ranks,
+                                                  self.top_ids, self.top_values)))  # fmt: skip
+
+    def rows(self) -> list[TokenLogprobs]:
+        """The rows as `TokenLogprobs` (reads the tensors: a sync on a GPU)."""
+        return [
+            TokenLogprobs(token, logprob, rank, list(zip(ids, values, strict=True)))
+            for token, logprob, rank, ids, values in zip(
+                self.token_ids.tolist(),
+                self.chosen.tolist(),
+                self.ranks.tolist(),
+                self.top_ids.tolist(),
+                self.top_values.tolist(),
+                strict=True,
+            )
+        ]
+
+
+def logprob_tensors(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> LogprobTensors:
+    """`logprobs_of` without reading the results (nothing waits for a GPU)."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    ids = token_ids.to(device=logprobs.device, dtype=torch.long).view(-1, 1)
+    chosen = logprobs.gather(1, ids)
+    ranks = (logprobs >= chosen).sum(dim=-1)
+    k = min(k, logprobs.shape[1])
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (chosen[:, :0], ids[:, :0])
+    return LogprobTensors(ids.view(-1), chosen.view(-1), ranks, top_ids, top_values)
+
+
 def logprobs_of(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> list[TokenLogprobs]:
     """Raw log_softmax logprobs of `token_ids` (one per row of `logits`), ranks and top-k."""
-    logprobs = logits.float().log_softmax(dim=-1)
-    token_ids = token_ids.to(device=logprobs.device, dtype=torch.long).view(-1, 1)
-    chosen = logprobs.gather(1, token_ids)
-    ranks = (logprobs >= chosen).sum(dim=-1).tolist()
-    k = min(k, logprobs.shape[1])
-    top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (chosen[:, :0], token_ids[:, :0])
-    return [
-        TokenLogprobs(token, logprob, rank, list(zip(ids, values, strict=True)))
-        for token, logprob, rank, ids, values in zip(
-            token_ids.view(-1).tolist(),
-            chosen.view(-1).tolist(),
-            ranks,
-            top_ids.tolist(),
-            top_values.tolist(),
-            strict=True,
-        )
-    ]
+    return logprob_tensors(logits, token_ids, k).rows()
+
+
+@dataclass(slots=True)
+class PendingLogprobs:
+    """A step's sampled logprobs before they are read: the rows that asked, each
+    row's k, and the batch's tensors (its largest k)."""
+
+    wanted: list[int]  # rows of the step that asked for logprobs
+    ks: list[int]
+    tensors: LogprobTensors
+
+    def rows(self, num_rows: int) -> list[TokenLogprobs | None]:
+        out: list[TokenLogprobs | None] = [None] * num_rows
+        for i, k, lp in zip(self.wanted, self.ks, self.tensors.rows(), strict=True):
+            lp.top = lp.top[:k]
+            out[i] = lp
+        return out
 
 
 def sampled_logprobs(
     raw: torch.Tensor, token_ids: torch.Tensor, rows: Sequence[SamplingRow]
-) -> list[TokenLogprobs | None]:
-    out: list[TokenLogprobs | None] = [None] * len(rows)
+) -> PendingLogprobs | None:
+    """The logprobs of the rows whose parameters ask for them (None: no row does),
+    launched, not read."""
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     if not wanted:
-        return out
-    k = max(rows[i].params.logprobs or 0 for i in wanted)
-    for i, lp in zip(wanted, logprobs_of(raw[wanted], token_ids[wanted], k), strict=True):
-        lp.top = lp.top[: rows[i].params.logprobs]
-        out[i] = lp
-    return out
+        return None
+    ks = [rows[i].params.logprobs or 0 for i in wanted]
+    index = None
+    if len(wanted) < len(rows):  # copied without waiting for the GPU (pageable, fresh)
+        index = torch.tensor(wanted).to(raw.device, non_blocking=True)
+    logits = raw if index is None else raw.index_select(0, index)
+    ids = token_ids if index is None else token_ids.index_select(0, index)
+    return PendingLogprobs(wanted, ks, logprob_tensors(logits, ids, max(ks)))

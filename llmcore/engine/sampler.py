@@ -25,7 +25,7 @@ import torch
 
 from llmcore.engine.logits_processors import may_edit, processed_logits
 from llmcore.engine.logits_rows import index_tensor, on_rows, take_rows
-from llmcore.engine.logprobs import TokenLogprobs, sampled_logprobs
+from llmcore.engine.logprobs import PendingLogprobs, TokenLogprobs, sampled_logprobs
 from llmcore.sampling_params import SamplingParams
 from llmcore.structured_outputs.backend import apply_bitmask
 
@@ -58,29 +58,40 @@ class SamplerOutput:
 
 
 class PendingSample:
-    """A step's sampled token ids on their way to the host: on a GPU, copied into
-    pinned memory behind the step's kernels, with an event to wait for. `token_ids`
-    stays on the device, where the next step may read its inputs from it (async
-    scheduling)."""
+    """A step's sampled token ids (and logprobs, where rows ask) on their way to the
+    host: on a GPU, copied into pinned memory behind the step's kernels, with an
+    event to wait for. `token_ids` stays on the device, where the next step may
+    read its inputs from it (async scheduling)."""
 
-    __slots__ = ("_event", "_tokens", "logprobs", "token_ids")
+    __slots__ = ("_event", "_logprobs", "_tokens", "token_ids")
 
-    def __init__(self, token_ids: torch.Tensor, logprobs: list[TokenLogprobs | None]) -> None:
+    def __init__(self, token_ids: torch.Tensor, logprobs: PendingLogprobs | None) -> None:
         self.token_ids = token_ids
-        self.logprobs = logprobs
         self._event: torch.cuda.Event | None = None
         self._tokens = token_ids
+        self._logprobs = logprobs
         if token_ids.device.type == "cuda":
-            self._tokens = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
-            self._tokens.copy_(token_ids, non_blocking=True)
+            self._tokens = _to_pinned(token_ids)
+            if logprobs is not None:
+                logprobs.tensors = logprobs.tensors.to_host(_to_pinned)
             self._event = torch.cuda.Event()
             self._event.record()
 
     def result(self) -> SamplerOutput:
-        """The tokens (waiting for the GPU, if they come from one)."""
+        """The tokens and logprobs (waiting for the GPU, if they come from one)."""
         if self._event is not None:
             self._event.synchronize()
-        return SamplerOutput(self._tokens.tolist(), self.logprobs)
+        tokens = self._tokens.tolist()
+        if self._logprobs is None:
+            return SamplerOutput(tokens, [None] * len(tokens))
+        return SamplerOutput(tokens, self._logprobs.rows(len(tokens)))
+
+
+def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy in pinned host memory, made behind the kernels before it."""
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
 
 
 class Sampler:
@@ -107,8 +118,8 @@ class Sampler:
         grammar_bitmask: torch.Tensor | None = None,
         grammar_rows: Sequence[int] = (),
     ) -> PendingSample:
-        """As calling the sampler, without waiting for a GPU's tokens: `result()`
-        waits (logprobs, where a row asks for them, are taken at once)."""
+        """As calling the sampler, without waiting for a GPU's tokens or logprobs:
+        `result()` waits."""
         assert logits.dim() == 2 and logits.shape[0] == len(rows), (logits.shape, len(rows))
         assert logits.shape[1] >= self.vocab_size, (logits.shape, self.vocab_size)
         raw = logits[:, : self.vocab_size].float()  # drop padded vocabulary columns, if any

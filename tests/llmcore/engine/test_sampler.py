@@ -441,3 +441,43 @@ def test_padded_vocabulary_columns_are_never_sampled() -> None:
 def test_non_float32_logits_are_accepted() -> None:
     logits = torch.tensor([TWO_CLOSE], dtype=torch.bfloat16)
     assert Sampler(4)(logits, [row(greedy(presence_penalty=1.0), output=[0])]).token_ids == [1]
+
+
+# ---- launched, not read ------------------------------------------------------------------
+
+
+def test_sampling_with_logprobs_reads_nothing_back_until_the_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`sample()` launches greedy and plain random rows, logprobs included, without
+    reading a tensor on the host (on a GPU, a read waits for the step: async
+    scheduling would lose its overlap); `result()` then gives what calling the
+    sampler gives."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 40, generator=gen)
+    rows = [
+        row(greedy(logprobs=3)),
+        row(SamplingParams(temperature=0.8), generator=torch.Generator().manual_seed(1)),
+        row(greedy()),
+        row(
+            SamplingParams(temperature=1.2, logprobs=0), generator=torch.Generator().manual_seed(2)
+        ),
+        row(greedy(logprobs=1)),
+    ]
+    want = Sampler(40, seed=3)(logits, rows)
+    for r in rows:  # the seeded rows again from their start
+        if r.generator is not None:
+            r.generator.manual_seed(1 if r.params.logprobs is None else 2)
+
+    def no_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a tensor was read on the host inside sample()")
+
+    with monkeypatch.context() as patch:
+        for name in ("tolist", "item", "__bool__", "__int__", "__float__"):
+            patch.setattr(torch.Tensor, name, no_read)
+        pending = Sampler(40, seed=3).sample(logits, rows)
+    got = pending.result()
+    assert got.token_ids == want.token_ids
+    assert got.logprobs == want.logprobs
+    assert [lp is not None for lp in got.logprobs] == [True, False, False, True, True]
+    assert [len(lp.top) for lp in got.logprobs if lp is not None] == [3, 0, 1]
