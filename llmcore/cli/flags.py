@@ -222,6 +222,10 @@ def _add_engine_flags(g: argparse._ArgumentGroup) -> None:
                    help="schedule and launch each step before the last one's tokens are "
                    "known, so the host's work runs while the GPU does (default: on for "
                    "CUDA devices, off on the CPU)")  # fmt: skip
+    g.add_argument("--stream-interval", type=positive_int, default=1,
+                   help="a stream's chunks after its first carry at least this many "
+                   "tokens (or end it): fewer chunks, less host work per token; 1: every "
+                   "step's")  # fmt: skip
     g.add_argument("--no-prefix-caching", "--no-enable-prefix-caching", action="store_true",
                    help="disable prefix caching")  # fmt: skip
     g.add_argument("--enable-prefix-caching", action="store_false", dest="no_prefix_caching",

@@ -239,6 +239,7 @@ def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> Lo
         kv_cache_dtype=args.kv_cache_dtype,
         enforce_eager=getattr(args, "enforce_eager", False),
         async_scheduling=getattr(args, "async_scheduling", None),
+        stream_interval=getattr(args, "stream_interval", 1),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,

@@ -363,8 +363,7 @@ VLLM_FLAGS: tuple[VLLMFlag, ...] = (
     _ok("--scheduler-reserve-full-isl", "blocks are allocated as prompts are computed", "bool"),
     _ok("--disable-hybrid-kv-cache-manager", "llmcore has one KV cache manager", "bool"),
     _same("--async-scheduling", "bool"),
-    _ok("--stream-interval", "streams send each step's tokens, or what waited for a busy "
-        "reader as one chunk"),
+    _same("--stream-interval"),
     _ok("--num-scheduler-steps", "the engine schedules one step at a time", accepts=("1",)),
     _ok("--preemption-mode", "preempted requests are recomputed", accepts=("recompute",)),
     # CompilationConfig, KernelConfig

@@ -43,7 +43,7 @@ class AsyncEngine:
         self.core = core
         self._shared_thread = executor is None
         self._executor = _STEP_THREAD.acquire() if executor is None else executor
-        self._outputs = OutputQueues(self._abort)
+        self._outputs = OutputQueues(self._abort, core.config.stream_interval)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._dead: EngineDeadError | None = None

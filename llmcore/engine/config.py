@@ -34,6 +34,9 @@ class EngineConfig:
     # Schedule and launch the next step before the last one's tokens are known
     # (vLLM's async scheduling; None: on for CUDA devices; implies overlap_steps)
     async_scheduling: bool | None = None
+    # A stream's deltas after its first: at least this many new tokens each (or
+    # its end), as vLLM's --stream-interval; 1: every step's
+    stream_interval: int = 1
 
     def kv_bytes_per_token(self, model: ModelConfig, dtype_size: int) -> int:
         return 2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim * dtype_size

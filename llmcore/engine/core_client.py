@@ -76,15 +76,17 @@ class ProcessEngine:
         info: EngineInfo,
         tokenizer: Tokenizer,
         statistics: EngineStatistics,
+        stream_interval: int = 1,
     ) -> None:
-        """Wrap a started core process (use `load` or `from_pretrained`)."""
+        """Wrap a started core process (use `load` or `from_pretrained`);
+        `stream_interval` as `EngineConfig`'s."""
         self.process = process
         self.info = info
         self.tokenizer = tokenizer
         self.iteration_tokens = IterationTokens()  # tokens per step, for /metrics
         self._sock = sock
         self._statistics = statistics
-        self._outputs = OutputQueues(self._abort)
+        self._outputs = OutputQueues(self._abort, stream_interval)
         self._flights: dict[str, _InFlight] = {}  # by engine id
         self._calls: dict[int, asyncio.Future[bool | EngineStatistics | None]] = {}
         self._call_ids = itertools.count()
@@ -121,6 +123,9 @@ class ProcessEngine:
         """Start the core process, have it load the model (errors such as a missing
         file are raised here, as `AsyncEngine.load` raises them) and load the same
         tokenizer here. `engine_options` are `EngineConfig`'s fields."""
+        interval = engine_options.get("stream_interval", 1)
+        if interval < 1:  # before a process is started for nothing
+            raise ValueError(f"stream_interval must be at least 1, got {interval}")
         start = ipc.Start(
             None if model is None else str(model),
             None if tokenizer is None else str(tokenizer),
@@ -141,7 +146,7 @@ class ProcessEngine:
             sock.close()
             raise
         log.info("engine core process %d serves %s", process.pid, ready.info.model_path)
-        return cls(process, sock, ready.info, tok, ready.statistics)
+        return cls(process, sock, ready.info, tok, ready.statistics, interval)
 
     # ---- the Engine protocol -------------------------------------------------------------
 

@@ -34,8 +34,13 @@ class _Waiting:
 
 
 class OutputQueues:
-    def __init__(self, abort: Callable[[str], None]) -> None:
-        """`abort(engine_id)` is called for a request left before its end."""
+    def __init__(self, abort: Callable[[str], None], stream_interval: int = 1) -> None:
+        """`abort(engine_id)` is called for a request left before its end;
+        `stream_interval`: a stream's deltas after its first carry at least that
+        many new tokens (in some completion), or end it."""
+        if stream_interval < 1:
+            raise ValueError(f"stream_interval must be at least 1, got {stream_interval}")
+        self.stream_interval = stream_interval
         self._by_request: dict[str, _Waiting] = {}
         self._by_engine_id: dict[str, _Waiting] = {}
         self._abort = abort
@@ -82,9 +87,12 @@ class OutputQueues:
         """The request's outputs until the finished one (an error item is raised).
         Outputs that came while the reader was busy are handed out as one delta
         (as vLLM's output collector merges them): a reader that falls behind the
-        engine catches up in fewer, larger steps."""
+        engine catches up in fewer, larger steps. With a `stream_interval` above
+        1, a delta after the first also waits until it holds that many tokens."""
         waiting = self._by_request[request_id]
         queue = waiting.queue
+        interval = self.stream_interval
+        first = True
         finished = False
         held: BaseException | None = None  # an error that came after outputs
         try:
@@ -93,13 +101,19 @@ class OutputQueues:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, RequestOutput)
-                while not item.finished and not queue.empty():
-                    later = queue.get_nowait()
+                while not item.finished:
+                    if not queue.empty():
+                        later = queue.get_nowait()
+                    elif first or interval == 1 or _most_new_tokens(item) >= interval:
+                        break
+                    else:
+                        later = await queue.get()
                     if isinstance(later, BaseException):
                         held = later
                         break
                     assert isinstance(later, RequestOutput)
                     extend_output(item, later)
+                first = False
                 finished = item.finished
                 yield item
         finally:
@@ -122,3 +136,7 @@ class OutputQueues:
             self.discard(request_id)
             if not done:
                 self._abort(waiting.engine_id)
+
+
+def _most_new_tokens(output: RequestOutput) -> int:
+    return max((len(c.token_ids) for c in output.outputs), default=0)

@@ -17,6 +17,7 @@ intra-op threads spin, and that is not host work).
 
     python tests/bench/bench_stream_cpu.py [--concurrency 256] [--max-tokens 128]
         [--modes on,off] [--device cpu] [--model FOLDER] [--threads 1]
+        [--server-args "--stream-interval 8"]
 
 Run it on a quiet machine: the client shares the cores (its CPU is printed too).
 """
@@ -28,9 +29,11 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +59,11 @@ def prompts(count: int, vocab: int, tag: int) -> list[list[int]]:
             for i in range(count)]  # fmt: skip
 
 
-def served(model: Path, mode: str, device: str, concurrency: int, tokens: int) -> dict[str, float]:
+def served(model: Path, mode: str, device: str, concurrency: int, tokens: int,
+           extra: Sequence[str] = ()) -> dict[str, float]:  # fmt: skip
     log = Path(tempfile.mkstemp(prefix="bench-stream-cpu-", suffix=".log")[1])
     args = [str(model), "--engine-process", mode, "--device", device,
-            "--max-num-seqs", str(concurrency), "--disable-log-requests"]  # fmt: skip
+            "--max-num-seqs", str(concurrency), "--disable-log-requests", *extra]  # fmt: skip
     server = start_llmcore(args, log)
     try:
         vocab = json.loads((model / "config.json").read_text())["vocab_size"]
@@ -141,6 +145,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", type=Path, help="a model folder (default: tiny, random)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process")
+    parser.add_argument("--server-args", default="", help="more `llmcore serve` flags")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the servers inherit it
     torch.set_num_threads(args.threads)
@@ -171,7 +176,8 @@ def main() -> None:
             print(f"| engine core steps, {name} | {r['tokens'] / r['wall']:.0f} | | | "
                   f"{us:.1f} | {us / ref_us:.2f}x | |")  # fmt: skip
         for mode in args.modes.split(","):
-            r = served(model, mode, args.device, args.concurrency, args.max_tokens)
+            r = served(model, mode, args.device, args.concurrency, args.max_tokens,
+                       shlex.split(args.server_args))  # fmt: skip
             n = r["tokens"]
             api, engine = r["api"] / n * 1e6, r["engine"] / n * 1e6
             engine_cell = f"{engine:.1f}" if mode != "off" else "(in the API process)"

@@ -459,6 +459,30 @@ def test_async_abort_leaks_no_blocks(
     asyncio.run(scenario())
 
 
+def test_a_stream_interval_sends_fewer_larger_deltas(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
+) -> None:
+    """`stream_interval=4` (vLLM's --stream-interval): the first delta at once,
+    then at least 4 tokens a delta until the last; the same tokens and text."""
+
+    async def deltas(interval: int) -> list[RequestOutput]:
+        engine = AsyncEngine(make_core(smollm2, tokenizer, stream_interval=interval))
+        prompt = tokenizer.encode("Write a short story about a lighthouse.")
+        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+        outs = [o async for o in engine.generate(prompt, params, "s")]
+        await engine.aclose()
+        return outs
+
+    every, grouped = asyncio.run(deltas(1)), asyncio.run(deltas(4))
+    sizes = [len(o.outputs[0].token_ids) for o in grouped]
+    assert sizes[0] == 1 and all(n >= 4 for n in sizes[1:-1]) and sum(sizes) == 30
+    assert len(grouped) <= 9  # 1, then 29 tokens by 4 or more
+    assert "".join(o.outputs[0].text for o in grouped) == "".join(o.outputs[0].text for o in every)
+    assert [t for o in grouped for t in o.outputs[0].token_ids] == [
+        t for o in every for t in o.outputs[0].token_ids
+    ]
+
+
 def test_dead_step_loop_fails_waiting_requests(
     smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
 ) -> None:
