@@ -8,7 +8,10 @@ the requests that stop (stop tokens, EOS unless `ignore_eos`, `min_tokens`,
 all in that step; the output processor then builds one `RequestOutput` delta per
 request group that progressed. With overlapped steps (on for CUDA) a step's tokens
 are taken at the start of the next `step()`, before its inbox and scheduling, and
-its deltas built after the next launch, while the GPU runs it. Encode requests
+its deltas built after the next launch, while the GPU runs it. With async
+scheduling (on for CUDA) they are taken only after the next launch: that step is
+scheduled with their tokens pending (`Request.num_pending`) and reads them on the
+device, unless a request needs its last token on the host (`_can_run_ahead`). Encode requests
 scheduled in the same step run as one more forward pass of their own
 (`PoolingRunner`) and finish in that step.
 
