@@ -47,7 +47,8 @@ case "${1:-first}" in
 first)
   part tests 200 python -m pytest -q -p no:cacheprovider tests/ops/test_cuda_ops.py \
     "tests/llmcore/test_decode_graphs.py::test_cuda_graphs_replay_the_eager_steps" \
-    "tests/llmcore/test_decode_graphs.py::test_cuda_async_scheduling_gives_the_tokens_of_steps_one_at_a_time"
+    "tests/llmcore/test_decode_graphs.py::test_cuda_async_scheduling_gives_the_tokens_of_steps_one_at_a_time" \
+    "tests/llmcore/test_decode_graphs.py::test_cuda_a_replayed_greedy_step_launches_without_waiting_for_the_gpu"
   part attention 100 python tests/bench/bench_gpu.py --attention-only
   part bench_135m 230 python tests/bench/bench_gpu.py --shape 135m
   ;;

@@ -342,3 +342,41 @@ def _word_tokenizer(folder: Path) -> Any:
         str(path)
     )
     return llmcore.load_tokenizer(path)
+
+
+@pytest.mark.skipif(not _cuda_ready(), reason="needs a CUDA device and CuPy")
+def test_cuda_a_replayed_greedy_step_launches_without_waiting_for_the_gpu(
+    tmp_path: Path,
+) -> None:
+    """Async scheduling only helps if a launch never waits for the GPU: with the
+    bucket's graph captured, launching a greedy all-decode step (its inputs read
+    from the last step's ids on the device) makes no synchronizing CUDA call
+    (torch's sync debug mode set to fail on one)."""
+    spec = {"cls": "Llama", "config": {"hidden_size": 256, "intermediate_size": 320}}
+    tiny_models.build_spec("llama", spec, tmp_path)
+    loaded = llmcore.load_model(tmp_path, dtype="float32", device="cuda")
+    config = EngineConfig(kv_cache_memory=64 << 20, max_num_seqs=8, async_scheduling=True)
+    core = EngineCore(loaded, _word_tokenizer(tmp_path), config)
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    for i in range(4):
+        core.add(core.make_requests([5 + i, 6, 7, 8, 9], params, f"r{i}"))
+    for _ in range(6):  # prefill, then the bucket's capture and checked first replay
+        core.step()
+    launch = core._launch
+    checked = 0
+
+    def strict_launch(*args: Any) -> Any:
+        nonlocal checked
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            checked += 1
+
+    core._launch = strict_launch  # type: ignore[method-assign,assignment]
+    ahead = core._num_scheduled_ahead
+    for _ in range(10):
+        core.step()
+    assert checked == 10 and core._num_scheduled_ahead - ahead == 10
+    assert core.runner.graphs is not None and core.runner.graphs.stats.disabled is None
