@@ -33,6 +33,7 @@ from llmcore.engine.config import EngineConfig
 from llmcore.engine.inbox import Abort, AddEncode, AddRequests, Inbox
 from llmcore.engine.input_processor import InputProcessor
 from llmcore.engine.kv_cache_manager import KVCacheManager, KVGroupStatistics
+from llmcore.engine.logits_processors import reads_output
 from llmcore.engine.output_processor import OutputProcessor
 from llmcore.engine.pooling_runner import PoolingRunner
 from llmcore.engine.request import EncodeRequest, FinishReason, Request, RequestStatus
@@ -436,21 +437,12 @@ def _sampling_row(r: Request) -> SamplingRow:
 
 def _can_run_ahead(in_flight: _InFlight) -> bool:
     """Whether the next step may be scheduled before `in_flight`'s tokens are known:
-    no request it samples for needs its own last token on the host to sample the
-    next (penalties, bad words, min_tokens still ahead, a grammar)."""
+    no live request it samples for needs its own last token on the host to sample
+    the next (a logits processor that reads the output, a grammar)."""
     for r in in_flight.sampling:
-        row = r.sampling_row
-        if row is not None and row.edits and not r.is_finished:
-            p = r.params
-            if (
-                r.bad_words_token_ids
-                or len(r.output_token_ids) < p.min_tokens
-                or p.repetition_penalty != 1.0
-                or p.frequency_penalty != 0.0
-                or p.presence_penalty != 0.0
-            ):
-                return False
-        if r.grammar is not None and not r.is_finished:
+        if r.is_finished:
+            continue
+        if r.grammar is not None or (r.sampling_row is not None and reads_output(r.sampling_row)):
             return False
     return True
 

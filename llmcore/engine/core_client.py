@@ -40,7 +40,7 @@ from llmcore.engine.async_engine import IterationTokens
 from llmcore.engine.completion_text import CompletionText
 from llmcore.engine.core import EngineStatistics
 from llmcore.engine.core_launch import how_it_ended, kill_process, launch_core, stop_process
-from llmcore.engine.output_queues import OutputQueues
+from llmcore.engine.output_queues import OutputQueues, check_stream_interval
 from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import EngineDeadError
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
@@ -123,9 +123,8 @@ class ProcessEngine:
         """Start the core process, have it load the model (errors such as a missing
         file are raised here, as `AsyncEngine.load` raises them) and load the same
         tokenizer here. `engine_options` are `EngineConfig`'s fields."""
-        interval = engine_options.get("stream_interval", 1)
-        if interval < 1:  # before a process is started for nothing
-            raise ValueError(f"stream_interval must be at least 1, got {interval}")
+        # checked before a process is started for nothing
+        interval = check_stream_interval(engine_options.get("stream_interval", 1))
         start = ipc.Start(
             None if model is None else str(model),
             None if tokenizer is None else str(tokenizer),

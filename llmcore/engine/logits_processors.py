@@ -101,6 +101,18 @@ def may_edit(p: SamplingParams, bad_words_token_ids: list[list[int]]) -> bool:
     )
 
 
+def reads_output(row: SamplingRow) -> bool:
+    """Whether a processor here reads the row's output so far at its next step
+    (penalties, bad words, min_tokens not yet reached): the last sampled token must
+    be on the host before the row samples again."""
+    if not row.edits:
+        return False
+    p = row.params
+    return bool(
+        row.bad_words_token_ids or len(row.output_token_ids) < p.min_tokens or _has_penalties(p)
+    )
+
+
 def _has_penalties(p: SamplingParams) -> bool:
     return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
 

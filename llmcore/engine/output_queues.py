@@ -38,9 +38,7 @@ class OutputQueues:
         """`abort(engine_id)` is called for a request left before its end;
         `stream_interval`: a stream's deltas after its first carry at least that
         many new tokens (in some completion), or end it."""
-        if stream_interval < 1:
-            raise ValueError(f"stream_interval must be at least 1, got {stream_interval}")
-        self.stream_interval = stream_interval
+        self.stream_interval = check_stream_interval(stream_interval)
         self._by_request: dict[str, _Waiting] = {}
         self._by_engine_id: dict[str, _Waiting] = {}
         self._abort = abort
@@ -136,6 +134,13 @@ class OutputQueues:
             self.discard(request_id)
             if not done:
                 self._abort(waiting.engine_id)
+
+
+def check_stream_interval(value: int) -> int:
+    """`value`, if it is a valid `stream_interval` (ValueError otherwise)."""
+    if value < 1:
+        raise ValueError(f"stream_interval must be at least 1, got {value}")
+    return value
 
 
 def _most_new_tokens(output: RequestOutput) -> int:
