@@ -12,11 +12,17 @@ finishes it here and tells the core to abort it (the core may run it a step or t
 more; those late tokens are dropped), as vLLM's front end does. So the core's
 step loop, on the critical path of a GPU, spends nothing on text.
 
+Several API processes can share one core (`--api-server-count`): the one that
+starts it (`load(clients=N)`) hands each other one a socket of its own, on which
+that process `attach`es; the core sends each only its own requests' outputs, and
+their engine ids differ by a per-connection tag.
+
 Invariants: if the core process dies (or its step loop fails) every waiting
 request gets an `EngineDeadError` as soon as the socket reaches EOF, new requests
 are refused, `check_health()` raises; `aclose()` asks the core to exit, waits for
 it (terminating, then killing, one that does not) and reaps it, so no child
-outlives the engine. The asyncio side binds to the event loop of its first use.
+outlives the engine (an attached engine's `aclose()` closes its connection
+only). The asyncio side binds to the event loop of its first use.
 """
 
 from __future__ import annotations
@@ -71,22 +77,27 @@ class _InFlight:
 class ProcessEngine:
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
+        process: subprocess.Popen[bytes] | None,
         sock: socket.socket,
         info: EngineInfo,
         tokenizer: Tokenizer,
         statistics: EngineStatistics,
         stream_interval: int = 1,
+        client: int = 0,
     ) -> None:
-        """Wrap a started core process (use `load` or `from_pretrained`);
-        `stream_interval` as `EngineConfig`'s."""
+        """Wrap a started core process (use `load`, `from_pretrained` or `attach`):
+        `process` is None where another API process owns it; `stream_interval` as
+        `EngineConfig`'s; `client`: which of the core's connections `sock` is."""
         self.process = process
         self.info = info
         self.tokenizer = tokenizer
         self.iteration_tokens = IterationTokens()  # tokens per step, for /metrics
+        # The ends of the connections of the other API processes `load` was asked
+        # for (`clients`), to hand to them (`take_client_sockets`).
+        self.client_sockets: list[socket.socket] = []
         self._sock = sock
         self._statistics = statistics
-        self._outputs = OutputQueues(self._abort, stream_interval)
+        self._outputs = OutputQueues(self._abort, stream_interval, f"{client}." if client else "")
         self._flights: dict[str, _InFlight] = {}  # by engine id
         self._calls: dict[int, asyncio.Future[bool | EngineStatistics | None]] = {}
         self._call_ids = itertools.count()
@@ -118,11 +129,16 @@ class ProcessEngine:
         dtype: str = "auto",
         device: str = "cpu",
         quantization: str | None = None,
+        clients: int = 1,
         **engine_options: Any,
     ) -> ProcessEngine:
         """Start the core process, have it load the model (errors such as a missing
         file are raised here, as `AsyncEngine.load` raises them) and load the same
-        tokenizer here. `engine_options` are `EngineConfig`'s fields."""
+        tokenizer here. `engine_options` are `EngineConfig`'s fields. `clients`:
+        how many API processes the core serves; the other `clients - 1` connect
+        with `attach`, each on one of `client_sockets`."""
+        if clients < 1:
+            raise ValueError(f"clients must be at least 1, got {clients}")
         # checked before a process is started for nothing
         interval = check_stream_interval(engine_options.get("stream_interval", 1))
         start = ipc.Start(
@@ -135,7 +151,8 @@ class ProcessEngine:
             logging.getLogger("llmcore").getEffectiveLevel(),
             detokenize=False,
         )
-        process, sock, ready = launch_core(start)
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(clients - 1)]
+        process, sock, ready = launch_core(start, clients=[theirs for _, theirs in pairs])
         try:
             from llmcore.tokenization.tokenizer import load_tokenizer
 
@@ -143,9 +160,42 @@ class ProcessEngine:
         except BaseException:
             kill_process(process)
             sock.close()
+            for ours, _ in pairs:
+                ours.close()
             raise
         log.info("engine core process %d serves %s", process.pid, ready.info.model_path)
-        return cls(process, sock, ready.info, tok, ready.statistics, interval)
+        engine = cls(process, sock, ready.info, tok, ready.statistics, interval)
+        engine.client_sockets = [ours for ours, _ in pairs]
+        return engine
+
+    @classmethod
+    def attach(cls, sock: socket.socket, *, stream_interval: int = 1) -> ProcessEngine:
+        """An engine on a core another API process started (`load` with `clients`
+        above 1; `sock` is one of its `client_sockets`, handed to this process):
+        wait for the core's `Ready` (blocking) and load its tokenizer here. Closing
+        it closes the connection only (the core aborts what it sent and serves on)."""
+        from llmcore.tokenization.tokenizer import load_tokenizer
+
+        interval = check_stream_interval(stream_interval)
+        try:
+            payload = ipc.recv_frame(sock)
+            if payload is None:
+                raise EngineDeadError("the engine core process closed the connection")
+            ready = ipc.TO_API.decode(payload)
+            if not isinstance(ready, ipc.Ready):
+                raise EngineDeadError(f"the engine core sent {type(ready).__name__}, not Ready")
+            tok = load_tokenizer(ready.info.tokenizer_path)
+        except BaseException:
+            sock.close()
+            raise
+        log.info("attached to engine core process %d (%s)", ready.info.pid, ready.info.model_path)
+        return cls(None, sock, ready.info, tok, ready.statistics, interval, ready.client)
+
+    def take_client_sockets(self) -> list[socket.socket]:
+        """The other API processes' connection ends (`load`'s `clients`), once:
+        the caller hands them on and closes its copies."""
+        sockets, self.client_sockets = self.client_sockets, []
+        return sockets
 
     # ---- the Engine protocol -------------------------------------------------------------
 
@@ -204,7 +254,7 @@ class ProcessEngine:
         or it does not answer within HEALTH_TIMEOUT_S (its reader thread answers,
         so a long step does not count as a failure)."""
         self._check_alive()
-        if self.process.poll() is not None:
+        if self.process is not None and self.process.poll() is not None:
             await self._die("the engine core process exited")
             self._check_alive()
         try:
@@ -231,13 +281,16 @@ class ProcessEngine:
 
     async def aclose(self) -> None:
         """Fail what is in flight, ask the core to exit, wait for it (then SIGTERM,
-        then SIGKILL) and reap it."""
+        then SIGKILL) and reap it. An attached engine (`attach`) closes its
+        connection only."""
         if self._closed:
             return
         self._closed = True
         closed = EngineDeadError("the engine is closed")
         self._fail_all(closed)
-        if self._dead is None:
+        for other in self.take_client_sockets():  # never handed on
+            other.close()
+        if self.process is not None and self._dead is None:
             try:
                 if self._writer is not None:
                     self._write(ipc.Shutdown())
@@ -246,7 +299,8 @@ class ProcessEngine:
                     ipc.send_frame(self._sock, ipc.Shutdown())
             except (OSError, RuntimeError, TimeoutError):
                 pass  # gone, or not reading: stop_process ends it
-        await asyncio.to_thread(stop_process, self.process, SHUTDOWN_TIMEOUT_S)
+        if self.process is not None:
+            await asyncio.to_thread(stop_process, self.process, SHUTDOWN_TIMEOUT_S)
         if self._reader_task is not None:
             self._reader_task.cancel()
             await asyncio.gather(self._reader_task, return_exceptions=True)
@@ -295,7 +349,7 @@ class ProcessEngine:
             reader, writer = await asyncio.open_connection(sock=self._sock, limit=READ_LIMIT)
             self._writer = writer
             self._reader_task = loop.create_task(
-                self._read_loop(reader), name=f"llmcore-core-{self.process.pid}"
+                self._read_loop(reader), name=f"llmcore-core-{self.info.pid}"
             )
 
     def _write(self, message: msgspec.Struct) -> None:
@@ -430,19 +484,20 @@ class ProcessEngine:
         if self._dead is not None:
             return
         self._lost = True
-        for _ in range(10):
-            if self.process.poll() is not None:
+        process = self.process
+        for _ in range(10 if process is not None else 0):
+            if process is not None and process.poll() is not None:
                 break
             await asyncio.sleep(0.05)
         if self._dead is not None:  # another caller got here while we waited
             return
-        code = self.process.returncode
+        code = None if self.process is None else self.process.returncode
         how = "" if code is None else f" ({how_it_ended(code)})"
         detail = f": its step loop failed ({self._died_message})" if self._died_message else ""
         self._dead = EngineDeadError(f"{reason}{how}{detail}")
         self._fail_all(self._dead)
-        log.error("engine core process %d is gone: %s", self.process.pid, self._dead.message)
-        if code is None:  # exiting (its interpreter shutting down), or wedged
+        log.error("engine core process %d is gone: %s", self.info.pid, self._dead.message)
+        if self.process is not None and code is None:  # exiting, or wedged
             await asyncio.to_thread(stop_process, self.process, SHUTDOWN_TIMEOUT_S)
 
     def _fail_all(self, error: EngineDeadError) -> None:

@@ -1,6 +1,7 @@
 """Starting and stopping an engine-core process (`python -m
 llmcore.engine.core_process`): a Unix socket pair, a fresh interpreter holding one
-end, the `Start`/`Ready` handshake, and the escalation that ends it.
+end (and the ends of other API processes' pairs), the `Start`/`Ready` handshake,
+and the escalation that ends it.
 
 Invariants: a started process is either handed back ready (with its socket) or
 killed and reaped before the error is raised; `stop_process` returns only once the
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,19 @@ CORE_MODULE = "llmcore.engine.core_process"
 
 
 def launch_core(
-    start: ipc.Start, module: str = CORE_MODULE
+    start: ipc.Start, module: str = CORE_MODULE, clients: Sequence[socket.socket] = ()
 ) -> tuple[subprocess.Popen[bytes], socket.socket, ipc.Ready]:
     """Start a core process, send it `start` and wait for it to be ready (blocking;
-    its start-up error is raised here, and the process is gone then)."""
+    its start-up error is raised here, and the process is gone then). `clients`:
+    the core's ends of other API processes' connections (it gets them; they are
+    closed here)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        process = spawn_core(theirs, module)
+        process = spawn_core(theirs, module, clients)
     finally:
         theirs.close()
+        for client in clients:
+            client.close()
     try:
         ipc.send_frame(ours, start)
         return process, ours, handshake(ours, process)
@@ -42,17 +48,23 @@ def launch_core(
         raise
 
 
-def spawn_core(sock: socket.socket, module: str = CORE_MODULE) -> subprocess.Popen[bytes]:
-    """Start `python -m MODULE --fd N` holding `sock` (its stdout goes to our stderr:
-    a JSON-lines batch owns stdout). Its own session: a terminal's Ctrl-C reaches
-    the API process only, which then shuts the core down."""
+def spawn_core(
+    sock: socket.socket, module: str = CORE_MODULE, clients: Sequence[socket.socket] = ()
+) -> subprocess.Popen[bytes]:
+    """Start `python -m MODULE --fd N [--client-fd M ...]` holding `sock` and
+    `clients` (its stdout goes to our stderr: a JSON-lines batch owns stdout). Its
+    own session: a terminal's Ctrl-C reaches the API process only, which then shuts
+    the core down."""
     root = str(Path(__file__).resolve().parents[2])  # the llmcore we are, first on its path
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": root if not path else os.pathsep.join([root, path])}
-    fd = sock.fileno()
+    fds = [sock.fileno(), *(c.fileno() for c in clients)]
+    command = [sys.executable, "-m", module, "--fd", str(fds[0])]
+    for fd in fds[1:]:
+        command += ["--client-fd", str(fd)]
     return subprocess.Popen(
-        [sys.executable, "-m", module, "--fd", str(fd)],
-        pass_fds=(fd,),
+        command,
+        pass_fds=fds,
         stdin=subprocess.DEVNULL,
         stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
         env=env,

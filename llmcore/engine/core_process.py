@@ -3,8 +3,11 @@ by `ProcessEngine` (llmcore/engine/core_client.py) with one end of a socket pair
 
 It reads `Start`, loads the model and builds an `EngineCore` (answering `Ready`,
 or `StartFailed` and exit 1), then runs the core's step loop on its main thread
-and sends each step's outputs as one `StepOutputs` frame. A reader thread takes
-the API process's messages: requests are validated there (`make_requests`, as
+and sends each step's outputs as one `StepOutputs` frame per connection. Other
+API processes (`--client-fd`, `--api-server-count`) get `Ready` too, and each
+connection only the outputs of the requests it sent; one that closes has its
+requests aborted, and the core serves on. A reader thread per connection takes
+its API process's messages: requests are validated there (`make_requests`, as
 `AsyncEngine` does on the caller's thread; a structured-output request compiles
 its grammar on a worker so that aborts and other requests are not held behind it)
 and queued in the core's inbox; questions (`Control`) run on the step thread
@@ -12,10 +15,12 @@ between two steps, except health, which the reader answers (a long step is not
 a failure; a dead step loop ends the process).
 
 Invariants: all torch work runs on the main thread (the reader only builds
-requests, as the core allows); frames are written whole under one lock; the
-process exits when the API process asks (`Shutdown`), when its socket reaches EOF
-or when its parent changes (the API process died), and after a step loop failure
-(`Died` sent first). SIGINT is ignored: the API process decides when the core stops.
+requests, as the core allows); frames are written whole under their
+connection's lock; a request's outputs go only to the connection that sent it;
+the process exits when the first API process asks (`Shutdown`), when its socket
+reaches EOF or when its parent changes (that API process died), and after a step
+loop failure (`Died` sent to every connection first). SIGINT is ignored: the
+first API process decides when the core stops.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from llmcore.engine.gc_freeze import freeze_startup_objects
 from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import LLMCoreError
 from llmcore.outputs import RequestOutput
-from llmcore.pooling import PoolingParams
+from llmcore.pooling import PoolingOutput, PoolingParams
 from llmcore.sampling_params import SamplingParams
 
 log = logging.getLogger("llmcore.engine")
@@ -49,15 +54,35 @@ _SAMPLING = msgspec.msgpack.Decoder(SamplingParams)
 _POOLING = msgspec.msgpack.Decoder(PoolingParams)
 
 
-class CoreServer:
-    """One `EngineCore` served over one socket (see the module comment)."""
+class _Client:
+    """One API process's connection: its socket, the lock its frames are written
+    under, and the requests it sent that are in flight (by engine id)."""
 
-    def __init__(self, core: EngineCore, sock: socket.socket) -> None:
-        self.core = core
+    def __init__(self, sock: socket.socket, index: int) -> None:
         self.sock = sock
-        self._send_lock = threading.Lock()
+        self.index = index  # 0: the API process that started the core
+        self.lock = threading.Lock()
+        self.requests: set[str] = set()
+        self.live = True
+        self.outputs: list[ipc.WireOutput | ipc.WirePooling] = []  # this step's
+
+    def send(self, message: msgspec.Struct) -> None:
+        frame = ipc.encode_frame(message)
+        with self.lock:
+            self.sock.sendall(frame)
+
+
+class CoreServer:
+    """One `EngineCore` served over one or more sockets (see the module comment)."""
+
+    def __init__(
+        self, core: EngineCore, sock: socket.socket, others: Sequence[socket.socket] = ()
+    ) -> None:
+        self.core = core
+        self.clients = [_Client(s, i) for i, s in enumerate([sock, *others])]
+        self._owner: dict[str, _Client] = {}  # engine id -> the client that sent it
         self._wake = threading.Event()
-        self._controls: collections.deque[ipc.Control] = collections.deque()
+        self._controls: collections.deque[tuple[_Client, ipc.Control]] = collections.deque()
         self._stopping = False
         self._parent = os.getppid()
         self._prompt_logprobs = ipc.PromptLogprobsSent()
@@ -67,15 +92,19 @@ class CoreServer:
         self._compiler = concurrent.futures.ThreadPoolExecutor(1, "llmcore-grammar")
 
     def send(self, message: msgspec.Struct) -> None:
-        frame = ipc.encode_frame(message)
-        with self._send_lock:
-            self.sock.sendall(frame)
+        """Send to the API process that started the core."""
+        self.clients[0].send(message)
 
     # ---- the step loop (main thread) -----------------------------------------------------
 
     def run(self) -> int:
-        reader = threading.Thread(target=self._read_loop, name="llmcore-core-reader", daemon=True)
-        reader.start()
+        for client in self.clients:
+            threading.Thread(
+                target=self._read_loop,
+                args=(client,),
+                name=f"llmcore-core-reader-{client.index}",
+                daemon=True,
+            ).start()
         try:
             self._step_loop()
             return 0
@@ -84,10 +113,12 @@ class CoreServer:
             return 0
         except BaseException as exc:
             log.error("engine core step loop died", exc_info=exc)
-            try:
-                self.send(ipc.Died(ipc.wire_error(exc)))
-            except OSError:
-                pass
+            for client in self.clients:
+                try:
+                    if client.live:
+                        client.send(ipc.Died(ipc.wire_error(exc)))
+                except OSError:
+                    pass
             return 1
         finally:
             self._compiler.shutdown(wait=False, cancel_futures=True)
@@ -97,7 +128,7 @@ class CoreServer:
         core = self.core
         while not self._stopping:
             while self._controls:
-                self._answer(self._controls.popleft())
+                self._answer(*self._controls.popleft())
             self._wake.clear()
             if not core.has_work():
                 if self._controls or self._stopping:
@@ -106,16 +137,43 @@ class CoreServer:
                     log.warning("the API process is gone; the engine core exits")
                     self._stopping = True
                 continue
-            outputs = core.step()
-            wire: list[ipc.WireOutput | ipc.WirePooling] = [
-                self._prompt_logprobs.wire_output(o)
-                if isinstance(o, RequestOutput)
-                else ipc.wire_pooling(o)
-                for o in outputs
-            ]
-            self.send(ipc.StepOutputs(wire, core.statistics()))
+            self._send_step(core.step())
 
-    def _answer(self, control: ipc.Control) -> None:
+    def _send_step(self, outputs: list[RequestOutput | PoolingOutput]) -> None:
+        """Each connection's share of a step's outputs, with the statistics after
+        it, as one frame (to every live connection: their statistics stay
+        current); a finished request leaves its owner."""
+        owners = self._owner
+        for out in outputs:
+            client = owners.get(out.request_id)
+            if client is None or not client.live:
+                continue  # aborted by its API process, which reads no more of it
+            if isinstance(out, RequestOutput):
+                client.outputs.append(self._prompt_logprobs.wire_output(out))
+                finished = out.finished
+            else:
+                client.outputs.append(ipc.wire_pooling(out))
+                finished = True
+            if finished:
+                self._leave(out.request_id)
+        statistics = self.core.statistics()
+        for client in self.clients:
+            if not client.live:
+                continue
+            wire, client.outputs = client.outputs, []
+            try:
+                client.send(ipc.StepOutputs(wire, statistics))
+            except OSError:
+                if client.index == 0:
+                    raise
+                self._drop(client)
+
+    def _leave(self, request_id: str) -> None:
+        client = self._owner.pop(request_id, None)
+        if client is not None:
+            client.requests.discard(request_id)
+
+    def _answer(self, client: _Client, control: ipc.Control) -> None:
         value: bool | EngineStatistics | None = None
         error = None
         try:
@@ -125,72 +183,113 @@ class CoreServer:
                 value = self.core.reset_prefix_cache()
         except Exception as exc:
             error = ipc.wire_error(exc)
-        self.send(ipc.Reply(control.call_id, value, error))
+        self._reply(client, ipc.Reply(control.call_id, value, error))
+
+    def _reply(self, client: _Client, message: msgspec.Struct) -> None:
+        """A frame to one connection; the first one's failure ends the core, another's
+        drops that connection."""
+        try:
+            client.send(message)
+        except OSError:
+            if client.index == 0:
+                raise
+            self._drop(client)
 
     def _wakeup(self) -> None:
         self._wake.set()
 
-    # ---- the reader (its own thread) -----------------------------------------------------
+    def _drop(self, client: _Client) -> None:
+        """Another API process is gone: abort what it sent, stop writing to it."""
+        if not client.live:
+            return
+        client.live = False
+        level = logging.WARNING if client.requests else logging.INFO
+        log.log(level, "API process connection %d closed (%d requests in flight aborted)",
+                client.index, len(client.requests))  # fmt: skip
+        for request_id in list(client.requests):
+            self._leave(request_id)
+            self._abort(request_id)
+        try:
+            client.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._wakeup()
 
-    def _read_loop(self) -> None:
+    # ---- the readers (a thread each) -----------------------------------------------------
+
+    def _read_loop(self, client: _Client) -> None:
         try:
             while True:
-                payload = ipc.recv_frame(self.sock)
+                payload = ipc.recv_frame(client.sock)
                 if payload is None:
                     break
-                if not self._handle(ipc.TO_CORE.decode(payload)):
+                if not self._handle(client, ipc.TO_CORE.decode(payload)):
                     break
         except (BrokenPipeError, ConnectionResetError):
             pass  # the API process went away
         except Exception as exc:  # a frame we cannot read, or a bug: stop, loudly
-            if not self._stopping:
+            if not self._stopping and client.live:
                 log.error("engine core: reading from the API process failed", exc_info=exc)
-        self._stopping = True
-        self._wakeup()
+        if client.index == 0:
+            self._stopping = True
+            self._wakeup()
+        else:
+            self._drop(client)
 
-    def _handle(self, message: ipc.ToCore) -> bool:
+    def _handle(self, client: _Client, message: ipc.ToCore) -> bool:
         """Act on one message; False to stop reading."""
         match message:
             case ipc.Add():
-                self._add(message)
+                self._own(client, message.request_id)
+                self._add(client, message)
             case ipc.AddEncode():
-                self._add_encode(message)
+                self._own(client, message.request_id)
+                self._add_encode(client, message)
             case ipc.Abort(request_id, None):
-                with self._compiling_lock:
-                    if request_id in self._compiling:
-                        self._compiling[request_id] = True
-                        return True
-                self.core.abort(request_id)
+                self._leave(request_id)
+                self._abort(request_id)
             case ipc.Abort(request_id, index):  # one completion: it has output already
                 self.core.abort(request_id, index)
             case ipc.Control(call_id, "health"):  # alive, and reading: answered now
-                self.send(ipc.Reply(call_id, True))
+                self._reply(client, ipc.Reply(call_id, True))
                 return True
             case ipc.Control():
-                self._controls.append(message)
+                self._controls.append((client, message))
             case ipc.Shutdown():
-                return False
+                return client.index != 0  # another API process just closes
             case ipc.Start():
                 log.warning("engine core: a second Start message was ignored")
         self._wakeup()
         return True
 
-    def _add(self, message: ipc.Add) -> None:
+    def _own(self, client: _Client, request_id: str) -> None:
+        self._owner[request_id] = client
+        client.requests.add(request_id)
+
+    def _abort(self, request_id: str) -> None:
+        """Abort a request, or mark it to be aborted once its grammar is compiled."""
+        with self._compiling_lock:
+            if request_id in self._compiling:
+                self._compiling[request_id] = True
+                return
+        self.core.abort(request_id)
+
+    def _add(self, client: _Client, message: ipc.Add) -> None:
         try:
             params = _SAMPLING.decode(message.params)
         except msgspec.ValidationError as exc:
-            self._reject(message.request_id, exc)
+            self._reject(client, message.request_id, exc)
             return
         if params.structured_outputs is None:
-            self._make_and_add(message, params)
+            self._make_and_add(client, message, params)
             return
         with self._compiling_lock:
             self._compiling[message.request_id] = False
-        self._compiler.submit(self._compile_and_add, message, params)
+        self._compiler.submit(self._compile_and_add, client, message, params)
 
-    def _compile_and_add(self, message: ipc.Add, params: SamplingParams) -> None:
+    def _compile_and_add(self, client: _Client, message: ipc.Add, params: SamplingParams) -> None:
         try:
-            self._make_and_add(message, params)
+            self._make_and_add(client, message, params)
         finally:
             with self._compiling_lock:
                 aborted = self._compiling.pop(message.request_id, False)
@@ -198,7 +297,7 @@ class CoreServer:
                 self.core.abort(message.request_id)
             self._wakeup()
 
-    def _make_and_add(self, message: ipc.Add, params: SamplingParams) -> None:
+    def _make_and_add(self, client: _Client, message: ipc.Add, params: SamplingParams) -> None:
         try:
             requests = self.core.make_requests(
                 message.prompt_token_ids,
@@ -208,33 +307,34 @@ class CoreServer:
                 cache_salt=message.cache_salt,
             )
         except Exception as exc:
-            self._reject(message.request_id, exc)
+            self._reject(client, message.request_id, exc)
             return
         self.core.add(requests)
 
-    def _add_encode(self, message: ipc.AddEncode) -> None:
+    def _add_encode(self, client: _Client, message: ipc.AddEncode) -> None:
         try:
             params = _POOLING.decode(message.params)
             request = self.core.make_encode_request(
                 message.prompt_token_ids, params, message.request_id, priority=message.priority
             )
         except Exception as exc:
-            self._reject(message.request_id, exc)
+            self._reject(client, message.request_id, exc)
             return
         self.core.add_encode(request)
 
-    def _reject(self, request_id: str, exc: Exception) -> None:
+    def _reject(self, client: _Client, request_id: str, exc: Exception) -> None:
+        self._leave(request_id)
         if not isinstance(exc, LLMCoreError | msgspec.ValidationError):
             log.error("engine core: request %s failed validation", request_id, exc_info=exc)
         try:
-            self.send(ipc.Rejected(request_id, ipc.wire_error(exc)))
+            client.send(ipc.Rejected(request_id, ipc.wire_error(exc)))
         except OSError:
             pass
 
 
-def _start(sock: socket.socket) -> EngineCore | None:
-    """Read `Start`, build the core and answer `Ready` (None and `StartFailed`
-    answered if the model cannot be loaded)."""
+def _start(sock: socket.socket, others: Sequence[socket.socket] = ()) -> EngineCore | None:
+    """Read `Start`, build the core and answer `Ready` on every connection (None and
+    `StartFailed` answered if the model cannot be loaded)."""
     from llmcore.engine.async_engine import build_core
 
     payload = ipc.recv_frame(sock)
@@ -269,29 +369,40 @@ def _start(sock: socket.socket) -> EngineCore | None:
         pid=os.getpid(),
     )
     ipc.send_frame(sock, ipc.Ready(info, core.statistics()))
+    for index, other in enumerate(others, 1):
+        try:
+            ipc.send_frame(other, ipc.Ready(info, core.statistics(), index))
+        except OSError:
+            pass  # gone already: its reader sees EOF
     return core
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmcore.engine.core_process")
     parser.add_argument("--fd", type=int, required=True, help="the connected socket's fd")
+    parser.add_argument(
+        "--client-fd", type=int, action="append", default=[],
+        help="the socket of another API process (repeatable; --api-server-count)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
+    others = [socket.socket(fileno=fd) for fd in args.client_fd]
     try:
-        core = _start(sock)
+        core = _start(sock, others)
         if core is None:
             return 1
         freeze_startup_objects()  # the model, tokenizer and modules: out of the GC's walks
-        return CoreServer(core, sock).run()
+        return CoreServer(core, sock, others).run()
     except ConnectionError:  # the API process went away during start-up
         return 1
     finally:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
+        for s in (sock, *others):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
 """The wire between the API process and an engine-core process: length-prefixed
 msgspec msgpack frames over a stream socket, and the messages they carry.
 
-API -> core: `Start` (once, first), `Add`, `AddEncode`, `Abort`, `Control` (a
-question answered by a `Reply` with the same `call_id`: statistics, reset the
-prefix cache, health) and `Shutdown`. Core -> API: `Ready` or `StartFailed` (once,
-first), then `StepOutputs` (everything one step produced, and the statistics after
-it), `Rejected` (a request the core refused, before any output of it), `Reply`,
-and `Died` (the step loop failed; the process exits after it).
+A core serves one or more connections, each an API process's
+(`--api-server-count`): the first sends `Start` and owns the core; each gets
+`Ready` once the model is loaded, and only the outputs, refusals and replies of
+the requests and questions it sent (`Died` goes to all).
+
+API -> core: `Start` (once, first, on the first connection only), `Add`,
+`AddEncode`, `Abort`, `Control` (a question answered by a `Reply` with the same
+`call_id`: statistics, reset the prefix cache, health) and `Shutdown` (the first
+connection only; another just closes). Core -> API: `Ready` or `StartFailed`
+(once, first), then `StepOutputs` (everything one step produced for this
+connection, and the statistics after it), `Rejected` (a request the core refused,
+before any output of it), `Reply`, and `Died` (the step loop failed; the process
+exits after it).
 
 Invariants: a frame is a 4-byte big-endian length and that many bytes of one
 message; a request's prompt ids cross once (with `Add`), its prompt logprobs once
@@ -96,6 +103,7 @@ ToCore = Start | Add | AddEncode | Abort | Control | Shutdown
 class Ready(msgspec.Struct, tag=True, array_like=True):
     info: EngineInfo
     statistics: EngineStatistics
+    client: int = 0  # which of the core's connections this is (0: the one that started it)
 
 
 class StartFailed(msgspec.Struct, tag=True, array_like=True):

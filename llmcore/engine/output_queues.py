@@ -34,11 +34,15 @@ class _Waiting:
 
 
 class OutputQueues:
-    def __init__(self, abort: Callable[[str], None], stream_interval: int = 1) -> None:
+    def __init__(
+        self, abort: Callable[[str], None], stream_interval: int = 1, tag: str = ""
+    ) -> None:
         """`abort(engine_id)` is called for a request left before its end;
         `stream_interval`: a stream's deltas after its first carry at least that
-        many new tokens (in some completion), or end it."""
+        many new tokens (in some completion), or end it; `tag` goes in every engine
+        id ("id#{tag}n"): API processes sharing one core give different tags."""
         self.stream_interval = check_stream_interval(stream_interval)
+        self._tag = tag
         self._by_request: dict[str, _Waiting] = {}
         self._by_engine_id: dict[str, _Waiting] = {}
         self._abort = abort
@@ -52,7 +56,7 @@ class OutputQueues:
         is in flight."""
         if request_id in self._by_request:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        waiting = _Waiting(request_id, f"{request_id}#{next(self._seq)}")
+        waiting = _Waiting(request_id, f"{request_id}#{self._tag}{next(self._seq)}")
         self._by_request[request_id] = self._by_engine_id[waiting.engine_id] = waiting
         return waiting.engine_id
 

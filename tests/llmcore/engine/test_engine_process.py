@@ -333,3 +333,99 @@ def test_the_core_exits_when_the_api_process_goes(smollm2_path: Path) -> None:
     assert ready.info.pid == process.pid and ready.info.task == "generate"
     sock.close()
     assert process.wait(timeout=15) == 0
+
+
+def test_two_api_processes_share_one_core(smollm2_path: Path, smollm2: llmcore.LoadedModel) -> None:
+    """`--api-server-count`'s engine side, both API ends in this process: a core
+    started for two clients and one attached on the other socket. Requests under
+    the same caller ids on both, all at once, each get their own outputs; a client
+    that closes mid-stream has its requests aborted and every block freed, the
+    core serving on; statistics reach a client that sent nothing; the owner's
+    close is seen by the attached one."""
+
+    async def scenario() -> None:
+        first = await ProcessEngine.from_pretrained(
+            smollm2_path, dtype="float32", clients=2, **OPTIONS
+        )
+        (other_end,) = first.take_client_sockets()
+        second = await asyncio.to_thread(ProcessEngine.attach, other_end)
+        assert second.process is None and second.info == first.info
+        tokenizer = llmcore.load_tokenizer(smollm2.path)
+        reference = AsyncEngine(EngineCore(smollm2, tokenizer, EngineConfig(**OPTIONS)))
+        params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+        starts = ["The capital of France is", "Water boils at", "Once upon a time,",
+                  "List three colors:", "The largest planet is", "def fibonacci(n):",
+                  "My favourite food is", "Dear Sir or Madam,"]  # fmt: skip
+        prompts = [first.tokenizer.encode(start) for start in starts]
+        expected = [await collect(reference, p, params, f"r{i}") for i, p in enumerate(prompts)]
+        # the same caller ids r0..r3 on both clients, at once
+        engines = [first] * 4 + [second] * 4
+        got = await asyncio.gather(*(
+            collect(e, p, params, f"r{i % 4}")
+            for i, (e, p) in enumerate(zip(engines, prompts, strict=True))
+        ))  # fmt: skip
+        assert all(o.request_id == f"r{i % 4}" for i, outs in enumerate(got) for o in outs)
+        texts = [whole(outs).outputs[0].text for outs in got]
+        differ = [i for i, outs in enumerate(expected) if whole(outs).outputs[0].text != texts[i]]
+        assert len(differ) <= 1, differ  # a batch's rounding may flip one near-tie
+        assert len(set(texts)) == len(texts)  # not one stream's tokens in another
+
+        steps = (await first.fetch_statistics()).num_steps
+        await collect(first, prompts[0], params, "only-first")
+        assert second.statistics().num_steps > steps  # its statistics stay current
+
+        total = first.statistics().num_kv_blocks
+        long = SamplingParams(max_tokens=2000, ignore_eos=True)  # a minute or more, unaborted
+        streams = [second.generate(p, long, f"long{i}") for i, p in enumerate(prompts[:3])]
+        for stream in streams:
+            await anext(stream)
+        assert (await first.fetch_statistics()).num_running == 3
+        await second.aclose()  # closes its connection: the core aborts its requests
+        with pytest.raises(EngineDeadError, match="closed"):
+            async for _ in streams[0]:
+                pass
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            stats = await first.fetch_statistics()
+            if stats.num_running == 0 and stats.num_kv_blocks_free == total:
+                break
+            await asyncio.sleep(0.05)
+        assert (stats.num_running, stats.num_kv_blocks_free) == (0, total)
+        outs = await collect(first, prompts[1], params, "after")
+        assert whole(outs).outputs[0].text == whole(expected[1]).outputs[0].text
+        await first.check_health()
+
+        await first.aclose()
+        assert first.process is not None and first.process.returncode == 0
+        await reference.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_attached_client_sees_the_core_go(smollm2_path: Path) -> None:
+    """The core's owner closes it: the attached API process's streams and health
+    fail with EngineDeadError, and new requests are refused."""
+
+    async def scenario() -> None:
+        first = await ProcessEngine.from_pretrained(
+            smollm2_path, dtype="float32", clients=3, **OPTIONS
+        )
+        ends = first.take_client_sockets()
+        assert len(ends) == 2
+        second = await asyncio.to_thread(ProcessEngine.attach, ends[0])
+        ends[1].close()  # an API process that never came: the core serves on
+        await second.check_health()
+        prompt = second.tokenizer.encode("Count to one hundred:")
+        stream = second.generate(prompt, SamplingParams(max_tokens=1000, ignore_eos=True), "s")
+        await anext(stream)
+        await first.aclose()
+        with pytest.raises(EngineDeadError):
+            async for _ in stream:
+                pass
+        with pytest.raises(EngineDeadError):
+            await second.check_health()
+        with pytest.raises(EngineDeadError):
+            await collect(second, prompt, SamplingParams(max_tokens=2), "t")
+        await second.aclose()
+
+    asyncio.run(scenario())
