@@ -86,7 +86,11 @@ def smollm2_server(model: Path, log_dir: Path, *flags: str) -> Iterator[ServerPr
     """A server on SmolLM2 with `flags` beside SMOLLM2_FLAGS; afterwards it must stop
     cleanly (exit 0) with no traceback in its log."""
     server = ServerProcess(log_dir / "server.log", str(model), *SMOLLM2_FLAGS, *flags)
-    yield server
+    try:
+        yield server
+    except BaseException:
+        server.stop()  # a failed test leaves no server running for the next ones
+        raise
     assert server.stop() == 0
     assert "Traceback" not in server.log
 

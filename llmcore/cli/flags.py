@@ -189,7 +189,8 @@ def _add_model_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--engine-process", default="auto", choices=ENGINE_PROCESS,
                    help="run each model's engine core (model, KV cache, scheduler, "
                    "sampling) in its own process, talking to the server over a socket "
-                   "pair (default auto: on for CUDA devices, off on the CPU)")  # fmt: skip
+                   "pair (default auto: on for CUDA devices and with --api-server-count "
+                   "above 1, off on the CPU)")  # fmt: skip
 
 
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -289,9 +290,11 @@ def add_network_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     n.add_argument("--shutdown-grace", "--shutdown-timeout", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM")  # fmt: skip
     n.add_argument("--api-server-count", "-asc", type=positive_int, default=1,
-                   help="HTTP server processes sharing --port (SO_REUSEPORT) and the "
-                   "replicas on Ray (more than 1 needs --replicas or --ray-address)")  # fmt: skip
+                   help="HTTP server processes sharing --port (SO_REUSEPORT), in front of "
+                   "each model's one engine core process (or of the replicas on Ray)")  # fmt: skip
     n.add_argument("--ray-attach", help=argparse.SUPPRESS)  # an extra server's replicas
+    # an extra server's connections to the engine cores, one fd per model in order
+    n.add_argument("--engine-core-fds", help=argparse.SUPPRESS)
     return n
 
 
@@ -391,11 +394,13 @@ def add_logging_flags(parser: argparse.ArgumentParser, default: str = "info") ->
                    help="no access log line per HTTP request")  # fmt: skip
 
 
-def configure_logging(level: str) -> None:
-    """Log lines at `--log-level` and above to stderr, with time, level and logger."""
+def configure_logging(level: str, *, tag_process: bool = False) -> None:
+    """Log lines at `--log-level` and above to stderr, with time, level and logger;
+    `tag_process`: and the process id (server processes sharing one log)."""
+    tag = " [api server pid %(process)d]" if tag_process else ""
     logging.basicConfig(
         level="DEBUG" if level == "trace" else level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
 

@@ -105,6 +105,7 @@ async def _run(loaded: LoadedService, config: BatchConfig) -> BatchSummary:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     parser = build_batch_parser(prog)
     args = parse_serving_args(parser, argv)
+    args.api_server_count, args.engine_core_fds = 1, None  # network flags: ignored here
     flags.configure_logging(args.log_level)
     vllm_flags.check_vllm_flags(parser, args)
     flags.check_parsers(parser, args)

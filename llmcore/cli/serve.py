@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from llmcore.cli import flags, vllm_flags
 from llmcore.cli.arguments import ServingParser, parse_serving_args
-from llmcore.cli.service import LoadedService, build_service
+from llmcore.cli.service import LoadedService, build_service, ray_wanted
 from llmcore.errors import LLMCoreError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def build_http_config(args: argparse.Namespace) -> HTTPConfig:
         uds=args.uds,
         uds_mode=args.uds_mode,
         uds_allowed_uids=flags.uid_list(args.uds_allow_uid),
-        reuse_port=args.api_server_count > 1 or args.ray_attach is not None,
+        reuse_port=args.api_server_count > 1 or _is_extra_server(args),
         ssl_keyfile=args.ssl_keyfile,
         ssl_certfile=args.ssl_certfile,
         ssl_ca_certs=args.ssl_ca_certs,
@@ -125,28 +125,38 @@ async def _serve(args: argparse.Namespace, config: HTTPConfig, argv: Sequence[st
         raise
     server = HTTPServer(loaded.service, config, listeners=listeners)
     grace = args.shutdown_grace
-    extra = _start_extra_servers(args, argv)
+    try:
+        extra = _start_extra_servers(args, argv, loaded)
+    except BaseException:
+        await listeners.aclose()
+        await loaded.aclose()
+        raise
     try:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
                 urls = await server.start(tg)
                 log.info("llmcore serving %s at %s", loaded.description, " ".join(urls))
                 freeze_startup_objects()
-                if not args.disable_log_stats:
+                if not args.disable_log_stats and args.engine_core_fds is None:
+                    # (an extra server attached to the cores: the first one logs them)
                     tg.start_soon(log_engine_statistics, loaded.service.models)
-                if args.ray_attach is not None:
+                if _is_extra_server(args):
                     tg.start_soon(_stop_with_parent)
+                if extra:
+                    from llmcore.cli.api_servers import reap_exited
+
+                    tg.start_soon(reap_exited, extra)
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     log.info("%s: shutting down (grace %.0f s)", name, grace)
                     await server.shutdown(grace)
                     break
-                tg.cancel_scope.cancel()  # the statistics log
+                tg.cancel_scope.cancel()  # the statistics log, the watch on extra servers
     finally:
         if extra:
-            from llmcore.ray.frontends import stop_extra_servers
+            from llmcore.cli.api_servers import stop_servers
 
-            await anyio.to_thread.run_sync(stop_extra_servers, extra, grace)
+            await anyio.to_thread.run_sync(stop_servers, extra, grace)
         await loaded.aclose()
 
 
@@ -156,13 +166,31 @@ def check_api_server_count(args: argparse.Namespace) -> None:
         raise ValueError("--api-server-count above 1 needs a TCP --port other than 0")
 
 
-def _start_extra_servers(args: argparse.Namespace, argv: Sequence[str]) -> list[Any]:
-    """The extra server processes `--api-server-count` asks for (none in one)."""
-    if args.api_server_count <= 1 or args.ray_attach is not None:
-        return []
-    from llmcore.ray.frontends import start_extra_servers
+def _is_extra_server(args: argparse.Namespace) -> bool:
+    """An extra server process of `--api-server-count` (started by the first one)."""
+    return args.ray_attach is not None or args.engine_core_fds is not None
 
-    return start_extra_servers(argv, args.api_server_count - 1, args.replica_base_name)
+
+def _start_extra_servers(
+    args: argparse.Namespace, argv: Sequence[str], loaded: LoadedService
+) -> list[Any]:
+    """The extra server processes `--api-server-count` asks for (none in one): on
+    Ray, attached to the replicas; otherwise to each model's engine core process."""
+    count = args.api_server_count - 1
+    if count <= 0 or _is_extra_server(args):
+        return []
+    if ray_wanted(args):
+        from llmcore.ray.frontends import start_extra_servers
+
+        return start_extra_servers(argv, count, args.replica_base_name)
+    from llmcore.cli.api_servers import start_attached_servers
+    from llmcore.engine.core_client import ProcessEngine
+
+    ends = []
+    for engine in loaded.engines.engines:
+        assert isinstance(engine, ProcessEngine), "--api-server-count shares core processes"
+        ends.append(engine.take_client_sockets())
+    return start_attached_servers(argv, [list(c) for c in zip(*ends, strict=True)])
 
 
 async def _stop_with_parent() -> None:
@@ -179,7 +207,9 @@ async def _stop_with_parent() -> None:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     parser = build_parser(prog)
     args = parse_serving_args(parser, argv)
-    flags.configure_logging(args.log_level)
+    flags.configure_logging(
+        args.log_level, tag_process=args.api_server_count > 1 or _is_extra_server(args)
+    )
     vllm_flags.check_vllm_flags(parser, args)
     flags.check_parsers(parser, args)
     import anyio
@@ -187,7 +217,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         check_api_server_count(args)
         config = build_http_config(args)
-        if args.api_server_count > 1 and args.ray_attach is None:
+        if args.api_server_count > 1 and args.ray_attach is None and ray_wanted(args):
             from llmcore.ray.frontends import replica_base_name
 
             args.replica_base_name = replica_base_name()

@@ -100,8 +100,11 @@ class LoadedService:
 
 def build_service(args: argparse.Namespace) -> LoadedService:
     """Load the models the flags name and build the service over them (blocking)."""
+    specs = model_specs(args)
+    fds = attached_core_fds(args, len(specs))
     served = [
-        load_served_model(args, spec, first=i == 0) for i, spec in enumerate(model_specs(args))
+        load_served_model(args, spec, first=i == 0, core_fd=None if fds is None else fds[i])
+        for i, spec in enumerate(specs)
     ]
     service = OpenAIService(
         served,
@@ -153,24 +156,37 @@ def engine_info(args: argparse.Namespace) -> dict[str, str]:
 ENGINE_PROCESS_ON_CPU = False
 
 
-def engine_process_wanted(flag: str, device: str) -> bool:
-    """`--engine-process`: on, off, or auto (on for CUDA devices; on the CPU as
+def engine_process_wanted(flag: str, device: str, api_servers: int = 1) -> bool:
+    """`--engine-process`: on, off, or auto (on for CUDA devices and for more than
+    one API server process, which share the core process; on the CPU as
     ENGINE_PROCESS_ON_CPU says)."""
+    if api_servers > 1:
+        if flag == "off":
+            raise ValueError(
+                "--api-server-count above 1 shares each model's engine core process: "
+                "it needs --engine-process on (or auto), or --replicas/--ray-address"
+            )
+        return True
     if flag == "auto":
         return device.startswith("cuda") or ENGINE_PROCESS_ON_CPU
     return flag == "on"
 
 
 def ray_wanted(args: argparse.Namespace) -> bool:
-    """Serve through Ray: more than one replica, or a Ray cluster named; refuses
-    `--api-server-count` above 1 without them (extra servers share Ray replicas)."""
-    wanted = getattr(args, "replicas", 1) > 1 or getattr(args, "ray_address", None) is not None
-    if getattr(args, "api_server_count", 1) > 1 and not wanted:
-        raise ValueError(
-            "--api-server-count above 1 shares engine replicas on Ray: give --replicas "
-            "or --ray-address too"
-        )
-    return wanted
+    """Serve through Ray: more than one replica, or a Ray cluster named."""
+    return getattr(args, "replicas", 1) > 1 or getattr(args, "ray_address", None) is not None
+
+
+def attached_core_fds(args: argparse.Namespace, count: int) -> list[int] | None:
+    """An extra API server process's connections to the engine cores the first one
+    started (`--engine-core-fds`, one per model in order); None in the first."""
+    text = getattr(args, "engine_core_fds", None)
+    if text is None:
+        return None
+    fds = [int(fd) for fd in split_csv(text)]
+    if len(fds) != count:
+        raise ValueError(f"--engine-core-fds: {len(fds)} fds for {count} model(s)")
+    return fds
 
 
 def replica_name(args: argparse.Namespace, spec: ModelSpec) -> tuple[str | None, bool]:
@@ -211,20 +227,30 @@ def ray_options(args: argparse.Namespace, spec: ModelSpec) -> RayOptions:
     )
 
 
-def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> LocalEngine:
+def load_engine(
+    args: argparse.Namespace, spec: ModelSpec, *, first: bool, core_fd: int | None = None
+) -> LocalEngine:
     """One model's engine: replicas on Ray (`RayEngine`, as `--replicas` and
     `--ray-address` say), or one engine in this process (`AsyncEngine`) or in its
-    own (`ProcessEngine`), as `--engine-process` says."""
+    own (`ProcessEngine`), as `--engine-process` says, started for every API server
+    process (`--api-server-count`); an extra server process attaches to the core on
+    `core_fd`."""
     from llmcore.engine.async_engine import AsyncEngine
     from llmcore.engine.core_client import ProcessEngine
 
+    interval = getattr(args, "stream_interval", 1)
+    if core_fd is not None:
+        import socket
+
+        return ProcessEngine.attach(socket.socket(fileno=core_fd), stream_interval=interval)
     load: Callable[..., LocalEngine]
+    api_servers = getattr(args, "api_server_count", 1)
     if ray_wanted(args):
         from llmcore.ray.engine import RayEngine
 
         load = functools.partial(RayEngine.load, ray_options=ray_options(args, spec))
-    elif engine_process_wanted(getattr(args, "engine_process", "auto"), args.device):
-        load = ProcessEngine.load
+    elif engine_process_wanted(getattr(args, "engine_process", "auto"), args.device, api_servers):
+        load = functools.partial(ProcessEngine.load, clients=api_servers)
     else:
         load = AsyncEngine.load
     return load(
@@ -239,7 +265,7 @@ def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> Lo
         kv_cache_dtype=args.kv_cache_dtype,
         enforce_eager=getattr(args, "enforce_eager", False),
         async_scheduling=getattr(args, "async_scheduling", None),
-        stream_interval=getattr(args, "stream_interval", 1),
+        stream_interval=interval,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
@@ -250,13 +276,15 @@ def load_engine(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> Lo
     )
 
 
-def load_served_model(args: argparse.Namespace, spec: ModelSpec, *, first: bool) -> ServedModel:
-    """One model on its own engine; `--tokenizer` and `--chat-template` apply to the
-    first model only."""
+def load_served_model(
+    args: argparse.Namespace, spec: ModelSpec, *, first: bool, core_fd: int | None = None
+) -> ServedModel:
+    """One model on its own engine (attached to the core on `core_fd`, where given);
+    `--tokenizer` and `--chat-template` apply to the first model only."""
     from llmcore.chat_template import ChatTemplate
     from llmcore.engine.task import Task
 
-    engine = load_engine(args, spec, first=first)
+    engine = load_engine(args, spec, first=first, core_fd=core_fd)
     info, tokenizer = engine.info, engine.tokenizer
     template = None
     if info.task == Task.GENERATE.value:

@@ -7,16 +7,14 @@ port with SO_REUSEPORT, so the kernel spreads connections over the processes. Ea
 process routes with its own router (its own view of prefixes; the load every
 replica pushes is the same for all).
 
-Invariants: the extra processes are started only once the replicas are up, and
-`stop_extra_servers` leaves none running (SIGTERM, then SIGKILL after the grace);
-an extra server whose parent dies stops itself (llmcore/cli/serve.py watches).
+Invariants: the extra processes are started only once the replicas are up
+(`llmcore.cli.api_servers.stop_servers` stops them); an extra server whose parent
+dies stops itself (llmcore/cli/serve.py watches).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -40,16 +38,3 @@ def start_extra_servers(
         "--api-server-count", "1", "--ray-address", address, "--ray-attach", base,
     ]  # fmt: skip
     return [subprocess.Popen(command) for _ in range(count)]
-
-
-def stop_extra_servers(processes: Sequence[subprocess.Popen[bytes]], grace: float) -> None:
-    """SIGTERM each (they drain within `grace`), then SIGKILL what is left."""
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(grace + 5.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

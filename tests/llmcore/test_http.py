@@ -39,3 +39,29 @@ def test_default_serves_chat_and_embeddings() -> None:
         (True, "SmolLM2-135M-Instruct", "auto"),
         (False, "all-MiniLM-L6-v2", "auto"),
     ]
+
+
+def test_more_api_servers_share_engine_core_processes() -> None:
+    """`--api-server-count` above 1 without Ray puts each model's engine core in its
+    own process (shared by the servers), whatever the device; `--engine-process
+    off` cannot be honoured then and is refused."""
+    from llmcore.cli.service import attached_core_fds, engine_process_wanted
+
+    assert engine_process_wanted("auto", "cpu", 2) and engine_process_wanted("on", "cpu", 3)
+    assert not engine_process_wanted("auto", "cpu") and engine_process_wanted("auto", "cuda")
+    with pytest.raises(ValueError, match="--engine-process on"):
+        engine_process_wanted("off", "cpu", 2)
+    args = build_parser().parse_args(["a.gguf", "--engine-core-fds", "7,9"])
+    assert attached_core_fds(args, 2) == [7, 9]
+    with pytest.raises(ValueError, match="2 fds for 1 model"):
+        attached_core_fds(args, 1)
+    assert attached_core_fds(build_parser().parse_args(["a.gguf"]), 1) is None
+
+
+def test_more_api_servers_need_a_fixed_tcp_port() -> None:
+    from llmcore.cli.serve import check_api_server_count
+
+    for argv in (["--port", "0"], ["--uds", "/tmp/x.sock"]):
+        with pytest.raises(ValueError, match="TCP --port"):
+            check_api_server_count(build_parser().parse_args(["--api-server-count", "2", *argv]))
+    check_api_server_count(build_parser().parse_args(["--api-server-count", "2", "--port", "9"]))
