@@ -7,7 +7,9 @@ Llama (hidden 64, 2 layers: the forward pass is cheap, so the host work shows):
 `python -m llmcore.http` serves `--concurrency` streaming completions (token-id
 prompts, `--max-tokens` each with ignore_eos, twice as many requests as streams),
 and the CPU time of the API process and of the engine-core process (or the one
-process, with `--engine-process off`) is divided by the tokens streamed. The
+process, with `--engine-process off`) is divided by the tokens streamed; with
+`--api-servers 2`, the server runs `--api-server-count 2` (two API processes in
+front of the one core process: their CPU is added up). The
 reference, in the same run: `LLM.generate` of the same prompts in this process,
 its CPU time per token; beside it the engine core's step loop alone, detokenizing
 (as in-process) and sending ids only (as in the core process, whose caller
@@ -17,7 +19,7 @@ intra-op threads spin, and that is not host work).
 
     python tests/bench/bench_stream_cpu.py [--concurrency 256] [--max-tokens 128]
         [--modes on,off] [--device cpu] [--model FOLDER] [--threads 1]
-        [--server-args "--stream-interval 8"]
+        [--server-args "--stream-interval 8"] [--api-servers 1,2]
 
 Run it on a quiet machine: the client shares the cores (its CPU is printed too).
 """
@@ -43,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serving_client import run_level
-from serving_servers import CLK_TCK, process_tree, start_llmcore, stop_server
+from serving_servers import CLK_TCK, free_port, process_tree, start_llmcore, stop_server
 
 PROMPT_TOKENS = 32
 
@@ -59,12 +61,21 @@ def prompts(count: int, vocab: int, tag: int) -> list[list[int]]:
             for i in range(count)]  # fmt: skip
 
 
+def _is_core(pid: int) -> bool:
+    try:
+        return b"llmcore.engine.core_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def served(model: Path, mode: str, device: str, concurrency: int, tokens: int,
-           extra: Sequence[str] = ()) -> dict[str, float]:  # fmt: skip
+           extra: Sequence[str] = (), api_servers: int = 1) -> dict[str, float]:  # fmt: skip
     log = Path(tempfile.mkstemp(prefix="bench-stream-cpu-", suffix=".log")[1])
     args = [str(model), "--engine-process", mode, "--device", device,
             "--max-num-seqs", str(concurrency), "--disable-log-requests", *extra]  # fmt: skip
-    server = start_llmcore(args, log)
+    if api_servers > 1:
+        args += ["--api-server-count", str(api_servers), "--port", str(free_port())]
+    server = start_llmcore(args, log)  # (once every API server serves)
     try:
         vocab = json.loads((model / "config.json").read_text())["vocab_size"]
 
@@ -76,8 +87,8 @@ def served(model: Path, mode: str, device: str, concurrency: int, tokens: int,
 
         asyncio.run(run_level(server.host, server.port, "/v1/completions", bodies(4, 0), 4,
                               server.cpu_seconds))  # fmt: skip
-        api = server.process.pid
-        pids = process_tree(api)
+        pids = process_tree(server.process.pid)
+        cores = {p for p in pids if _is_core(p)}
         before = {p: _cpu_seconds(p) for p in pids}
         level = asyncio.run(run_level(server.host, server.port, "/v1/completions",
                                       bodies(2 * concurrency, 1), concurrency,
@@ -87,8 +98,8 @@ def served(model: Path, mode: str, device: str, concurrency: int, tokens: int,
         stop_server(server)
     count = sum(r.completion_tokens or 0 for r in level.requests)
     assert count == 2 * concurrency * tokens, count
-    api_s = after[api] - before[api]
-    engine_s = sum(after[p] - before[p] for p in pids if p != api)
+    api_s = sum(after[p] - before[p] for p in pids if p not in cores)  # every API server
+    engine_s = sum(after[p] - before[p] for p in cores)
     return {"tokens": count, "wall": level.wall, "api": api_s, "engine": engine_s,
             "client": level.client_cpu}  # fmt: skip
 
@@ -146,6 +157,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a model folder (default: tiny, random)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process")
     parser.add_argument("--server-args", default="", help="more `llmcore serve` flags")
+    parser.add_argument("--api-servers", default="1",
+                        help="--api-server-count values, one run each (1,2: both)")  # fmt: skip
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the servers inherit it
     torch.set_num_threads(args.threads)
@@ -175,13 +188,16 @@ def main() -> None:
             us = r["cpu"] / r["tokens"] * 1e6
             print(f"| engine core steps, {name} | {r['tokens'] / r['wall']:.0f} | | | "
                   f"{us:.1f} | {us / ref_us:.2f}x | |")  # fmt: skip
-        for mode in args.modes.split(","):
+        counts = [int(c) for c in args.api_servers.split(",")]
+        runs = [(m, c) for m in args.modes.split(",") for c in counts if m != "off" or c == 1]
+        for mode, count in runs:
             r = served(model, mode, args.device, args.concurrency, args.max_tokens,
-                       shlex.split(args.server_args))  # fmt: skip
+                       shlex.split(args.server_args), count)  # fmt: skip
             n = r["tokens"]
             api, engine = r["api"] / n * 1e6, r["engine"] / n * 1e6
             engine_cell = f"{engine:.1f}" if mode != "off" else "(in the API process)"
-            print(f"| server, `--engine-process {mode}` | {n / r['wall']:.0f} | {api:.1f} | "
+            name = f"`--engine-process {mode}`" + (f", {count} API servers" if count > 1 else "")
+            print(f"| server, {name} | {n / r['wall']:.0f} | {api:.1f} | "
                   f"{engine_cell} | {api + engine:.1f} | {(api + engine) / ref_us:.2f}x | "
                   f"{r['client'] / n * 1e6:.1f} |")  # fmt: skip
 

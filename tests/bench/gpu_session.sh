@@ -19,7 +19,10 @@
 #           each switched off beside it (about 9 minutes at most);
 #   second: the GPU benchmark at the 1B shape, and the HTTP server (streaming
 #           completions at 1, 64 and 256 concurrent) on a 135M-shaped random model,
-#           to set beside the offline figure of the first call.
+#           to set beside the offline figure of the first call; then the same at
+#           256 with four API server processes (--api-server-count 4).
+# With 15 minutes of device time (start-up included), only the first call may fit:
+# it holds the figures that matter most.
 set -u
 OUT=${OUT:-/tmp/llmcore-gpu}
 mkdir -p "$OUT"
@@ -53,15 +56,19 @@ first)
   part bench_135m 230 python tests/bench/bench_gpu.py --shape 135m
   ;;
 second)
-  part bench_1b 220 python tests/bench/bench_gpu.py --shape 1b
+  part bench_1b 180 python tests/bench/bench_gpu.py --shape 1b
   python -c "import sys, torch; sys.path.insert(0, 'tests/bench'); import bench_gpu; \
 from pathlib import Path; p = Path('/tmp/llmcore-135m'); p.mkdir(exist_ok=True); \
 bench_gpu.build_model('135m', p, torch.bfloat16)" >"$OUT/build_135m.txt" 2>&1
-  part serving 300 python tests/bench/bench_serving.py --side-by-side --model /tmp/llmcore-135m \
+  part serving 280 python tests/bench/bench_serving.py --side-by-side --model /tmp/llmcore-135m \
     --llmcore-variants "--device cuda --kv-cache-memory 8GiB" --levels 1,64,256 --no-ceilings \
     --rounds 1
+  # four API server processes in front of the one core, at 256 streams
+  part serving_api4 100 python tests/bench/bench_serving.py --side-by-side \
+    --model /tmp/llmcore-135m --levels 256 --no-ceilings --rounds 1 --llmcore-variants \
+    "--device cuda --kv-cache-memory 8GiB --api-server-count 4 --port 8123"
   ;;
 esac
 cat "$OUT/status.txt"
 tail -n 5 "$OUT"/tests.txt 2>/dev/null
-cat "$OUT"/attention.txt "$OUT"/serving.txt 2>/dev/null
+cat "$OUT"/attention.txt "$OUT"/serving.txt "$OUT"/serving_api4.txt 2>/dev/null

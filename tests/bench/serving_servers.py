@@ -134,19 +134,28 @@ def _wait(process: subprocess.Popen[bytes], log_path: Path, ready: Callable[[], 
 
 
 def start_llmcore(args: list[str], log_path: Path, python: str = sys.executable) -> Server:
-    """`python -m llmcore.http --port 0 ARGS`, ready when it logs where it serves."""
+    """`python -m llmcore.http --port 0 ARGS`, ready when it logs where it serves
+    (every server process of an `--api-server-count N` in ARGS)."""
     process = _popen([python, "-m", "llmcore.http", "--port", "0", *args], log_path)
     found: list[re.Match[str]] = []
+    count = _last_value(args, "--api-server-count", 1)
 
     def ready() -> bool:
-        match = LLMCORE_READY.search(log_path.read_text(errors="replace"))
-        if match:
-            found.append(match)
-        return match is not None
+        matches = list(LLMCORE_READY.finditer(log_path.read_text(errors="replace")))
+        if len(matches) >= count:
+            found.append(matches[0])
+        return bool(found)
 
     _wait(process, log_path, ready)
     host, _, port = found[0].group(2).removeprefix("http://").rpartition(":")
     return Server(process, log_path, found[0].group(1), host, int(port))
+
+
+def _last_value(args: list[str], flag: str, default: int) -> int:
+    """The value of an int flag in `args` (the last one given wins, as in argparse)."""
+    values = [int(args[i + 1]) for i, a in enumerate(args[:-1]) if a == flag]
+    values += [int(a.split("=", 1)[1]) for a in args if a.startswith(flag + "=")]
+    return values[-1] if values else default
 
 
 def start_foreign(command: list[str], port: int, log_path: Path) -> Server:
