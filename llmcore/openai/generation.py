@@ -133,12 +133,33 @@ async def engine_outputs(gen: Generation) -> AsyncGenerator[IndexedOutput, None]
 
 def observe_per_token(histogram: Observer, gap: float, new_tokens: int) -> None:
     """An inter-token time per token: a delta of k > 1 tokens (a stream that fell
-    behind gets them merged) spreads its gap over them, as k observations."""
+    behind gets them merged) spreads its gap over them, as k observations (one
+    bucket and sum update for all k, on prometheus_client's Histogram)."""
     if new_tokens <= 1:
         histogram.observe(gap)
         return
-    for _ in range(new_tokens):
-        histogram.observe(gap / new_tokens)
+    value = gap / new_tokens
+    if not _observe_times(histogram, value, new_tokens):
+        for _ in range(new_tokens):
+            histogram.observe(value)
+
+
+def _observe_times(histogram: object, value: float, times: int) -> bool:
+    """`times` observations of `value` as `Histogram.observe` makes them, at the cost
+    of one (its sum, and the first bucket that holds the value: counts are
+    cumulated at exposition); False for anything but a labelled child of
+    prometheus_client's Histogram as this version lays it out (the caller loops)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        return False
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            buckets[i].inc(times)
+            break
+    total.inc(value * times)
+    return True
 
 
 class MeteredAdmission:
