@@ -100,8 +100,9 @@ def served(model: Path, mode: str, device: str, concurrency: int, tokens: int,
     assert count == 2 * concurrency * tokens, count
     api_s = sum(after[p] - before[p] for p in pids if p not in cores)  # every API server
     engine_s = sum(after[p] - before[p] for p in cores)
+    chunks = sum(r.chunks for r in level.requests)
     return {"tokens": count, "wall": level.wall, "api": api_s, "engine": engine_s,
-            "client": level.client_cpu}  # fmt: skip
+            "client": level.client_cpu, "chunks": chunks}  # fmt: skip
 
 
 def offline(model: Path, device: str, concurrency: int, tokens: int) -> dict[str, float]:
@@ -178,16 +179,17 @@ def main() -> None:
         ref_us = ref["cpu"] / ref["tokens"] * 1e6
         print(
             "\n| path | tok/s | API process us/token | engine process us/token "
-            "| total us/token | vs offline | client us/token |"
+            "| total us/token | vs offline | client us/token | tokens per chunk "
+            "| API process us/chunk |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         print(f"| offline `LLM.generate` | {ref['tokens'] / ref['wall']:.0f} | | | "
-              f"{ref_us:.1f} | 1.00x | |")  # fmt: skip
+              f"{ref_us:.1f} | 1.00x | | | |")  # fmt: skip
         for detokenize, name in ((True, "detokenizing"), (False, "ids only, as in its process")):
             r = core_steps(model, args.device, args.concurrency, args.max_tokens, detokenize)
             us = r["cpu"] / r["tokens"] * 1e6
             print(f"| engine core steps, {name} | {r['tokens'] / r['wall']:.0f} | | | "
-                  f"{us:.1f} | {us / ref_us:.2f}x | |")  # fmt: skip
+                  f"{us:.1f} | {us / ref_us:.2f}x | | | |")  # fmt: skip
         counts = [int(c) for c in args.api_servers.split(",")]
         runs = [(m, c) for m in args.modes.split(",") for c in counts if m != "off" or c == 1]
         for mode, count in runs:
@@ -199,7 +201,8 @@ def main() -> None:
             name = f"`--engine-process {mode}`" + (f", {count} API servers" if count > 1 else "")
             print(f"| server, {name} | {n / r['wall']:.0f} | {api:.1f} | "
                   f"{engine_cell} | {api + engine:.1f} | {(api + engine) / ref_us:.2f}x | "
-                  f"{r['client'] / n * 1e6:.1f} |")  # fmt: skip
+                  f"{r['client'] / n * 1e6:.1f} | {n / r['chunks']:.2f} | "
+                  f"{r['api'] / r['chunks'] * 1e6:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
