@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llmcore.engine.logits_rows import flat_cells, index_tensor, on_rows
+from llmcore.engine.logits_rows import device_tensor, flat_cells, index_tensor, on_rows
 from llmcore.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def processed_logits(raw: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Te
         flat[index_tensor([i * vocab + t for i, t in banned], logits.device)] = _NEG_INF
     if biases:
         cells = index_tensor([i * vocab + t for i, t, _ in biases], logits.device)
-        flat.index_add_(0, cells, torch.tensor([b for *_, b in biases], device=logits.device))
+        flat.index_add_(0, cells, device_tensor([b for *_, b in biases], logits.device))
     if penalized:
         _apply_penalties(logits, rows, penalized)
     return logits
@@ -126,10 +126,12 @@ def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow], idx: lis
     params = [rows[i].params for i in idx]
     output = flat_cells([rows[i].output_token_ids for i in idx], vocab, device)
     output_row = output // vocab
-    frequency = torch.tensor([p.frequency_penalty for p in params], device=device)
-    presence = torch.tensor([p.presence_penalty for p in params], device=device)
-    repetition = torch.tensor([p.repetition_penalty for p in params], device=device)
+    frequency = device_tensor([p.frequency_penalty for p in params], device)
+    presence = device_tensor([p.presence_penalty for p in params], device)
+    repetition = device_tensor([p.repetition_penalty for p in params], device)
     repeats = [p.repetition_penalty != 1.0 for p in params]
+    any_frequency = any(p.frequency_penalty != 0.0 for p in params)
+    any_presence = any(p.presence_penalty != 0.0 for p in params)
 
     def penalize(sub: torch.Tensor) -> None:
         flat = sub.view(-1)
@@ -141,9 +143,9 @@ def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow], idx: lis
             factor = repetition[seen // vocab]
             values = flat[seen]
             flat[seen] = torch.where(values > 0, values / factor, values * factor)
-        if bool((frequency != 0).any()):
+        if any_frequency:
             flat.index_add_(0, output, -frequency[output_row])
-        if bool((presence != 0).any()):
+        if any_presence:
             flat[output] = flat[output] - presence[output_row]
 
     on_rows(logits, idx, penalize)

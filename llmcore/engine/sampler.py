@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmcore.engine.logits_processors import may_edit, processed_logits
-from llmcore.engine.logits_rows import index_tensor, on_rows, take_rows
+from llmcore.engine.logits_rows import device_tensor, index_tensor, on_rows, put_rows, take_rows
 from llmcore.engine.logprobs import PendingLogprobs, TokenLogprobs, sampled_logprobs
 from llmcore.sampling_params import SamplingParams
 from llmcore.structured_outputs.backend import apply_bitmask
@@ -97,6 +97,10 @@ def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
 class Sampler:
     def __init__(self, vocab_size: int, seed: int | None = None) -> None:
         self.vocab_size = vocab_size
+        # top_k/top_p rows: race over a window of the best candidates first (True),
+        # or over the whole vocabulary sorted (False: no host read, as a GPU's
+        # launch wants); None: windows on the CPU only. The tokens are the same.
+        self.narrow_windows: bool | None = None
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._shared_generator(torch.device("cpu"))
@@ -150,8 +154,8 @@ class Sampler:
             return self._sample(logits, rows)
         greedy = [i for i, r in enumerate(rows) if r.params.temperature < _GREEDY_BELOW]
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        tokens[greedy] = take_rows(logits, greedy).max(dim=-1).indices
-        tokens[random] = self._sample(take_rows(logits, random), [rows[i] for i in random])
+        put_rows(tokens, greedy, take_rows(logits, greedy).max(dim=-1).indices)
+        put_rows(tokens, random, self._sample(take_rows(logits, random), [rows[i] for i in random]))
         return tokens
 
     def _sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -165,16 +169,29 @@ class Sampler:
             return _race_wide(logits, noise, rows)
         if len(narrow) == len(rows):
             all_rows = torch.arange(len(rows), device=noise.device)
-            return _race_narrow(_NarrowRows.of(logits, all_rows, rows), noise)
+            return _race_narrow(
+                _NarrowRows.of(logits, all_rows, rows), noise, self._windows(logits)
+            )
         wide = [i for i, r in enumerate(rows) if not _is_narrow(r.params, vocab)]
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        tokens[wide] = _race_wide(take_rows(logits, wide), noise[wide], [rows[i] for i in wide])
+        wide_rows = [rows[i] for i in wide]
+        put_rows(
+            tokens, wide, _race_wide(take_rows(logits, wide), take_rows(noise, wide), wide_rows)
+        )
         narrow_rows = [rows[i] for i in narrow]
         picked = _NarrowRows.of(
             take_rows(logits, narrow), index_tensor(narrow, noise.device), narrow_rows
         )
-        tokens[narrow] = _race_narrow(picked, noise)
+        put_rows(tokens, narrow, _race_narrow(picked, noise, self._windows(logits)))
         return tokens
+
+    def _windows(self, logits: torch.Tensor) -> bool:
+        """Whether top_k/top_p rows look at a window of candidates first (widened
+        until it holds every survivor: deciding that reads the device), as
+        `narrow_windows` says; by default on the CPU only."""
+        if self.narrow_windows is None:
+            return logits.device.type == "cpu"
+        return self.narrow_windows
 
     def _uniforms(self, like: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         """`V` uniforms in [0, 1) per row: from the row's own generator, or the shared one."""
@@ -185,7 +202,7 @@ class Sampler:
             if len(shared) == len(rows):
                 return noise.uniform_(generator=generator)
             draws = torch.empty(len(shared), like.shape[1], device=like.device)
-            noise[shared] = draws.uniform_(generator=generator)
+            put_rows(noise, shared, draws.uniform_(generator=generator))
         for i, row in enumerate(rows):
             if row.generator is not None:
                 noise[i].uniform_(generator=row.generator)
@@ -202,7 +219,7 @@ def _apply_min_p(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Ten
     if not idx:
         return logits
     offset = [rows[i].params.temperature * math.log(rows[i].params.min_p) for i in idx]
-    offset_t = torch.tensor(offset, device=logits.device).unsqueeze(1)
+    offset_t = device_tensor(offset, logits.device).unsqueeze(1)
 
     def drop(sub: torch.Tensor) -> None:
         sub.masked_fill_(sub < sub.amax(dim=-1, keepdim=True) + offset_t, _NEG_INF)
@@ -219,7 +236,7 @@ def _race_wide(
     Exp(1) = -log(U) (U < 1, so never 0; several times cheaper than exponential_)."""
     temperature = [r.params.temperature for r in rows]
     if any(t != 1.0 for t in temperature):
-        logits = logits / torch.tensor(temperature, device=logits.device).unsqueeze(1)
+        logits = logits / device_tensor(temperature, logits.device).unsqueeze(1)
     probs = logits.softmax(dim=-1)
     return probs.div_(noise.log_().neg_()).max(dim=-1).indices
 
@@ -251,29 +268,66 @@ class _NarrowRows:
         mass = torch.full((len(params),), math.nan, device=logits.device)
         idx = [i for i, p in enumerate(params) if p.top_p < 1.0 and not 0 < p.top_k < vocab]
         if idx:
-            temperature = torch.tensor([params[i].temperature for i in idx], device=logits.device)
-            mass[idx] = (take_rows(logits, idx) / temperature.unsqueeze(1)).logsumexp(dim=-1)
+            temperature = device_tensor([params[i].temperature for i in idx], logits.device)
+            put_rows(mass, idx, (take_rows(logits, idx) / temperature.unsqueeze(1)).logsumexp(-1))
         return cls(logits, noise_rows, params, mass)
 
     def take(self, idx: list[int]) -> _NarrowRows:
         params = [self.params[i] for i in idx]
         return _NarrowRows(
-            take_rows(self.logits, idx), self.noise_rows[idx], params, self.whole_log_mass[idx]
+            take_rows(self.logits, idx),
+            take_rows(self.noise_rows, idx),
+            params,
+            take_rows(self.whole_log_mass, idx),
         )
 
 
-def _race_narrow(rows: _NarrowRows, noise: torch.Tensor) -> torch.Tensor:
+def _race_narrow(rows: _NarrowRows, noise: torch.Tensor, windows_on: bool = True) -> torch.Tensor:
     """Rows are raced in groups of equal window size, which depends on the row alone,
-    so a row's floats never depend on its neighbours."""
+    so a row's floats never depend on its neighbours. Without windows (`windows_on`
+    False) every row races over the whole vocabulary sorted: no row's survivors can
+    lie beyond it, so nothing is read back to decide (a GPU's launch does not wait)."""
     vocab = rows.logits.shape[1]
+    if not windows_on:
+        return _race_whole_vocabulary(rows, noise)
     windows = [_first_window(p, vocab) for p in rows.params]
     if len(set(windows)) == 1:
         return _race_window(rows, noise, windows[0])
     tokens = torch.empty(len(windows), dtype=torch.long, device=rows.logits.device)
     for m in sorted(set(windows)):
         idx = [i for i, w in enumerate(windows) if w == m]
-        tokens[idx] = _race_window(rows.take(idx), noise, m)
+        put_rows(tokens, idx, _race_window(rows.take(idx), noise, m))
     return tokens
+
+
+def _race_whole_vocabulary(rows: _NarrowRows, noise: torch.Tensor) -> torch.Tensor:
+    """Without a window: top_k-only rows drop the logits below their k-th (ties kept)
+    and race the whole vocabulary, no sort; rows with top_p race over it sorted."""
+    vocab = rows.logits.shape[1]
+    k_only = [i for i, p in enumerate(rows.params) if p.top_p >= 1.0]
+    with_p = [i for i, p in enumerate(rows.params) if p.top_p < 1.0]
+    if not with_p:
+        return _race_below_kth(rows, noise)
+    if not k_only:
+        scaled, ids, _ = _survivors(rows, vocab)
+        return _race(scaled, ids, noise, rows.noise_rows)
+    tokens = torch.empty(len(rows.params), dtype=torch.long, device=rows.logits.device)
+    put_rows(tokens, k_only, _race_below_kth(rows.take(k_only), noise))
+    put_rows(tokens, with_p, _race_whole_vocabulary(rows.take(with_p), noise))
+    return tokens
+
+
+def _race_below_kth(rows: _NarrowRows, noise: torch.Tensor) -> torch.Tensor:
+    """top_k rows (no top_p): a value threshold at the k-th best logit, as
+    `_survivors` sets it, then the race over the whole vocabulary."""
+    device = rows.logits.device
+    k = [p.top_k for p in rows.params]
+    best = rows.logits.topk(max(k), dim=-1).values
+    kth = best.gather(1, index_tensor([n - 1 for n in k], device).unsqueeze(1))
+    temperature = device_tensor([p.temperature for p in rows.params], device).unsqueeze(1)
+    scaled = (rows.logits / temperature).masked_fill_(rows.logits < kth, _NEG_INF)
+    exponentials = noise.index_select(0, rows.noise_rows).log_().neg_()
+    return scaled.softmax(dim=-1).div_(exponentials).argmax(dim=-1)
 
 
 def _race_window(rows: _NarrowRows, noise: torch.Tensor, m: int) -> torch.Tensor:
@@ -308,9 +362,9 @@ def _survivors(rows: _NarrowRows, m: int) -> tuple[torch.Tensor, torch.Tensor, t
     logits, params = rows.logits, rows.params
     device, vocab = logits.device, logits.shape[1]
     values, ids = logits.topk(m, dim=-1)  # best first
-    k = torch.tensor([p.top_k if 0 < p.top_k < vocab else 0 for p in params], device=device)
-    top_p = torch.tensor([p.top_p if p.top_p < 1.0 else math.inf for p in params], device=device)
-    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    k = index_tensor([p.top_k if 0 < p.top_k < vocab else 0 for p in params], device)
+    top_p = device_tensor([p.top_p if p.top_p < 1.0 else math.inf for p in params], device)
+    temperature = device_tensor([p.temperature for p in params], device).unsqueeze(1)
     kth = values.gather(1, (k - 1).clamp(0, m - 1).unsqueeze(1)).squeeze(1)
     kth = torch.where(k > 0, kth, _NEG_INF)
     scaled = (values / temperature).masked_fill_(values < kth.unsqueeze(1), _NEG_INF)

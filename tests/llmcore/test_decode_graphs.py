@@ -344,21 +344,36 @@ def _word_tokenizer(folder: Path) -> Any:
     return llmcore.load_tokenizer(path)
 
 
+# Rows that may be scheduled ahead (none reads its own output on the host): greedy,
+# and random rows of every kind the sampler races without a window on a GPU.
+_AHEAD_PARAMS: dict[str, list[dict[str, Any]]] = {
+    "greedy": [{"temperature": 0.0}] * 4,
+    "sampled": [
+        {"temperature": 0.8, "top_p": 0.9, "logprobs": 2},
+        {"top_k": 20, "seed": 3},
+        {"min_p": 0.05, "temperature": 1.2, "logit_bias": {7: 3.0}},
+        {"top_k": 50, "top_p": 0.95, "temperature": 0.6},
+    ],
+}
+
+
 @pytest.mark.skipif(not _cuda_ready(), reason="needs a CUDA device and CuPy")
-def test_cuda_a_replayed_greedy_step_launches_without_waiting_for_the_gpu(
-    tmp_path: Path,
+@pytest.mark.parametrize("kind", sorted(_AHEAD_PARAMS))
+def test_cuda_a_replayed_step_launches_without_waiting_for_the_gpu(
+    tmp_path: Path, kind: str
 ) -> None:
     """Async scheduling only helps if a launch never waits for the GPU: with the
-    bucket's graph captured, launching a greedy all-decode step (its inputs read
-    from the last step's ids on the device) makes no synchronizing CUDA call
-    (torch's sync debug mode set to fail on one)."""
+    bucket's graph captured, launching an all-decode step (its inputs read from the
+    last step's ids on the device), greedy or sampled (temperature, top_p, top_k,
+    min_p, a seed, logit bias, logprobs), makes no synchronizing CUDA call (torch's
+    sync debug mode set to fail on one)."""
     spec = {"cls": "Llama", "config": {"hidden_size": 256, "intermediate_size": 320}}
     tiny_models.build_spec("llama", spec, tmp_path)
     loaded = llmcore.load_model(tmp_path, dtype="float32", device="cuda")
     config = EngineConfig(kv_cache_memory=64 << 20, max_num_seqs=8, async_scheduling=True)
     core = EngineCore(loaded, _word_tokenizer(tmp_path), config)
-    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
-    for i in range(4):
+    for i, options in enumerate(_AHEAD_PARAMS[kind]):
+        params = SamplingParams(max_tokens=40, ignore_eos=True, **options)
         core.add(core.make_requests([5 + i, 6, 7, 8, 9], params, f"r{i}"))
     for _ in range(6):  # prefill, then the bucket's capture and checked first replay
         core.step()

@@ -481,3 +481,104 @@ def test_sampling_with_logprobs_reads_nothing_back_until_the_result(
     assert got.logprobs == want.logprobs
     assert [lp is not None for lp in got.logprobs] == [True, False, False, True, True]
     assert [len(lp.top) for lp in got.logprobs if lp is not None] == [3, 0, 1]
+
+
+def _mixed_rows(vocab: int) -> list[SamplingRow]:
+    """Every kind of row a step may hold: greedy, plain random, temperature, top_k,
+    top_p (a nucleus wider than the first window too), both, min_p, seeded, with
+    logit bias, penalties, bad words and min_tokens, some with logprobs."""
+    seeded = [torch.Generator().manual_seed(s) for s in range(4)]
+    penalized = SamplingParams(
+        temperature=0.8, top_k=10, presence_penalty=0.5, frequency_penalty=0.3,
+        repetition_penalty=1.2,
+    )  # fmt: skip
+    return [
+        row(greedy(logprobs=2)),
+        row(SamplingParams(temperature=0.7, top_p=0.9)),
+        row(SamplingParams(top_k=5, logprobs=1)),
+        *(row(SamplingParams(temperature=1.3, top_p=0.999)) for _ in range(4)),  # > 256 tokens
+        row(SamplingParams(top_k=40, top_p=0.8, temperature=0.5), generator=seeded[0]),
+        row(SamplingParams(min_p=0.05, temperature=0.9), generator=seeded[1]),
+        row(SamplingParams(top_p=0.5, logit_bias={3: 5.0, 7: -100.0})),
+        row(penalized, prompt=[1, 2, 3], output=[4, 4, 5]),
+        row(SamplingParams(top_p=0.95, min_tokens=4), output=[9], stop=[0, 1]),
+        row(SamplingParams(top_k=vocab - 1), bad_words=[[4, 6]], output=[4], generator=seeded[2]),
+        row(SamplingParams()),
+        row(greedy(top_p=0.3)),
+        row(SamplingParams(top_p=0.9, temperature=0.6), generator=seeded[3]),
+    ]
+
+
+def test_narrow_rows_give_the_same_tokens_over_the_whole_vocabulary() -> None:
+    """Racing top_k/top_p rows over the whole sorted vocabulary (as on a GPU: no
+    window to widen, so nothing read back) picks what the widening windows pick,
+    for the same noise (the rows with a wide nucleus have ~20% of their mass
+    beyond the first 256-token window: a race cut there differs within a few
+    draws)."""
+    vocab = 3000
+    logits = torch.randn(16, vocab, generator=torch.Generator().manual_seed(5)) * 3
+    every = list(range(16))
+    top_k_only = [i for i, r in enumerate(_mixed_rows(vocab)) if 0 < r.params.top_k < vocab
+                  and r.params.top_p == 1.0 and r.params.temperature > 0]  # fmt: skip
+    with_top_p = [i for i, r in enumerate(_mixed_rows(vocab)) if r.params.top_p < 1.0
+                  and r.params.temperature > 0]  # fmt: skip
+    assert len(top_k_only) >= 2 and len(with_top_p) >= 6
+    for subset in (every, top_k_only, with_top_p):
+        for seed in range(10):
+            results = []
+            for windows in (True, False):
+                sampler = Sampler(vocab, seed=seed)
+                sampler.narrow_windows = windows
+                rows = [_mixed_rows(vocab)[i] for i in subset]
+                results.append(sampler(logits[subset], rows).token_ids)
+            assert results[0] == results[1], (subset, seed)
+
+
+def test_sampling_without_windows_reads_nothing_back_until_the_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `narrow_windows` off, every kind of row (top_k, top_p, min_p, penalties,
+    bias, bad words, min_tokens, seeds, logprobs) launches without a host read
+    inside `sample()`, and gives the tokens of the windowed path."""
+    vocab = 3000
+    logits = torch.randn(16, vocab, generator=torch.Generator().manual_seed(6)) * 3
+    want = Sampler(vocab, seed=9)(logits, _mixed_rows(vocab))
+
+    def no_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a tensor was read on the host inside sample()")
+
+    sampler = Sampler(vocab, seed=9)
+    sampler.narrow_windows = False
+    rows = _mixed_rows(vocab)
+    with monkeypatch.context() as patch:
+        for name in ("tolist", "item", "__bool__", "__int__", "__float__"):
+            patch.setattr(torch.Tensor, name, no_read)
+        pending = sampler.sample(logits, rows)
+    got = pending.result()
+    assert got.token_ids == want.token_ids
+    assert got.logprobs == want.logprobs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sampling_launches_without_waiting_for_the_gpu() -> None:
+    """On a GPU, `sample()` for every kind of row (penalties, bias, bad words and
+    min_tokens included) makes no synchronizing CUDA call: the parameters and row
+    indices reach the device by non-blocking copies, and top_k/top_p rows race
+    over the whole vocabulary (torch's sync debug mode set to fail on one)."""
+    vocab = 3000
+    logits = (torch.randn(16, vocab, generator=torch.Generator().manual_seed(6)) * 3).cuda()
+    sampler = Sampler(vocab, seed=9)
+    rows = _mixed_rows(vocab)
+    for r in rows:  # per-request generators live on the logits' device
+        if r.generator is not None:
+            r.generator = torch.Generator(device="cuda").manual_seed(1)
+    sampler.sample(logits, rows).result()  # warm: the shared generator is made on first use
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = sampler.sample(logits, rows)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    out = pending.result()
+    assert len(out.token_ids) == len(rows)
+    assert all(0 <= t < vocab for t in out.token_ids)
