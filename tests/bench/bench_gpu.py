@@ -176,19 +176,23 @@ def decode_step(
 
 
 def offline(
-    folder: Path, device: str, prompts: int, tokens: int, eager: bool, **options: Any
-) -> float:
-    """Output tokens/s of `LLM.generate` over `prompts` random 64-token prompts
-    (`options`: more `EngineConfig` fields, as `async_scheduling=False`)."""
+    folder: Path, device: str, prompts: int, tokens: int, eager: bool, *,
+    sampling: dict[str, Any] | None = None, narrow_windows: bool | None = None, **options: Any,
+) -> float:  # fmt: skip
+    """Output tokens/s of `LLM.generate` over `prompts` random 64-token prompts,
+    greedy unless `sampling` gives SamplingParams fields (`narrow_windows`: the
+    sampler's, for top_k/top_p rows; `options`: more `EngineConfig` fields, as
+    `async_scheduling=False`)."""
     from llmcore import LLM, SamplingParams
 
     kv = prompts * (64 + tokens + 32) * _kv_bytes(folder) + (64 << 20)
     llm = LLM(folder, device=device, max_num_seqs=prompts, enforce_eager=eager, kv_cache_memory=kv,
               **options)  # fmt: skip
+    llm.core.sampler.narrow_windows = narrow_windows
     gen = torch.Generator().manual_seed(1)
     vocab = llm.core.loaded.config.vocab_size
     batch = [torch.randint(3, vocab, (64,), generator=gen).tolist() for _ in range(prompts)]
-    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    params = SamplingParams(**(sampling or {"temperature": 0}), max_tokens=tokens, ignore_eos=True)
     llm.generate(batch[:1], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
     t0 = time.perf_counter()
     outs = llm.generate(batch, params)
@@ -421,15 +425,24 @@ def main() -> None:
                 f"HF batch {min(64, n_prompts)}: {hf_batch:.0f}")  # fmt: skip
             row(f"single stream, {name}", f"{one:.1f}", f"HF batch 1: {hf_single:.1f}")
         if device.type == "cuda":  # what async scheduling and overlapped steps give
-            for name, options in (
+            ahead_off: tuple[tuple[str, dict[str, Any]], ...] = (
                 ("not scheduled ahead", {"async_scheduling": False}),
                 ("steps not overlapped", {"async_scheduling": False, "overlap_steps": False}),
-            ):
+            )
+            for name, options in ahead_off:
                 many = offline(folder, args.device, n_prompts, n_tokens, False, **options)
                 one = offline(folder, args.device, 1, n_tokens, False, **options)
                 row(f"LLM.generate {n_prompts} x {n_tokens}, graphs, {name}", f"{many:.0f}",
                     f"HF batch {min(64, n_prompts)}: {hf_batch:.0f}")  # fmt: skip
                 row(f"single stream, graphs, {name}", f"{one:.1f}", f"HF batch 1: {hf_single:.1f}")
+            # sampled rows: top_p over the whole vocabulary sorted (no read back: the
+            # default on a GPU) against widening windows (each step reads back)
+            nucleus = {"temperature": 0.8, "top_p": 0.9}
+            for windows, name in ((False, "whole vocabulary"), (True, "windows, read back")):
+                many = offline(folder, args.device, n_prompts, n_tokens, False,
+                               sampling=nucleus, narrow_windows=windows)  # fmt: skip
+                row(f"LLM.generate {n_prompts} x {n_tokens}, graphs, top_p 0.9, {name}",
+                    f"{many:.0f}", "greedy above")  # fmt: skip
         print(f"\nprefill {2 if big else 8} x {128 if big else 1024}: "
               f"{prefill(loaded, 2 if big else 8, 128 if big else 1024):.0f} tok/s")  # fmt: skip
         comparison("attention", "GB/s", attention, device, dtype, attention_shapes)

@@ -16,7 +16,8 @@
 #   first:  the CUDA tests (kernels against torch, real CUDA graph replays), the
 #           attention benchmark with the decode planner's sweep, the whole GPU
 #           benchmark at the 135M shape, async scheduling and overlapped steps
-#           each switched off beside it (about 9 minutes at most);
+#           each switched off beside it, top_p sampling sorted against windows
+#           (about 9.5 minutes at most);
 #   second: the GPU benchmark at the 1B shape, and the HTTP server (streaming
 #           completions at 1, 64 and 256 concurrent) on a 135M-shaped random model,
 #           to set beside the offline figure of the first call; then the same at
@@ -51,9 +52,10 @@ first)
   part tests 200 python -m pytest -q -p no:cacheprovider tests/ops/test_cuda_ops.py \
     "tests/llmcore/test_decode_graphs.py::test_cuda_graphs_replay_the_eager_steps" \
     "tests/llmcore/test_decode_graphs.py::test_cuda_async_scheduling_gives_the_tokens_of_steps_one_at_a_time" \
-    "tests/llmcore/test_decode_graphs.py::test_cuda_a_replayed_greedy_step_launches_without_waiting_for_the_gpu"
+    "tests/llmcore/test_decode_graphs.py::test_cuda_a_replayed_step_launches_without_waiting_for_the_gpu" \
+    "tests/llmcore/engine/test_sampler.py::test_cuda_sampling_launches_without_waiting_for_the_gpu"
   part attention 100 python tests/bench/bench_gpu.py --attention-only
-  part bench_135m 230 python tests/bench/bench_gpu.py --shape 135m
+  part bench_135m 250 python tests/bench/bench_gpu.py --shape 135m
   ;;
 second)
   part bench_1b 180 python tests/bench/bench_gpu.py --shape 1b
