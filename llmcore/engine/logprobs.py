@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from llmcore.engine.logits_rows import index_tensor
+
 if TYPE_CHECKING:
     from llmcore.engine.sampler import SamplingRow
 
@@ -100,9 +102,7 @@ def sampled_logprobs(
     if not wanted:
         return None
     ks = [rows[i].params.logprobs or 0 for i in wanted]
-    index = None
-    if len(wanted) < len(rows):  # copied without waiting for the GPU (pageable, fresh)
-        index = torch.tensor(wanted).to(raw.device, non_blocking=True)
+    index = None if len(wanted) == len(rows) else index_tensor(wanted, raw.device)
     logits = raw if index is None else raw.index_select(0, index)
     ids = token_ids if index is None else token_ids.index_select(0, index)
     return PendingLogprobs(wanted, ks, logprob_tensors(logits, ids, max(ks)))
