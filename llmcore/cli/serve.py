@@ -142,13 +142,13 @@ async def _serve(args: argparse.Namespace, config: HTTPConfig, argv: Sequence[st
                     tg.start_soon(log_engine_statistics, loaded.service.models)
                 if _is_extra_server(args):
                     tg.start_soon(_stop_with_parent)
+                watch = anyio.CancelScope()  # on extra servers: they stop with us
                 if extra:
-                    from llmcore.cli.api_servers import reap_exited
-
-                    tg.start_soon(reap_exited, extra)
+                    tg.start_soon(_watch_extra_servers, watch, extra)
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     log.info("%s: shutting down (grace %.0f s)", name, grace)
+                    watch.cancel()
                     await server.shutdown(grace)
                     break
                 tg.cancel_scope.cancel()  # the statistics log, the watch on extra servers
@@ -191,6 +191,13 @@ def _start_extra_servers(
         assert isinstance(engine, ProcessEngine), "--api-server-count shares core processes"
         ends.append(engine.take_client_sockets())
     return start_attached_servers(argv, [list(c) for c in zip(*ends, strict=True)])
+
+
+async def _watch_extra_servers(scope: Any, extra: list[Any]) -> None:
+    from llmcore.cli.api_servers import reap_exited
+
+    with scope:
+        await reap_exited(extra)
 
 
 async def _stop_with_parent() -> None:
