@@ -34,7 +34,7 @@ from llmcore.engine.inbox import Abort, AddEncode, AddRequests, Inbox
 from llmcore.engine.input_processor import InputProcessor
 from llmcore.engine.kv_cache_manager import KVCacheManager, KVGroupStatistics
 from llmcore.engine.logits_processors import reads_output
-from llmcore.engine.output_processor import OutputProcessor
+from llmcore.engine.output_processor import OutputProcessor, PromptLogprobsChunk
 from llmcore.engine.pooling_runner import PoolingRunner
 from llmcore.engine.request import EncodeRequest, FinishReason, Request, RequestStatus
 from llmcore.engine.sampler import PendingSample, Sampler, SamplerOutput, SamplingRow
@@ -58,6 +58,7 @@ class _InFlight:
     group_ids: list[str]  # of every request it ran
     sampling: list[Request]  # those it samples a token for, in row order
     sampled: PendingSample | None  # None: it samples nothing (a prefill chunk)
+    prompt_logprobs: list[PromptLogprobsChunk]  # of its chunks that score prompt tokens
 
 
 @dataclass(slots=True)
@@ -281,6 +282,8 @@ class EngineCore:
     def _finish(self, in_flight: _InFlight) -> list[str]:
         """Wait for a launched step's tokens and append them (finishing the
         requests that stop); the ids of the groups that step ran."""
+        for chunk in in_flight.prompt_logprobs:  # before the deltas that carry them
+            self.output_processor.add_prompt_logprobs(chunk)
         if in_flight.sampled is not None:
             self._append_sampled(in_flight.sampling, in_flight.sampled.result())
         return in_flight.group_ids
@@ -333,11 +336,14 @@ class EngineCore:
             [r.grammar if r.grammar_after is None else None for r in sampling]
         )
         logits = self.runner.execute_detailed(chunks, tokens)
+        prompt_logprobs: list[PromptLogprobsChunk] = []
         for i, s in enumerate(scheduled):
             r = s.request
             if i in logits.all:
-                self.output_processor.add_prompt_logprobs(
-                    r, r.num_computed_tokens, s.num_new_tokens, logits.all[i]
+                prompt_logprobs.append(
+                    self.output_processor.prompt_logprobs_chunk(
+                        r, r.num_computed_tokens, s.num_new_tokens, logits.all[i]
+                    )
                 )
             if r.num_computed_tokens < r.num_prompt_tokens:
                 self._num_prompt_tokens += s.num_new_tokens
@@ -348,7 +354,8 @@ class EngineCore:
             rows = [r.sampling_row or _sampling_row(r) for r in sampling]
             grammar_rows = pending.rows if pending is not None else []
             sampled = self.sampler.sample(logits.last, rows, masks, grammar_rows)
-        return _InFlight([s.request.group_id for s in scheduled], sampling, sampled)
+        group_ids = [s.request.group_id for s in scheduled]
+        return _InFlight(group_ids, sampling, sampled, prompt_logprobs)
 
     def _append_sampled(self, sampling: list[Request], sampled: SamplerOutput) -> None:
         """Append each request's token and finish those that stop: by token here, by

@@ -26,6 +26,14 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host if device.type == "cpu" else host.to(device, non_blocking=True)
 
 
+def to_pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of a device tensor in pinned host memory, made behind the kernels
+    before it (read it once an event recorded after it has passed)."""
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
+
+
 def device_tensor(
     values: Sequence[float], device: torch.device, dtype: torch.dtype | None = None
 ) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llmcore.engine.logits_rows import index_tensor
+from llmcore.engine.logits_rows import index_tensor, to_pinned
 
 if TYPE_CHECKING:
     from llmcore.engine.sampler import SamplingRow
@@ -69,6 +69,27 @@ def logprob_tensors(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> Lo
     k = min(k, logprobs.shape[1])
     top_values, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (chosen[:, :0], ids[:, :0])
     return LogprobTensors(ids.view(-1), chosen.view(-1), ranks, top_ids, top_values)
+
+
+class PendingLogprobTensors:
+    """`LogprobTensors` on their way to the host: on a GPU, copied into pinned
+    memory behind the kernels that make them, with an event to wait for."""
+
+    __slots__ = ("_event", "_tensors")
+
+    def __init__(self, tensors: LogprobTensors) -> None:
+        self._tensors = tensors
+        self._event: torch.cuda.Event | None = None
+        if tensors.token_ids.device.type == "cuda":
+            self._tensors = tensors.to_host(to_pinned)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def rows(self) -> list[TokenLogprobs]:
+        """The rows (waiting for the GPU, if they come from one)."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._tensors.rows()
 
 
 def logprobs_of(logits: torch.Tensor, token_ids: torch.Tensor, k: int) -> list[TokenLogprobs]:

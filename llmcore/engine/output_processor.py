@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 from llmcore.engine.completion_text import CompletionText
-from llmcore.engine.logprobs import TokenLogprobs, logprobs_of
+from llmcore.engine.logits_rows import index_tensor
+from llmcore.engine.logprobs import PendingLogprobTensors, TokenLogprobs, logprob_tensors
 from llmcore.engine.request import FinishReason, Request, RequestStatus
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from llmcore.tokenization.tokenizer import Tokenizer
@@ -37,6 +38,16 @@ class TokenDelta(CompletionOutput):
     """A completion delta of a core that does not detokenize (`text` is empty)."""
 
     stop_token: bool = False  # its last token is the stop token that ends it
+
+
+@dataclass(slots=True, eq=False)
+class PromptLogprobsChunk:
+    """A launched chunk's prompt logprobs (`OutputProcessor.prompt_logprobs_chunk`)."""
+
+    request: Request  # the group leader
+    start: int
+    num_new: int
+    pending: PendingLogprobTensors | None  # None: the chunk scores no prompt token
 
 
 @dataclass(slots=True, eq=False)
@@ -98,22 +109,33 @@ class OutputProcessor:
             and self._groups[r.group_id].prompt_logprobs is None
         )
 
-    def add_prompt_logprobs(
+    def prompt_logprobs_chunk(
         self, r: Request, start: int, num_new: int, logits: torch.Tensor
-    ) -> None:
-        """Score the prompt tokens after positions `start..start+num_new` of the group
-        leader `r` (logits at position p score prompt token p + 1; position 0 has none)."""
-        group = self._groups[r.group_id]
-        if start == 0:  # the first chunk, or a recomputation after a preemption
-            group.partial_prompt_logprobs = [None]
+    ) -> PromptLogprobsChunk:
+        """Launch the scoring of the prompt tokens after positions
+        `start..start+num_new` of the group leader `r` (logits at position p score
+        prompt token p + 1; position 0 has none); `add_prompt_logprobs` takes the
+        result once the step is finished (nothing here waits for a GPU)."""
         end = min(start + num_new, r.num_prompt_tokens - 1)
+        pending = None
         if end > start:
-            targets = torch.tensor(r.prompt_token_ids[start + 1 : end + 1])
-            k = r.params.prompt_logprobs or 0
-            group.partial_prompt_logprobs.extend(
-                to_logprob(t) for t in logprobs_of(logits[: end - start], targets, k)
-            )
-        if start + num_new >= r.num_prompt_tokens:
+            targets = index_tensor(r.prompt_token_ids[start + 1 : end + 1], logits.device)
+            tensors = logprob_tensors(logits[: end - start], targets, r.params.prompt_logprobs or 0)
+            pending = PendingLogprobTensors(tensors)
+        return PromptLogprobsChunk(r, start, num_new, pending)
+
+    def add_prompt_logprobs(self, chunk: PromptLogprobsChunk) -> None:
+        """Take a launched chunk's prompt logprobs, in launch order (ignored once its
+        group has left)."""
+        r = chunk.request
+        group = self._groups.get(r.group_id)
+        if group is None:
+            return
+        if chunk.start == 0:  # the first chunk, or a recomputation after a preemption
+            group.partial_prompt_logprobs = [None]
+        if chunk.pending is not None:
+            group.partial_prompt_logprobs.extend(to_logprob(t) for t in chunk.pending.rows())
+        if chunk.start + chunk.num_new >= r.num_prompt_tokens:
             group.prompt_logprobs = group.partial_prompt_logprobs
 
     # ---- sampled tokens ------------------------------------------------------------------

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 import torch
 
 from llmcore.engine.logits_processors import may_edit, processed_logits
-from llmcore.engine.logits_rows import device_tensor, index_tensor, on_rows, put_rows, take_rows
+from llmcore.engine.logits_rows import (
+    device_tensor,
+    index_tensor,
+    on_rows,
+    put_rows,
+    take_rows,
+    to_pinned,
+)
 from llmcore.engine.logprobs import PendingLogprobs, TokenLogprobs, sampled_logprobs
 from llmcore.sampling_params import SamplingParams
 from llmcore.structured_outputs.backend import apply_bitmask
@@ -71,9 +78,9 @@ class PendingSample:
         self._tokens = token_ids
         self._logprobs = logprobs
         if token_ids.device.type == "cuda":
-            self._tokens = _to_pinned(token_ids)
+            self._tokens = to_pinned(token_ids)
             if logprobs is not None:
-                logprobs.tensors = logprobs.tensors.to_host(_to_pinned)
+                logprobs.tensors = logprobs.tensors.to_host(to_pinned)
             self._event = torch.cuda.Event()
             self._event.record()
 
@@ -85,13 +92,6 @@ class PendingSample:
         if self._logprobs is None:
             return SamplerOutput(tokens, [None] * len(tokens))
         return SamplerOutput(tokens, self._logprobs.rows(len(tokens)))
-
-
-def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy in pinned host memory, made behind the kernels before it."""
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    host.copy_(tensor, non_blocking=True)
-    return host
 
 
 class Sampler:

@@ -88,7 +88,9 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: Sequence[in
     counts = allowed.sum(axis=1)
     sparse = counts < vocab * SPARSE_FRACTION
     for j in np.flatnonzero(sparse).tolist():
-        ids = torch.from_numpy(np.flatnonzero(allowed[j])).to(logits.device)
+        # non-blocking (fresh pageable memory, staged before the call returns): a
+        # blocking copy would make the launch wait for the step's forward pass
+        ids = torch.from_numpy(np.flatnonzero(allowed[j])).to(logits.device, non_blocking=True)
         row = logits[rows[j]]
         kept = row[ids]
         row.fill_(float("-inf"))

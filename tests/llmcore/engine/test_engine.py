@@ -253,6 +253,38 @@ def test_prompt_logprobs_survive_a_preemption_mid_prefill(
     assert outs == roomy
 
 
+def test_prompt_logprobs_are_launched_not_read(
+    smollm2: llmcore.LoadedModel, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's prompt logprobs are computed at its launch without reading a tensor
+    on the host (on a GPU a read waits for the step, and async scheduling loses its
+    overlap) and taken when the step is finished: every prompt token scored,
+    through a chunked prefill."""
+    core = make_core(smollm2, tokenizer, max_num_batched_tokens=64)
+    launch = core.output_processor.prompt_logprobs_chunk
+    calls = 0
+
+    def no_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a tensor was read on the host at launch")
+
+    def strict(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        with monkeypatch.context() as patch:
+            for name in ("tolist", "item", "__bool__", "__int__", "__float__"):
+                patch.setattr(torch.Tensor, name, no_read)
+            return launch(*args)
+
+    core.output_processor.prompt_logprobs_chunk = strict  # type: ignore[method-assign]
+    prompt = tokenizer.encode(" ".join(["garden stone"] * 60))
+    params = SamplingParams(temperature=0.0, max_tokens=2, prompt_logprobs=2)
+    (out,) = run(core, [prompt], [params])
+    assert calls >= 2 and len(prompt) > 64  # chunked
+    scored = out[0]["prompt_lp"]
+    assert len(scored) == len(prompt) and scored[0] is None
+    assert [lp.token_id for lp in scored[1:]] == prompt[1:]
+
+
 def test_preemption_gives_identical_outputs(
     smollm2: llmcore.LoadedModel, tokenizer: Tokenizer
 ) -> None:
