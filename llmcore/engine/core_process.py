@@ -30,11 +30,12 @@ import collections
 import concurrent.futures
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -50,26 +51,93 @@ from llmcore.sampling_params import SamplingParams
 log = logging.getLogger("llmcore.engine")
 
 PARENT_CHECK_S = 1.0  # how often an idle core checks that its parent is alive
+# Frames waiting for another API process before it is dropped as not reading (a
+# frame per step: tens of seconds of steps)
+MAX_QUEUED_FRAMES = 4096
+FLUSH_S = 2.0  # for the other API processes' last frames when the core exits
 _SAMPLING = msgspec.msgpack.Decoder(SamplingParams)
 _POOLING = msgspec.msgpack.Decoder(PoolingParams)
 
 
 class _Client:
-    """One API process's connection: its socket, the lock its frames are written
-    under, and the requests it sent that are in flight (by engine id)."""
+    """One API process's connection: its socket, how its frames are written, and the
+    requests it sent that are in flight (by engine id).
 
-    def __init__(self, sock: socket.socket, index: int) -> None:
+    The first connection's frames are written by the thread that sends them, under
+    a lock (its process owns the core: if it stops reading, the core waits for it).
+    Another's go through a queue to a sender thread of its own, so one that stops
+    reading stalls only itself; once MAX_QUEUED_FRAMES wait, it is dropped
+    (`on_dead`), as it is when a write fails."""
+
+    def __init__(self, sock: socket.socket, index: int, on_dead: Callable[[_Client], None]) -> None:
         self.sock = sock
         self.index = index  # 0: the API process that started the core
         self.lock = threading.Lock()
         self.requests: set[str] = set()
         self.live = True
         self.outputs: list[ipc.WireOutput | ipc.WirePooling] = []  # this step's
+        self._on_dead = on_dead
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._sender: threading.Thread | None = None
+        if index > 0:
+            self._queue = queue.Queue(MAX_QUEUED_FRAMES)
+            self._sender = threading.Thread(
+                target=self._send_loop, name=f"llmcore-core-sender-{index}", daemon=True
+            )
+            self._sender.start()
 
     def send(self, message: msgspec.Struct) -> None:
+        """Write a frame (the first connection) or queue it; OSError if it cannot
+        go (the connection is gone, or its process stopped reading)."""
         frame = ipc.encode_frame(message)
-        with self.lock:
-            self.sock.sendall(frame)
+        if self._queue is None:
+            with self.lock:
+                self.sock.sendall(frame)
+            return
+        if not self.live:
+            raise BrokenPipeError("the connection was dropped")
+        try:
+            self._queue.put_nowait(frame)
+        except queue.Full:
+            raise BlockingIOError(
+                f"API process connection {self.index} stopped reading "
+                f"({MAX_QUEUED_FRAMES} frames waiting)"
+            ) from None
+
+    def flush(self, timeout: float) -> None:
+        """Let the sender write what is queued (at most `timeout` seconds), then end."""
+        if self._queue is None or self._sender is None or not self.live:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._sender.join(timeout)
+
+    def close(self) -> None:
+        """Stop writing (the sender thread ends) and shut the socket down."""
+        self.live = False
+        if self._queue is not None:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass  # the sender is blocked in a write: the shutdown below ends it
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            frame = self._queue.get()
+            if frame is None or not self.live:
+                return
+            try:
+                self.sock.sendall(frame)
+            except OSError:
+                self._on_dead(self)
+                return
 
 
 class CoreServer:
@@ -79,7 +147,7 @@ class CoreServer:
         self, core: EngineCore, sock: socket.socket, others: Sequence[socket.socket] = ()
     ) -> None:
         self.core = core
-        self.clients = [_Client(s, i) for i, s in enumerate([sock, *others])]
+        self.clients = [_Client(s, i, self._drop) for i, s in enumerate([sock, *others])]
         self._owner: dict[str, _Client] = {}  # engine id -> the client that sent it
         self._wake = threading.Event()
         self._controls: collections.deque[tuple[_Client, ipc.Control]] = collections.deque()
@@ -121,6 +189,8 @@ class CoreServer:
                     pass
             return 1
         finally:
+            for client in self.clients[1:]:  # what is queued for them (`Died`) goes out
+                client.flush(FLUSH_S)
             self._compiler.shutdown(wait=False, cancel_futures=True)
             self.core.structured.close()
 
@@ -202,17 +272,14 @@ class CoreServer:
         """Another API process is gone: abort what it sent, stop writing to it."""
         if not client.live:
             return
-        client.live = False
+        client.live = False  # (before the log: a second caller returns above)
         level = logging.WARNING if client.requests else logging.INFO
         log.log(level, "API process connection %d closed (%d requests in flight aborted)",
                 client.index, len(client.requests))  # fmt: skip
         for request_id in list(client.requests):
             self._leave(request_id)
             self._abort(request_id)
-        try:
-            client.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        client.close()
         self._wakeup()
 
     # ---- the readers (a thread each) -----------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import torch
 
@@ -78,6 +79,17 @@ def whole(deltas: list[RequestOutput]) -> RequestOutput:
 
 def same_streams(ours: list[list[RequestOutput]], theirs: list[list[RequestOutput]]) -> bool:
     return [whole(o) for o in ours] == [whole(t) for t in theirs]
+
+
+async def all_blocks_free(engine: ProcessEngine, total: int, within: float) -> None:
+    """Wait until the core runs nothing and every KV block is free (aborts land)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        stats = await engine.fetch_statistics()
+        if stats.num_running == 0 and stats.num_kv_blocks_free == total:
+            return
+        await asyncio.sleep(0.05)
+    assert (stats.num_running, stats.num_kv_blocks_free) == (0, total)
 
 
 def cases(engine: ProcessEngine) -> list[tuple[list[int], SamplingParams]]:
@@ -384,13 +396,7 @@ def test_two_api_processes_share_one_core(smollm2_path: Path, smollm2: llmcore.L
         with pytest.raises(EngineDeadError, match="closed"):
             async for _ in streams[0]:
                 pass
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            stats = await first.fetch_statistics()
-            if stats.num_running == 0 and stats.num_kv_blocks_free == total:
-                break
-            await asyncio.sleep(0.05)
-        assert (stats.num_running, stats.num_kv_blocks_free) == (0, total)
+        await all_blocks_free(first, total, within=15)
         outs = await collect(first, prompts[1], params, "after")
         assert whole(outs).outputs[0].text == whole(expected[1]).outputs[0].text
         await first.check_health()
@@ -427,5 +433,45 @@ def test_an_attached_client_sees_the_core_go(smollm2_path: Path) -> None:
         with pytest.raises(EngineDeadError):
             await collect(second, prompt, SamplingParams(max_tokens=2), "t")
         await second.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_api_process_that_stops_reading_stalls_only_itself(smollm2_path: Path) -> None:
+    """Another API process that is alive but stops reading must not stall the core
+    for the others: its first output (prompt logprobs, 20 alternatives for ~1500
+    prompt tokens: larger than a socket buffer) waits on its own sender thread
+    while the first process's request runs to its end; when it goes, its request
+    is aborted and every block is free again."""
+
+    async def scenario() -> None:
+        first = await ProcessEngine.from_pretrained(
+            smollm2_path, dtype="float32", clients=2, **OPTIONS
+        )
+        try:
+            await asyncio.wait_for(with_a_stuck_client(first), 90)
+        except BaseException:
+            assert first.process is not None
+            first.process.kill()  # a core stalled in a write never exits on its own
+            raise
+        await first.aclose()
+
+    async def with_a_stuck_client(first: ProcessEngine) -> None:
+        (stuck,) = first.take_client_sockets()  # never read from
+        prompt = first.tokenizer.encode(" ".join(["word", "river"] * 700))
+        assert 1300 < len(prompt) < 1800
+        heavy = SamplingParams(max_tokens=300, ignore_eos=True, prompt_logprobs=20, logprobs=20)
+        ipc.send_frame(stuck, ipc.Add("stuck#1.0", prompt, msgspec.Raw(ipc.encode_params(heavy))))
+        deadline = time.monotonic() + 60
+        while (await first.fetch_statistics()).num_running == 0:  # its prefill has begun
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+        hello = first.tokenizer.encode("Hello")
+        outs = await collect(first, hello, params, "live")
+        assert len(whole(outs).outputs[0].token_ids) == 40
+        total = first.statistics().num_kv_blocks
+        stuck.close()
+        await all_blocks_free(first, total, within=30)
 
     asyncio.run(scenario())
