@@ -45,7 +45,13 @@ from llmcore.engine import ipc
 from llmcore.engine.async_engine import IterationTokens
 from llmcore.engine.completion_text import CompletionText
 from llmcore.engine.core import EngineStatistics
-from llmcore.engine.core_launch import how_it_ended, kill_process, launch_core, stop_process
+from llmcore.engine.core_launch import (
+    handshake,
+    how_it_ended,
+    kill_process,
+    launch_core,
+    stop_process,
+)
 from llmcore.engine.output_queues import OutputQueues, check_stream_interval
 from llmcore.engine.protocol import EngineInfo
 from llmcore.errors import EngineDeadError
@@ -178,12 +184,7 @@ class ProcessEngine:
 
         interval = check_stream_interval(stream_interval)
         try:
-            payload = ipc.recv_frame(sock)
-            if payload is None:
-                raise EngineDeadError("the engine core process closed the connection")
-            ready = ipc.TO_API.decode(payload)
-            if not isinstance(ready, ipc.Ready):
-                raise EngineDeadError(f"the engine core sent {type(ready).__name__}, not Ready")
+            ready = handshake(sock)
             tok = load_tokenizer(ready.info.tokenizer_path)
         except BaseException:
             sock.close()

@@ -80,14 +80,18 @@ def _has_fileno(stream: Any) -> bool:
     return True
 
 
-def handshake(sock: socket.socket, process: subprocess.Popen[bytes]) -> ipc.Ready:
-    """The core's answer to `Start`: `Ready`, or its start-up error raised here."""
+def handshake(sock: socket.socket, process: subprocess.Popen[bytes] | None = None) -> ipc.Ready:
+    """The core's answer to `Start` (on another API process's connection, once the
+    model is loaded): `Ready`, or its start-up error raised here. `process`: the
+    core, where we started it (its exit status goes in the error)."""
     payload = ipc.recv_frame(sock)
     if payload is None:
-        process.wait()
+        how = ""
+        if process is not None:
+            process.wait()
+            how = f" ({how_it_ended(process.returncode)})"
         raise ModelLoadError(
-            f"the engine core process exited while starting "
-            f"({how_it_ended(process.returncode)}); its log is above"
+            f"the engine core process exited while starting{how}; its log is above"
         )
     reply = ipc.TO_API.decode(payload)
     if isinstance(reply, ipc.StartFailed):

@@ -159,10 +159,6 @@ class CoreServer:
         self._compiling_lock = threading.Lock()
         self._compiler = concurrent.futures.ThreadPoolExecutor(1, "llmcore-grammar")
 
-    def send(self, message: msgspec.Struct) -> None:
-        """Send to the API process that started the core."""
-        self.clients[0].send(message)
-
     # ---- the step loop (main thread) -----------------------------------------------------
 
     def run(self) -> int:
