@@ -303,18 +303,22 @@ def _race_narrow(rows: _NarrowRows, noise: torch.Tensor, windows_on: bool = True
 def _race_whole_vocabulary(rows: _NarrowRows, noise: torch.Tensor) -> torch.Tensor:
     """Without a window: top_k-only rows drop the logits below their k-th (ties kept)
     and race the whole vocabulary, no sort; rows with top_p race over it sorted."""
-    vocab = rows.logits.shape[1]
     k_only = [i for i, p in enumerate(rows.params) if p.top_p >= 1.0]
     with_p = [i for i, p in enumerate(rows.params) if p.top_p < 1.0]
     if not with_p:
         return _race_below_kth(rows, noise)
     if not k_only:
-        scaled, ids, _ = _survivors(rows, vocab)
-        return _race(scaled, ids, noise, rows.noise_rows)
+        return _race_sorted(rows, noise)
     tokens = torch.empty(len(rows.params), dtype=torch.long, device=rows.logits.device)
     put_rows(tokens, k_only, _race_below_kth(rows.take(k_only), noise))
-    put_rows(tokens, with_p, _race_whole_vocabulary(rows.take(with_p), noise))
+    put_rows(tokens, with_p, _race_sorted(rows.take(with_p), noise))
     return tokens
+
+
+def _race_sorted(rows: _NarrowRows, noise: torch.Tensor) -> torch.Tensor:
+    """The race over every row's survivors among the whole vocabulary, sorted."""
+    scaled, ids, _ = _survivors(rows, rows.logits.shape[1])
+    return _race(scaled, ids, noise, rows.noise_rows)
 
 
 def _race_below_kth(rows: _NarrowRows, noise: torch.Tensor) -> torch.Tensor:
